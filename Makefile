@@ -1,0 +1,40 @@
+# Two commands for a fresh machine: `make app` (install, then start the explorer) and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install app test bench clean
+
+install: $(STAMP)
+
+# Re-installs only when the dependency list changes; torch/torchvision come pinned from pyproject.toml.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -e ".[test]"
+	touch $(STAMP)
+
+app: install
+	$(BIN)/streamlit run app.py --server.headless true --browser.gatherUsageStats false
+
+test: install
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) $(BENCH_VENV) *.egg-info .pytest_cache
+
+# Benchmark peers (torchattacks, plenoptic, lucent) live in their own venv: torchattacks pins an old `requests`
+# that cannot coexist with streamlit, so this environment gets phosphene's dependencies minus streamlit.
+BENCH_VENV := .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.installed
+DEPS_NO_APP := $(BIN)/python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+	print(' '.join(repr(d) for d in p['dependencies'] + p['optional-dependencies']['bench'] if not d.startswith('streamlit')))"
+
+$(BENCH_STAMP): pyproject.toml $(STAMP)
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install -e . --no-deps
+	eval $(BENCH_VENV)/bin/python -m pip install $$($(DEPS_NO_APP))
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	for f in benchmarks/*.py; do echo "== $$f"; $(BENCH_VENV)/bin/python $$f || exit 1; done

@@ -1,0 +1,221 @@
+"""Batch generation: an experiment file becomes jobs; each job is one pure function call that writes its images.
+
+An experiment is a TOML file::
+
+    [defaults]                       # keys every job inherits
+    model = "toy-standard"
+    steps = 256
+
+    [[grid]]                         # the cartesian product of list values
+    objective = ["stretch(IT:0)", "stretch(IT:1)"]
+    seed = [0, 1]
+
+    [[jobs]]                         # single jobs
+    objective = "onehot(IT:3)"
+
+Every job's identity is a hash of its resolved parameters, so a rerun finds finished jobs and skips them.
+A job writes its PNGs and then its record (JSON), each to a temporary name renamed into place, so a crash never
+leaves a half-written stimulus that looks finished; the manifest (``manifest.jsonl`` and ``manifest.csv``) is
+rebuilt from the records after every run.  ``run_job`` needs nothing but its arguments, so a cluster runner can
+call it for one job as well as a process pool can.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import itertools
+import json
+import multiprocessing
+import os
+import tomllib
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from functools import cache
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .checkpoints import sha256
+from .constraints import Contrast, Grayscale, Mask
+from .errors import ConfigError, suggest
+
+# Every key a job may set, with its default.
+JOB_KEYS: dict[str, object] = {
+    "model": "toy-standard", "weights": None, "objective": None, "seed": 0, "n": 1, "steps": 256,
+    "method": "gradient", "param": "fourier", "init": "noise", "lr": 0.05, "step": "adam", "lr_schedule": "constant",
+    "transforms": "standard", "eot": 1, "size": None, "target": None, "relu_override": 16, "readouts": [],
+    "contrast": None, "aperture": None, "grayscale": False, "population": 40, "max_freq": 4,
+}
+SECTIONS = ("experiment", "defaults", "grid", "jobs")
+EXPERIMENT_KEYS = ("name", "description")
+METHODS = ("gradient", "evolution")
+
+
+def _check_keys(table: dict, where: str) -> None:
+    for key in table:
+        if key not in JOB_KEYS:
+            raise ConfigError(f"unknown key {key!r} in {where}; {suggest(key, JOB_KEYS)} "
+                              f"(valid keys: {', '.join(JOB_KEYS)})")
+
+
+def load_experiment(path: str | os.PathLike) -> tuple[dict, list[dict]]:
+    """Read an experiment file: its [experiment] table and the fully resolved job list (errors name bad keys)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"experiment file not found: {path}")
+    try:
+        doc = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    for section in doc:
+        if section not in SECTIONS:
+            raise ConfigError(f"unknown section [{section}] in {path}; {suggest(section, SECTIONS)}")
+    for key in doc.get("experiment", {}):
+        if key not in EXPERIMENT_KEYS:
+            raise ConfigError(f"unknown key {key!r} in [experiment]; {suggest(key, EXPERIMENT_KEYS)}")
+    defaults = doc.get("defaults", {})
+    _check_keys(defaults, "[defaults]")
+    jobs = []
+    for k, grid in enumerate(doc.get("grid", [])):
+        _check_keys(grid, f"[[grid]] #{k + 1}")
+        axes = {key: value if isinstance(value, list) and key != "readouts" else [value] for key, value in grid.items()}
+        for combo in itertools.product(*axes.values()):
+            jobs.append(dict(zip(axes, combo)))
+    for k, job in enumerate(doc.get("jobs", [])):
+        _check_keys(job, f"[[jobs]] #{k + 1}")
+        jobs.append(dict(job))
+    if not jobs:
+        raise ConfigError(f"{path} defines no jobs: add a [[grid]] or [[jobs]] table")
+    resolved = []
+    for k, job in enumerate(jobs):
+        full = {**JOB_KEYS, **defaults, **job}
+        if not full["objective"]:
+            raise ConfigError(f"job #{k + 1} has no objective")
+        if full["method"] not in METHODS:
+            raise ConfigError(f"job #{k + 1}: method {full['method']!r}; {suggest(full['method'], METHODS)}")
+        full["id"] = job_id(full)
+        resolved.append(full)
+    return doc.get("experiment", {}), resolved
+
+
+def job_id(job: dict) -> str:
+    """A stable short hash of a job's parameters (its name on disk)."""
+    canon = json.dumps({k: job[k] for k in JOB_KEYS}, sort_keys=True, default=str)
+    return hashlib.sha256(canon.encode()).hexdigest()[:12]
+
+
+@cache
+def _model(name: str, weights: str | None, readouts: tuple[str, ...]):
+    from .models import load_model
+    from .readouts import Readout
+
+    model = load_model(name, weights=weights)
+    for path in readouts:
+        model.add_readout(Readout.load(path))
+    return model
+
+
+def run_job(job: dict, out: str | os.PathLike, progress: bool = False) -> list[dict]:
+    """Run one job and write its images and record into ``out``; returns its manifest rows. Pure in its inputs."""
+    from .evolve import evolve
+    from .results import write_png
+    from .synthesis import synthesize
+
+    out = Path(out)
+    model = _model(job["model"], job["weights"], tuple(job["readouts"]))
+    size = job["size"] or model.input_size
+    constraints = []
+    if job["contrast"] is not None:
+        constraints.append(Contrast(rms=float(job["contrast"])))
+    if job["aperture"] is not None:
+        constraints.append(Mask.aperture(size, radius=float(job["aperture"])))
+    if job["grayscale"]:
+        constraints.append(Grayscale())
+    if job["method"] == "evolution":
+        result = evolve(model, job["objective"], population=job["population"], generations=job["steps"], size=size,
+                        max_freq=job["max_freq"], seed=job["seed"], progress=progress)
+        best = int(result.scores.argmax())
+        images, scores = result.images[best:best + 1], result.scores[best:best + 1]
+    else:
+        result = synthesize(model, job["objective"], n=job["n"], size=size, param=job["param"], init=job["init"],
+                            steps=job["steps"], lr=job["lr"], step=job["step"], lr_schedule=job["lr_schedule"],
+                            transforms=None if job["transforms"] in (None, "none") else job["transforms"],
+                            eot=job["eot"], constraints=constraints, target=job["target"], seed=job["seed"],
+                            relu_override=job["relu_override"], progress=progress)
+        images, scores = result.images, result.scores
+    rows = []
+    for k, (img, score) in enumerate(zip(images, scores)):
+        name = f"{job['id']}_{k}.png"
+        meta = {**result.metadata, "job": job["id"], "image": k, "score": float(score)}
+        write_png(img, out / name, meta)
+        rows.append({"job": job["id"], "file": name, "sha256": sha256(out / name), "score": float(score),
+                     **{key: job[key] for key in JOB_KEYS}, "weights_sha256": result.metadata["weights_sha256"],
+                     "phosphene": result.metadata["phosphene"], "steps_run": result.metadata["steps_run"],
+                     "seconds": result.metadata["seconds"]})
+    record = out / "jobs" / f"{job['id']}.json"
+    record.parent.mkdir(parents=True, exist_ok=True)
+    tmp = record.with_name(record.name + ".tmp")
+    tmp.write_text(json.dumps({"job": job, "rows": rows}, default=str))
+    os.replace(tmp, record)
+    return rows
+
+
+def finished(job: dict, out: Path) -> bool:
+    """Whether a job's record exists and every image it lists is on disk with the recorded hash."""
+    record = out / "jobs" / f"{job['id']}.json"
+    if not record.is_file():
+        return False
+    try:
+        rows = json.loads(record.read_text())["rows"]
+    except (json.JSONDecodeError, KeyError):
+        return False
+    return all((out / r["file"]).is_file() and sha256(out / r["file"]) == r["sha256"] for r in rows)
+
+
+def _worker(job: dict, out: str, threads: int) -> list[dict]:
+    torch.set_num_threads(threads)
+    return run_job(job, out)
+
+
+def run(experiment: str | os.PathLike, out: str | os.PathLike, jobs: int = 1, progress: bool = True) -> dict:
+    """Run every unfinished job of an experiment into ``out`` (in ``jobs`` processes) and rewrite the manifest."""
+    _, todo_all = load_experiment(experiment)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    todo = [j for j in todo_all if not finished(j, out)]
+    skipped = len(todo_all) - len(todo)
+    bar = tqdm(total=len(todo), desc="jobs", unit="job", disable=not progress)
+    if jobs > 1 and len(todo) > 1:
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        # Fresh interpreters: forking a process whose torch thread pool is running can deadlock the child.
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            for fut in as_completed([pool.submit(_worker, j, str(out), threads) for j in todo]):
+                fut.result()
+                bar.update(1)
+    else:
+        for job in todo:
+            run_job(job, out)
+            bar.update(1)
+    bar.close()
+    rows = write_manifest(todo_all, out)
+    return {"jobs": len(todo_all), "ran": len(todo), "skipped": skipped, "images": len(rows), "out": str(out)}
+
+
+def write_manifest(jobs: list[dict], out: Path) -> list[dict]:
+    """Rebuild manifest.jsonl and manifest.csv from the records of finished jobs, in experiment order."""
+    rows = []
+    for job in jobs:
+        record = out / "jobs" / f"{job['id']}.json"
+        if record.is_file():
+            rows += json.loads(record.read_text())["rows"]
+    tmp = out / "manifest.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(r, default=str) + "\n" for r in rows))
+    os.replace(tmp, out / "manifest.jsonl")
+    if rows:
+        tmp = out / "manifest.csv.tmp"
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows({k: json.dumps(v) if isinstance(v, list) else v for k, v in r.items()} for r in rows)
+        os.replace(tmp, out / "manifest.csv")
+    return rows

@@ -1,0 +1,233 @@
+"""The ``phosphene`` command: parse arguments, call the library, print.  No algorithm lives here."""
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+from collections.abc import Sequence
+
+from . import __version__
+from .errors import PhospheneError
+
+
+def _models(args: argparse.Namespace) -> None:
+    from .models import CORNETS, BRAIN_SCORE_AREAS, embedded_models, load_model, torchvision_models
+
+    if args.name is None:
+        print("embedded (trained on the embedded object set; weights ship with phosphene):")
+        for name, card in embedded_models().items():
+            m = card["metrics"]
+            print(f"  {name:<16} test top-1 {m['test_top1']:.1%}, Linf PGD-{m['pgd_linf']['steps']} "
+                  f"at {m['pgd_linf']['eps_255']:g}/255 {m['pgd_linf']['accuracy']:.1%}   areas {card['areas']}")
+        print("CORnet (architecture in phosphene; weights from a local file via --weights):")
+        for name in CORNETS:
+            print(f"  {name}")
+        mapped = [n for n in torchvision_models() if n in BRAIN_SCORE_AREAS]
+        print(f"torchvision ({len(torchvision_models())} architectures; Brain-Score area maps for: {', '.join(mapped)}):")
+        print(textwrap.fill(" ".join(torchvision_models()), width=100, initial_indent="  ", subsequent_indent="  "))
+        print("Details: phosphene models NAME [--weights PATH]")
+        return
+    import torch
+
+    model = load_model(args.name, weights=args.weights, device="cpu")
+    print(f"{model.name}: {len(model.classes)} classes ({', '.join(model.classes[:8])}"
+          f"{', ...' if len(model.classes) > 8 else ''})")
+    print(f"weights: {model.info.get('weights')}")
+    size = model.input_size or 224
+    layers = model.layers if args.layers else list(dict.fromkeys(model.areas.values()))
+    shapes = {}
+    if layers:
+        with torch.no_grad():
+            acts = model.activations(torch.full((1, 3, size, size), 0.5), layers)
+        shapes = {k: tuple(v.shape[1:]) for k, v in acts.items()}
+    print("brain areas:" if model.areas else "brain areas: none committed (pass areas=... / use layer names)")
+    for area, layer in model.areas.items():
+        print(f"  {area:<9} -> {layer:<28} {shapes.get(layer, '')}")
+    if args.layers:
+        print(f"layers ({len(model.layers)}):")
+        for layer in model.layers:
+            print(f"  {layer:<40} {shapes.get(layer, '')}")
+    else:
+        print(f"{len(model.layers)} layers (list them with --layers)")
+
+
+def _images(args: argparse.Namespace) -> None:
+    from .data import World, render, write_folder
+
+    world = World(size=args.size, seed=args.seed, variation=args.variation)
+    batch = render(args.n, args.split, world, category=args.category, workers=args.workers, progress=True)
+    path = write_folder(batch, args.out)
+    counts = {}
+    for meta in batch.metadata:
+        counts[meta["category"]] = counts.get(meta["category"], 0) + 1
+    print(f"wrote {len(batch)} images to {args.out} ({', '.join(f'{k} {v}' for k, v in counts.items())}); "
+          f"metadata in {path}")
+
+
+def _train(args: argparse.Namespace) -> None:
+    from .training import train
+
+    card = train(args.name, out_dir=args.out, workers=args.workers, epochs=args.epochs)
+    m = card["metrics"]
+    print(f"{card['name']}: test top-1 {m['test_top1']:.1%}, Linf PGD-{m['pgd_linf']['steps']} at "
+          f"{m['pgd_linf']['eps_255']:g}/255 {m['pgd_linf']['accuracy']:.1%}; card in {args.out}")
+
+
+def _readout_path(name: str) -> str:
+    """A readout given by path, or by name in the readouts folder ($PHOSPHENE_READOUTS, default ./readouts)."""
+    import os
+    from pathlib import Path
+
+    path = Path(name)
+    if path.with_suffix(".pt").is_file():
+        return str(path)
+    return str(Path(os.environ.get("PHOSPHENE_READOUTS", "readouts")) / name)
+
+
+def _synth(args: argparse.Namespace) -> None:
+    from .constraints import Contrast, Grayscale, Mask
+    from .evolve import evolve
+    from .models import load_model
+    from .readouts import Readout
+    from .synthesis import synthesize
+
+    model = load_model(args.model, weights=args.weights)
+    for name in args.readout:
+        model.add_readout(Readout.load(_readout_path(name)))
+    size = args.size or model.input_size
+    if args.evolve:
+        result = evolve(model, args.objective, population=args.population, generations=args.steps, size=size,
+                        seed=args.seed)
+    else:
+        constraints = [c for c in (Contrast(args.contrast) if args.contrast else None,
+                                   Mask.aperture(size, args.aperture) if args.aperture else None,
+                                   Grayscale() if args.grayscale else None) if c is not None]
+        result = synthesize(model, args.objective, n=args.n, size=size, param=args.param, steps=args.steps,
+                            lr=args.lr, seed=args.seed, transforms=None if args.no_transforms else "standard",
+                            constraints=constraints, relu_override=args.relu_override)
+    paths = result.save(args.out)
+    scores = ", ".join(f"{s:.3g}" for s in result.scores.tolist()[:8])
+    print(f"{result.metadata['objective']} on {model.name}: {len(paths)} image(s) in {args.out}, "
+          f"scores {scores} after {result.metadata['steps_run']} steps ({result.metadata['seconds']:.1f} s)")
+
+
+def _readout(args: argparse.Namespace) -> None:
+    from .models import load_model
+    from .readouts import embedded_images, fit, load_responses
+
+    model = load_model(args.model, weights=args.weights)
+    resp = load_responses(args.responses)
+    images = embedded_images(resp.image_ids, images_dir=args.images)
+    readout = fit(model, images, resp, args.layer, method=args.method, folds=args.folds, seed=args.seed,
+                  progress=True)
+    path = readout.save(_readout_path(args.name))
+    info = readout.info
+    ceiling = f", median ceiling {sum(info['ceiling']) / len(info['ceiling']):.2f}, median ceiled r " \
+              f"{info['median_ceiled_r']:.2f}" if "ceiling" in info else ""
+    print(f"readout {model.name}:{readout.layer} -> {len(readout.sites)} sites ({info['method']}, {info['folds']}-fold): "
+          f"median r {info['median_r']:.2f}{ceiling}; saved to {path} (use --readout {args.name})")
+
+
+def _batch(args: argparse.Namespace) -> None:
+    from .batch import run
+
+    summary = run(args.experiment, args.out, jobs=args.jobs)
+    print(f"{summary['jobs']} jobs: {summary['ran']} ran, {summary['skipped']} already done; "
+          f"{summary['images']} images and manifest.jsonl in {summary['out']}")
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``phosphene`` command."""
+    from .data import CONTROLS, SPLITS, VARIATION
+    from .shapes import CATEGORIES
+    from .training import RECIPES, WEIGHTS_DIR
+
+    p = argparse.ArgumentParser(prog="phosphene", description="Probe models of the primate ventral stream.")
+    p.add_argument("--version", action="version", version=f"phosphene {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    m = sub.add_parser("models", help="list models, their layers and brain-area maps")
+    m.add_argument("name", nargs="?", help="show one model's classes, areas and layer shapes")
+    m.add_argument("--weights", help="checkpoint file or torchvision weights name")
+    m.add_argument("--layers", action="store_true", help="list every layer with its output shape")
+    m.set_defaults(func=_models)
+
+    i = sub.add_parser("images", help="render images of the embedded object set to a folder")
+    i.add_argument("--out", required=True, help="output folder (PNGs and metadata.csv)")
+    i.add_argument("--n", type=int, default=64, help="number of images (default 64)")
+    i.add_argument("--seed", type=int, default=0, help="world seed (default 0)")
+    i.add_argument("--split", choices=[*SPLITS, "localizer"], default="test")
+    i.add_argument("--variation", choices=[*VARIATION, "mixed"], default="mixed")
+    i.add_argument("--size", type=int, default=64, help="image size in pixels (default 64)")
+    i.add_argument("--category", choices=[*CATEGORIES, *CONTROLS], help="only this category or control")
+    i.add_argument("--workers", type=int, default=2, help="rendering processes (default 2)")
+    i.set_defaults(func=_images)
+
+    t = sub.add_parser("train", help="re-run the recipe of an embedded model (slow: minutes on a CPU)")
+    t.add_argument("name", choices=list(RECIPES))
+    t.add_argument("--out", default=str(WEIGHTS_DIR), help="where to write NAME.pt and its card")
+    t.add_argument("--epochs", type=int, help="override the recipe's epoch count")
+    t.add_argument("--workers", type=int, default=2)
+    t.set_defaults(func=_train)
+
+    s = sub.add_parser("synth", help="synthesize images that drive a neural state",
+                       description='Objectives: "IT:12" (channel 12 of IT, averaged over space), "V4:c5[3,4]" (a '
+                                   'unit), "stretch(V4:readout:site3)", "onehot(IT:7)", "norm(V4)", sums like '
+                                   '"IT:12 + 0.1*diversity(V4)".')
+    s.add_argument("--model", default="toy-standard")
+    s.add_argument("--weights", help="checkpoint file or torchvision weights name")
+    s.add_argument("--objective", required=True)
+    s.add_argument("--out", required=True, help="output folder (PNGs with metadata, result.json, result.pt)")
+    s.add_argument("--steps", type=int, default=256, help="optimization steps, or generations with --evolve")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--n", type=int, default=1, help="images to optimize together")
+    s.add_argument("--param", choices=["fourier", "pixels", "blurred"], default="fourier")
+    s.add_argument("--lr", type=float, default=0.05)
+    s.add_argument("--size", type=int, help="image size (default: the model's input size)")
+    s.add_argument("--no-transforms", action="store_true", help="no jitter/scale/rotate robustness transforms")
+    s.add_argument("--relu-override", type=int, default=16,
+                   help="first steps with Lucid's redirected ReLU gradient (default 16; 0 turns it off)")
+    s.add_argument("--contrast", type=float, help="fix RMS contrast (e.g. 0.2) at mean luminance 0.5")
+    s.add_argument("--aperture", type=float, help="circular aperture radius (fraction of the image)")
+    s.add_argument("--grayscale", action="store_true")
+    s.add_argument("--readout", action="append", default=[], help="attach a saved readout (name or path)")
+    s.add_argument("--evolve", action="store_true", help="gradient-free genetic algorithm instead of gradients")
+    s.add_argument("--population", type=int, default=40, help="population size with --evolve")
+    s.set_defaults(func=_synth)
+
+    r = sub.add_parser("readout", help="fit linear readouts from a model layer to recorded sites")
+    rsub = r.add_subparsers(dest="action", required=True, metavar="ACTION")
+    rf = rsub.add_parser("fit", help="fit, cross-validate and save a readout")
+    rf.add_argument("responses", help=".npz (responses, image_ids[, sites]) or .csv (image_id, one column per site)")
+    rf.add_argument("--model", required=True)
+    rf.add_argument("--weights")
+    rf.add_argument("--layer", required=True, help="layer or brain area, e.g. V4")
+    rf.add_argument("--images", help="folder with the image files named by image_id (default: embedded "
+                                     "'split:index' ids)")
+    rf.add_argument("--method", choices=["pls", "ridge"], default="pls")
+    rf.add_argument("--folds", type=int, default=10)
+    rf.add_argument("--seed", type=int, default=0)
+    rf.add_argument("--name", default="readout", help="name (or path) to save under; others use it with --readout")
+    rf.set_defaults(func=_readout)
+
+    b = sub.add_parser("batch", help="run an experiment file of synthesis jobs (rerun to resume)")
+    b.add_argument("experiment", help="experiment .toml (see examples/*.toml)")
+    b.add_argument("--out", required=True)
+    b.add_argument("--jobs", type=int, default=1, help="parallel worker processes")
+    b.set_defaults(func=_batch)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: run a subcommand, turning phosphene's errors into one line and exit status 2."""
+    args = parser().parse_args(argv)
+    try:
+        args.func(args)
+    except PhospheneError as e:
+        print(f"phosphene: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

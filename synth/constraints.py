@@ -1,0 +1,135 @@
+"""Constraints on images: what the engine may produce.
+
+Two kinds of enforcement, both optional per constraint:
+- ``apply(x)``: a differentiable map inside the forward pass (grayscale, aperture mask, fixed mean luminance and
+  RMS contrast), so it works with any parametrization;
+- ``project_(x)``: an in-place projection of pixel parameters after each step (the pixel box, an Lp ball around a
+  start image), as projected gradient descent needs.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .errors import ConfigError
+
+# ITU-R BT.601 luma weights: luminance of an RGB image for contrast constraints.
+LUMA = (0.299, 0.587, 0.114)
+
+
+class Constraint:
+    """Base: identity map and no projection."""
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """Differentiable part, applied to every image the model sees."""
+        return x
+
+    def project_(self, x: torch.Tensor) -> None:
+        """In-place projection of pixel parameters after a step."""
+
+    def to(self, device: torch.device) -> Constraint:
+        """Move tensors the constraint holds to a device."""
+        return self
+
+
+class Box(Constraint):
+    """Pixel values within [lo, hi] (the valid image range)."""
+
+    def __init__(self, lo: float = 0.0, hi: float = 1.0):
+        if not lo < hi:
+            raise ConfigError(f"box needs lo < hi, got [{lo}, {hi}]")
+        self.lo, self.hi = float(lo), float(hi)
+
+    def project_(self, x: torch.Tensor) -> None:
+        x.clamp_(self.lo, self.hi)
+
+    def __str__(self) -> str:
+        return f"box[{self.lo:g},{self.hi:g}]"
+
+
+class LpBall(Constraint):
+    """Within distance ``eps`` of ``center`` in the L-inf or L2 norm, per image (the attack budget)."""
+
+    def __init__(self, center: torch.Tensor, eps: float, p: float = math.inf):
+        if p not in (2, math.inf):
+            raise ConfigError(f"LpBall supports p=2 or p=inf, got {p}")
+        if not (eps >= 0 and math.isfinite(eps)):
+            raise ConfigError(f"eps must be a finite number >= 0, got {eps}")
+        self.center, self.eps, self.p = center.detach(), float(eps), p
+
+    def to(self, device: torch.device) -> LpBall:
+        self.center = self.center.to(device)
+        return self
+
+    def project_(self, x: torch.Tensor) -> None:
+        delta = x - self.center
+        if self.p == math.inf:
+            delta.clamp_(-self.eps, self.eps)
+        else:
+            norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
+            delta.mul_((self.eps / norms).clamp(max=1.0).view(-1, *[1] * (delta.ndim - 1)))
+        x.copy_(self.center + delta)
+
+    def __str__(self) -> str:
+        return f"l{'inf' if self.p == math.inf else 2}-ball(eps={self.eps:.4g})"
+
+
+class Contrast(Constraint):
+    """Fixed mean luminance and RMS contrast per image (the usual control in physiology stimulus sets)."""
+
+    def __init__(self, rms: float = 0.2, mean: float = 0.5):
+        if not (0 < rms < 1 and 0 < mean < 1):
+            raise ConfigError(f"contrast needs 0 < rms < 1 and 0 < mean < 1, got rms={rms}, mean={mean}")
+        self.rms, self.mean = float(rms), float(mean)
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        luma = (x * torch.tensor(LUMA, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        mu = luma.mean((1, 2, 3), keepdim=True)
+        sd = luma.std((1, 2, 3), keepdim=True).clamp_min(1e-6)
+        return ((x - mu) / sd * self.rms + self.mean).clamp(0, 1)
+
+    def __str__(self) -> str:
+        return f"contrast(rms={self.rms:g}, mean={self.mean:g})"
+
+
+class Mask(Constraint):
+    """Only pixels inside a mask (H×W in [0,1]) are free; outside, a fixed background shows."""
+
+    def __init__(self, mask: torch.Tensor, background: float = 0.5, label: str = "mask"):
+        mask = torch.as_tensor(mask, dtype=torch.float32)
+        if mask.ndim != 2 or not torch.isfinite(mask).all() or mask.min() < 0 or mask.max() > 1:
+            raise ConfigError("mask must be an H×W array of values in [0, 1]")
+        self.mask, self.background, self.label = mask, float(background), label
+
+    @classmethod
+    def aperture(cls, size: int, radius: float = 0.45, soft: float = 0.05, background: float = 0.5) -> Mask:
+        """A circular aperture (radius and soft edge as fractions of the image size), as in receptive-field mapping."""
+        t = (torch.arange(size) + 0.5) / size - 0.5
+        r = torch.sqrt(t[:, None] ** 2 + t[None, :] ** 2)
+        mask = torch.clamp((radius - r) / max(soft, 1e-6) + 0.5, 0, 1)
+        return cls(mask, background, f"aperture(r={radius:g})")
+
+    def to(self, device: torch.device) -> Mask:
+        self.mask = self.mask.to(device)
+        return self
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mask.shape != x.shape[-2:]:
+            raise ConfigError(f"mask of shape {tuple(self.mask.shape)} does not fit images of {tuple(x.shape[-2:])}")
+        m = self.mask.to(x.dtype)
+        return x * m + self.background * (1 - m)
+
+    def __str__(self) -> str:
+        return self.label
+
+
+class Grayscale(Constraint):
+    """Achromatic images: every channel equals the pixel's luminance."""
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        luma = (x * torch.tensor(LUMA, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        return luma.expand_as(x)
+
+    def __str__(self) -> str:
+        return "grayscale"

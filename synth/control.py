@@ -1,0 +1,110 @@
+"""Neural population control (Bashivan, Kar & DiCarlo 2019) in a model and in a simulated subject.
+
+- ``stretch_units``: drive units of a model beyond their maximum over natural images.
+- ``Subject``: a simulated animal — sites are units of *another* model, spatially pooled, turned into firing
+  rates and recorded with Poisson spike-count noise in a 100 ms window, as a stand-in for the monkey.
+- ``population_control``: the paper's experiment end to end — record the subject on natural images, fit a
+  readout from the probe model, synthesize 'stretch' and 'one-hot population' images through the readout, and
+  present them to the subject.  The report has the paper's measures: the fraction of sites whose stretch image
+  beats their best natural image, the median ratio, and one-hot success.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .errors import ConfigError
+from .objectives import OneHot, Stretch, population
+from .probe import ProbeModel
+from .readouts import Responses, fit
+from .synthesis import synthesize
+
+
+def responses(model: ProbeModel, images: torch.Tensor, layer: str, batch_size: int = 256) -> torch.Tensor:
+    """Population responses (images × channels or sites; channels averaged over space) on the CPU."""
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(images), batch_size):
+            a = model.activations(images[i:i + batch_size].to(model.device), layer)[layer]
+            out.append(population(a).cpu())
+    return torch.cat(out)
+
+
+def stretch_units(model: ProbeModel, layer: str, channels: list[int], natural: torch.Tensor, **synth_options) -> dict:
+    """Stretch each channel of ``layer`` (one image each, in one batch) and compare with its natural maximum."""
+    result = synthesize(model, Stretch(layer, tuple(channels)), n=len(channels), **synth_options)
+    achieved = result.scores.double()
+    nat_max = responses(model, natural, layer)[:, channels].max(0).values.double()
+    ratio = achieved / nat_max.clamp_min(1e-9)
+    return {"layer": layer, "channels": list(channels), "achieved": achieved.tolist(), "natural_max": nat_max.tolist(),
+            "fraction_above": float((achieved > nat_max).double().mean()), "median_ratio": float(ratio.median()),
+            "n_natural": int(natural.shape[0]), "result": result}
+
+
+class Subject:
+    """A simulated recording: ``n_sites`` responsive channels of ``layer`` of another model, as spike counts.
+
+    A site's rate is ``baseline + (max_rate - baseline) · a / a95`` spikes/s, where ``a`` is the channel's spatially
+    pooled response and ``a95`` its 95th percentile over the calibration images; trials are Poisson counts in a
+    ``window``-second window, divided by the window (HvM-like 70–170 ms: 0.1 s).
+    """
+
+    def __init__(self, model: ProbeModel, layer: str, calibration: torch.Tensor, n_sites: int = 40, seed: int = 0,
+                 baseline: float = 5.0, max_rate: float = 100.0, window: float = 0.1):
+        self.model, self.layer, self.window = model, model.layer(layer), window
+        self.baseline, self.max_rate = baseline, max_rate
+        resp = responses(model, calibration, self.layer)
+        spread = resp.std(0)
+        live = torch.nonzero(spread > 1e-3 * spread.max()).flatten()
+        if len(live) < n_sites:
+            raise ConfigError(f"{layer!r} of {model.name} has only {len(live)} responsive channels, asked for {n_sites}")
+        g = torch.Generator().manual_seed(seed)
+        self.channels = sorted(live[torch.randperm(len(live), generator=g)[:n_sites]].tolist())
+        self.scale = resp[:, self.channels].quantile(0.95, dim=0).clamp_min(1e-6)
+        self.sites = [f"site{c}" for c in self.channels]
+
+    def rates(self, images: torch.Tensor) -> np.ndarray:
+        """Expected firing rates (images × sites, spikes/s)."""
+        a = responses(self.model, images, self.layer)[:, self.channels]
+        return (self.baseline + (self.max_rate - self.baseline) * a / self.scale).clamp_min(0).double().numpy()
+
+    def record(self, images: torch.Tensor, repeats: int, seed: int = 0) -> np.ndarray:
+        """Trial responses (images × sites × repeats, spikes/s) with Poisson spike-count noise."""
+        lam = self.rates(images)[..., None] * self.window
+        counts = np.random.default_rng(seed).poisson(np.repeat(lam, repeats, axis=2))
+        return counts / self.window
+
+
+def population_control(probe: ProbeModel, subject: Subject, natural: torch.Tensor, layer: str = "IT",
+                       repeats: int = 4, seed: int = 0, method: str = "pls", **synth_options) -> dict:
+    """Record, fit a readout, synthesize stretch and one-hot images through it, and test them on the subject."""
+    ids = [f"natural:{i}" for i in range(len(natural))]
+    recorded = Responses(ids, subject.record(natural, repeats, seed), subject.sites)
+    readout = fit(probe, natural, recorded, layer, method=method, seed=seed)
+    name = probe.add_readout(readout, f"{probe.layer(layer)}:readout")
+    sites = tuple(range(len(subject.sites)))
+    stretch = synthesize(probe, Stretch(name, sites), n=len(sites), seed=seed, **synth_options)
+    onehot = synthesize(probe, OneHot(name, sites), n=len(sites), seed=seed + 1, **synth_options)
+    # The subject sees the synthetic images (trial-averaged, new noise) and we compare with its natural responses.
+    nat_mean = recorded.mean
+    mu, sd = nat_mean.mean(0), np.where(nat_mean.std(0) > 0, nat_mean.std(0), 1.0)
+    idx = np.arange(len(sites))
+    st = subject.record(stretch.images, repeats, seed + 2).mean(2)[idx, idx]
+    best = nat_mean.max(0)
+    oh_z = (subject.record(onehot.images, repeats, seed + 3).mean(2) - mu) / sd
+    predicted_nat = responses(probe, natural, name).numpy()
+    return {
+        "sites": len(sites), "natural_images": len(natural), "repeats": repeats, "probe": probe.name,
+        "subject": f"{subject.model.name}:{subject.layer}", "layer": readout.layer,
+        "readout_median_r": readout.info["median_r"], "readout_median_ceiling": float(np.median(readout.info["ceiling"])),
+        "readout_median_ceiled_r": readout.info["median_ceiled_r"],
+        "stretch_fraction_above_natural_max": float((st > best).mean()),
+        "stretch_median_ratio": float(np.median(st / np.maximum(best, 1e-9))),
+        "stretch_model_fraction_above": float((stretch.scores.numpy() > predicted_nat.max(0)).mean()),
+        "onehot_success": float((oh_z.argmax(1) == idx).mean()),
+        "onehot_model_success": float((onehot.activations[name].numpy().argmax(1) == idx).mean()),
+        "onehot_median_target_z": float(np.median(oh_z[idx, idx])),
+        "onehot_median_others_z": float(np.median(oh_z[~np.eye(len(idx), dtype=bool)])),
+        "stretch": stretch, "onehot": onehot, "readout": readout,
+    }
+

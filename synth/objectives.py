@@ -1,0 +1,429 @@
+"""Objectives: functions of layer activations that give one score per image, to be *maximized*.
+
+They compose (``a + b``, ``a - b``, ``2 * a``, ``-a``, ``a / 2``), name the layers they read (so the engine runs
+the model only that far), and print as a readable string that ``parse`` reads back::
+
+    IT:12                      channel 12 of IT, averaged over space (a "unit" of a pooled layer)
+    V4:c5[3,4]                 channel 5 of V4 at row 3, column 4
+    V4:readout:site3           a recorded site, through a readout attached to the model
+    stretch(IT:12)             drive one site as high as it goes (Bashivan et al. 2019)
+    onehot(V4:readout:site3)   drive one site while the rest of its population stays low (softmax score)
+    norm(V4)                   mean squared activation of a whole layer
+    IT:12 + 0.1*diversity(V4)  several images that differ in their V4 Gram matrices (Olah et al. 2017)
+
+Objectives are small classes, not closures, so a debugger can show what they hold.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+
+from .errors import ConfigError, UnknownNameError
+
+Acts = Mapping[str, torch.Tensor]
+
+
+class Objective(ABC):
+    """Base: ``score(acts) -> (N,)`` tensor; ``layers`` it reads; arithmetic builds weighted sums."""
+
+    layers: tuple[str, ...] = ()
+
+    @abstractmethod
+    def score(self, acts: Acts) -> torch.Tensor:
+        """One score per image (higher is better)."""
+
+    def __call__(self, acts: Acts) -> torch.Tensor:
+        return self.score(acts)
+
+    def resolve(self, model) -> Objective:
+        """A copy whose layer names and site names are checked against ``model`` and made canonical."""
+        return self
+
+    # arithmetic ------------------------------------------------------------------------------------------
+    def __add__(self, other: Objective) -> Objective:
+        return Sum([(1.0, self), (1.0, _objective(other))])
+
+    def __sub__(self, other: Objective) -> Objective:
+        return Sum([(1.0, self), (-1.0, _objective(other))])
+
+    def __mul__(self, w: float) -> Objective:
+        return Sum([(_number(w), self)])
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, w: float) -> Objective:
+        return Sum([(1.0 / _number(w), self)])
+
+    def __neg__(self) -> Objective:
+        return Sum([(-1.0, self)])
+
+    def __repr__(self) -> str:
+        return f"Objective({str(self)!r})"
+
+
+def _objective(x) -> Objective:
+    if not isinstance(x, Objective):
+        raise ConfigError(f"objectives combine with objectives, not {type(x).__name__}")
+    return x
+
+
+def _number(w) -> float:
+    if not isinstance(w, (int, float)) or not math.isfinite(w):
+        raise ConfigError(f"an objective's weight must be a finite number, got {w!r}")
+    return float(w)
+
+
+class Sum(Objective):
+    """A weighted sum of objectives; nested sums are flattened."""
+
+    def __init__(self, terms: list[tuple[float, Objective]]):
+        flat = []
+        for w, t in terms:
+            flat += [(w * w2, t2) for w2, t2 in t.terms] if isinstance(t, Sum) else [(w, t)]
+        self.terms = flat
+        self.layers = tuple(dict.fromkeys(layer for _, t in flat for layer in t.layers))
+
+    def score(self, acts: Acts) -> torch.Tensor:
+        return sum(w * t.score(acts) for w, t in self.terms)
+
+    def resolve(self, model) -> Objective:
+        return Sum([(w, t.resolve(model)) for w, t in self.terms])
+
+    def __str__(self) -> str:
+        out = ""
+        for w, t in self.terms:
+            sign = "-" if w < 0 else "+"
+            mag = abs(w)
+            body = str(t) if mag == 1 else f"{mag:g}*{t}"
+            out += (("-" if sign == "-" else "") + body) if not out else f" {sign} {body}"
+        return out
+
+
+def population(a: torch.Tensor) -> torch.Tensor:
+    """N×C responses: spatial means of a conv layer, or the layer itself when it is already N×C."""
+    return a.flatten(2).mean(2) if a.ndim > 2 else a
+
+
+Index = int | str | tuple[int | str, ...]
+
+
+class Site(Objective):
+    """One site of a layer: a channel (averaged over space), a unit (channel at a position) or a readout site.
+
+    ``index`` may be a tuple with one entry per image: image k then drives site ``index[k]``, so a whole set of
+    sites is optimized in one batch ('IT:{3,7,12}').
+    """
+
+    def __init__(self, layer: str, index: Index, position: tuple[int, int] | None = None):
+        self.layer, self.index, self.position = layer, index, position
+        self.layers = (layer,)
+
+    def resolve(self, model) -> Site:
+        layer = model.layer(self.layer)
+        many = isinstance(self.index, tuple)
+        indices = list(self.index) if many else [self.index]
+        if any(isinstance(i, str) for i in indices):
+            sites = model.sites(layer)
+            for i in indices:
+                if isinstance(i, str) and i not in sites:
+                    raise UnknownNameError(f"site of {layer!r}", i, sites)
+            indices = [sites.index(i) if isinstance(i, str) else i for i in indices]
+        return self._copy(layer, tuple(indices) if many else indices[0])
+
+    def _copy(self, layer: str, index: Index) -> Site:
+        return type(self)(layer, index, self.position)
+
+    def _rows(self, a: torch.Tensor) -> torch.Tensor:
+        """Index tensor: which site each image drives."""
+        many = isinstance(self.index, tuple)
+        indices = self.index if many else (self.index,)
+        if not all(isinstance(i, int) for i in indices):
+            raise ConfigError(f"site {self.index!r} must be resolved against a model first (objective.resolve)")
+        bad = [i for i in indices if not 0 <= i < a.shape[1]]
+        if bad:
+            raise ConfigError(f"index {bad[0]} out of range: layer {self.layer!r} has {a.shape[1]} channels/sites")
+        if many and len(indices) != a.shape[0]:
+            raise ConfigError(f"{len(indices)} sites for {a.shape[0]} images: give one site per image")
+        rows = torch.tensor(indices, device=a.device)
+        return rows if many else rows.expand(a.shape[0])
+
+    def values(self, acts: Acts) -> torch.Tensor:
+        """The driven site's response, per image."""
+        a = acts[self.layer]
+        rows = self._rows(a)
+        if self.position is not None:
+            y, x = self.position
+            if a.ndim != 4 or not (0 <= y < a.shape[2] and 0 <= x < a.shape[3]):
+                raise ConfigError(f"position {self.position} is outside layer {self.layer!r} of shape "
+                                  f"{tuple(a.shape[1:])}")
+            a = a[:, :, y, x]
+        return population(a).gather(1, rows[:, None])[:, 0]
+
+    def score(self, acts: Acts) -> torch.Tensor:
+        return self.values(acts)
+
+    def target(self) -> str:
+        pos = f"[{self.position[0]},{self.position[1]}]" if self.position is not None else ""
+        index = "{" + ",".join(map(str, self.index)) + "}" if isinstance(self.index, tuple) else self.index
+        return f"{self.layer}:{index}{pos}"
+
+    def __str__(self) -> str:
+        return self.target()
+
+
+class Stretch(Site):
+    """Drive one site as high as it goes: Bashivan et al.'s 'stretch' control."""
+
+    def __str__(self) -> str:
+        return f"stretch({self.target()})"
+
+
+class OneHot(Site):
+    """Drive one site while its population stays low: log-softmax of the site over the population's responses.
+
+    The population is every channel (spatially averaged) of a conv layer, or every site of a readout, as in the
+    one-hot-population control of Bashivan, Kar & DiCarlo (2019).  ``tau`` sets how hard the others are pushed.
+    """
+
+    def __init__(self, layer: str, index: Index, position: tuple[int, int] | None = None, tau: float = 1.0):
+        super().__init__(layer, index, position)
+        if not tau > 0:
+            raise ConfigError(f"onehot temperature tau must be > 0, got {tau}")
+        self.tau = float(tau)
+
+    def _copy(self, layer: str, index: Index) -> OneHot:
+        return OneHot(layer, index, self.position, self.tau)
+
+    def score(self, acts: Acts) -> torch.Tensor:
+        a = acts[self.layer]
+        rows = self._rows(a)
+        pop = population(a if self.position is None else a[:, :, self.position[0], self.position[1]])
+        return F.log_softmax(pop / self.tau, dim=1).gather(1, rows[:, None])[:, 0]
+
+    def __str__(self) -> str:
+        return f"onehot({self.target()}{'' if self.tau == 1 else f', tau={self.tau:g}'})"
+
+
+class _LayerObjective(Objective):
+    """An objective over a whole layer."""
+
+    def __init__(self, layer: str):
+        self.layer = layer
+        self.layers = (layer,)
+
+    def resolve(self, model) -> Objective:
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__, layer=model.layer(self.layer), layers=(model.layer(self.layer),))
+        return clone
+
+
+class LayerNorm(_LayerObjective):
+    """Mean squared activation of a whole layer ('deep dream' energy)."""
+
+    def score(self, acts: Acts) -> torch.Tensor:
+        return acts[self.layer].flatten(1).pow(2).mean(1)
+
+    def __str__(self) -> str:
+        return f"norm({self.layer})"
+
+
+class Diversity(_LayerObjective):
+    """Minus the mean cosine similarity of each image's Gram matrix to the others' (Lucid's diversity term)."""
+
+    def score(self, acts: Acts) -> torch.Tensor:
+        a = acts[self.layer]
+        n = a.shape[0]
+        if n < 2:
+            return a.new_zeros(n)
+        flat = a.flatten(2) if a.ndim > 2 else a[:, :, None]
+        grams = F.normalize(torch.bmm(flat, flat.transpose(1, 2)).flatten(1), dim=1)
+        sim = grams @ grams.T
+        return -(sim.sum(1) - sim.diagonal()) / (n - 1)
+
+    def __str__(self) -> str:
+        return f"diversity({self.layer})"
+
+
+def _finite(t: torch.Tensor, what: str) -> torch.Tensor:
+    t = torch.as_tensor(t, dtype=torch.float32)
+    if t.numel() == 0:
+        raise ConfigError(f"{what} is empty")
+    if not torch.isfinite(t).all():
+        raise ConfigError(f"{what} contains NaN or infinite values ({int((~torch.isfinite(t)).sum())} of {t.numel()})")
+    return t
+
+
+def _digest(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:8]
+
+
+class Direction(_LayerObjective):
+    """Projection of the layer's response onto a direction: C entries (spatial means) or the full C·H·W."""
+
+    def __init__(self, layer: str, vector: torch.Tensor):
+        super().__init__(layer)
+        v = _finite(vector, "direction vector").flatten()
+        if not v.norm() > 0:
+            raise ConfigError("direction vector must not be all zeros")
+        self.vector = v / v.norm()
+
+    def score(self, acts: Acts) -> torch.Tensor:
+        a = acts[self.layer]
+        v = self.vector.to(a.device, a.dtype)
+        if v.numel() == a[0].numel():
+            return a.flatten(1) @ v
+        if v.numel() == a.shape[1]:
+            return population(a) @ v
+        raise ConfigError(f"direction has {v.numel()} entries; layer {self.layer!r} has {a.shape[1]} channels and "
+                          f"{a[0].numel()} units")
+
+    def __str__(self) -> str:
+        return f"direction({self.layer}, <{self.vector.numel()} values {_digest(self.vector)}>)"
+
+
+class Match(_LayerObjective):
+    """Closeness to target activations: minus the mean squared error, or the cosine similarity."""
+
+    METRICS = ("mse", "cosine")
+
+    def __init__(self, layer: str, target: torch.Tensor, metric: str = "mse"):
+        super().__init__(layer)
+        if metric not in self.METRICS:
+            raise UnknownNameError("match metric", metric, self.METRICS)
+        self.target, self.metric = _finite(target, "target activation"), metric
+
+    def score(self, acts: Acts) -> torch.Tensor:
+        a = acts[self.layer].flatten(1)
+        t = self.target.to(a.device, a.dtype)
+        t = t.flatten(1) if t.ndim == acts[self.layer].ndim else t.flatten()[None]
+        if t.shape[1] != a.shape[1] or t.shape[0] not in (1, a.shape[0]):
+            raise ConfigError(f"target of shape {tuple(self.target.shape)} does not fit layer {self.layer!r} "
+                              f"of shape {tuple(acts[self.layer].shape)}")
+        if self.metric == "mse":
+            return -(a - t).pow(2).mean(1)
+        return F.cosine_similarity(a, t.expand_as(a), dim=1)
+
+    def __str__(self) -> str:
+        return f"match({self.layer}, <target {_digest(self.target)}>, metric={self.metric})"
+
+
+# ------------------------------------------------------------------------------------------------- parser
+_TOKEN = re.compile(r"\s*(?:(?P<num>\d+\.?\d*(?:e-?\d+)?|\.\d+)"
+                    r"|(?P<name>[A-Za-z_][\w.]*(?::(?:[\w.]+|\{[\w,]+\}))*(?:\[\d+,\d+\])?)"
+                    r"|(?P<op>[-+*/(),=]))")
+_SITE = re.compile(r"^(?P<layer>.+):(?P<index>c?\d+|[A-Za-z_]\w*|\{[\w,]+\})(?:\[(?P<y>\d+),(?P<x>\d+)\])?$")
+FUNCTIONS = {"stretch": Stretch, "onehot": OneHot, "norm": LayerNorm, "diversity": Diversity}
+
+
+def site(spec: str, cls: type[Site] = Site, **kw) -> Site:
+    """Parse 'LAYER:INDEX' (INDEX = channel number, 'cN', a readout site name, or '{i,j,...}' one per image)
+    with an optional '[y,x]' position."""
+    m = _SITE.match(spec)
+    if not m:
+        raise ConfigError(f"{spec!r} is not a site: write LAYER:CHANNEL (e.g. 'IT:12'), 'V4:c5[3,4]' for a unit, "
+                          "or 'V4:readout:site3' for a recorded site")
+    def one(idx: str) -> int | str:
+        return int(idx.lstrip("c")) if re.fullmatch(r"c?\d+", idx) else idx
+
+    idx = m["index"]
+    index: Index = tuple(one(i) for i in idx[1:-1].split(",")) if idx.startswith("{") else one(idx)
+    pos = (int(m["y"]), int(m["x"])) if m["y"] is not None else None
+    return cls(m["layer"], index, pos, **kw)
+
+
+class _Parser:
+    def __init__(self, text: str):
+        self.text, self.tokens, pos = text, [], 0
+        text = text.rstrip()
+        while pos < len(text):
+            m = _TOKEN.match(text, pos)
+            if not m or m.end() == pos:
+                raise ConfigError(f"cannot read objective {self.text!r} at {text[pos:]!r}")
+            kind = m.lastgroup
+            self.tokens.append((kind, m[kind]))
+            pos = m.end()
+        self.i = 0
+
+    def peek(self) -> tuple[str, str] | None:
+        return self.tokens[self.i] if self.i < len(self.tokens) else None
+
+    def take(self, value: str | None = None) -> tuple[str, str]:
+        tok = self.peek()
+        if tok is None or (value is not None and tok[1] != value):
+            raise ConfigError(f"objective {self.text!r}: expected {value or 'more'}, found "
+                              f"{tok[1] if tok else 'the end'}")
+        self.i += 1
+        return tok
+
+    def expr(self) -> Objective:
+        out = self.term()
+        while self.peek() and self.peek()[1] in "+-":
+            op = self.take()[1]
+            out = out + self.term() if op == "+" else out - self.term()
+        return out
+
+    def term(self) -> Objective:
+        tok = self.peek()
+        if tok and tok[1] == "-":
+            self.take()
+            return -self.term()
+        if tok and tok[0] == "num":
+            w = float(self.take()[1])
+            self.take("*")
+            return w * self.term()
+        out = self.factor()
+        while self.peek() and self.peek()[1] in "*/":
+            op = self.take()[1]
+            w = float(self.take()[1])
+            out = out * w if op == "*" else out / w
+        return out
+
+    def factor(self) -> Objective:
+        kind, name = self.take()
+        if kind == "op" and name == "(":
+            out = self.expr()
+            self.take(")")
+            return out
+        if kind != "name":
+            raise ConfigError(f"objective {self.text!r}: unexpected {name!r}")
+        if self.peek() and self.peek()[1] == "(":
+            if name not in FUNCTIONS:
+                raise UnknownNameError("objective function", name, FUNCTIONS)
+            self.take("(")
+            arg = self.take()[1]
+            kwargs = {}
+            while self.peek() and self.peek()[1] == ",":
+                self.take(",")
+                key = self.take()[1]
+                self.take("=")
+                kwargs[key] = float(self.take()[1])
+            self.take(")")
+            cls = FUNCTIONS[name]
+            if issubclass(cls, Site):
+                try:
+                    return site(arg, cls, **kwargs)
+                except TypeError:
+                    raise ConfigError(f"{name}() does not take {', '.join(kwargs)}") from None
+            if kwargs:
+                raise ConfigError(f"{name}() takes only a layer, got {', '.join(kwargs)}")
+            return cls(arg)
+        return site(name)
+
+
+def parse(text: str) -> Objective:
+    """Read an objective from its string form, e.g. ``"stretch(IT:12) + 0.1*diversity(V4)"``."""
+    if isinstance(text, Objective):
+        return text
+    p = _Parser(str(text))
+    if not p.tokens:
+        raise ConfigError("empty objective")
+    out = p.expr()
+    if p.peek() is not None:
+        raise ConfigError(f"objective {text!r}: unexpected {p.peek()[1]!r}")
+    return out

@@ -1,0 +1,198 @@
+"""Image parametrizations: learnable tensors and a map from them to N×3×H×W images in [0, 1].
+
+- ``Pixels``: the pixels themselves (what attacks use); kept in [0, 1] by a Box constraint.
+- ``Fourier``: Lucid's spectrum parametrization, 1/f^decay scaled, with decorrelated colour and a sigmoid
+  (Olah, Mordvintsev & Schubert 2017); ``max_freq`` keeps only low frequencies, a compact code for evolution.
+- ``Blurred``: pixels whose gradient is Gaussian-blurred before each step, σ annealed over the run
+  (the preconditioning of Walker et al. 2019, 'Inception loops').
+"""
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import ConfigError, UnknownNameError
+
+# Lucid's square root of the ImageNet colour correlation matrix, columns normalized to unit max norm.
+_COLOR_SQRT = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]])
+_COLOR = _COLOR_SQRT / _COLOR_SQRT.norm(dim=0).max()
+
+
+class Parametrization(nn.Module, ABC):
+    """Base: ``image()`` returns the current images; ``schedule(progress)`` lets a parametrization anneal."""
+
+    name = "parametrization"
+
+    @abstractmethod
+    def image(self) -> torch.Tensor:
+        """The current N×3×H×W images in [0, 1], differentiable in the parameters."""
+
+    @property
+    @abstractmethod
+    def batch(self) -> int:
+        """How many images this parametrization holds."""
+
+    def schedule(self, progress: float) -> None:
+        """Called by the engine with the fraction of the run done; most parametrizations ignore it."""
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def start_images(n: int, size: int | tuple[int, int], init: str | torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Starting images: 'noise' (N(0.5, 0.15²) clipped: a silent ReLU unit has no gradient at a flat grey),
+    'grey', 'uniform', or a given N×3×H×W tensor in [0, 1]."""
+    h, w = (size, size) if isinstance(size, int) else size
+    if isinstance(init, torch.Tensor):
+        x = init.detach().float().cpu().clone()
+        if x.ndim == 3:
+            x = x[None]
+        if x.shape[0] == 1 and n > 1:
+            x = x.expand(n, -1, -1, -1).clone()
+        return x
+    if init == "noise":
+        return (0.5 + 0.15 * torch.randn(n, 3, h, w, generator=generator)).clamp(0, 1)
+    if init == "grey":
+        return torch.full((n, 3, h, w), 0.5)
+    if init == "uniform":
+        return torch.rand(n, 3, h, w, generator=generator)
+    raise UnknownNameError("start", str(init), ["noise", "grey", "uniform"])
+
+
+class Pixels(Parametrization):
+    """The image is the parameter."""
+
+    name = "pixels"
+
+    def __init__(self, start: torch.Tensor):
+        super().__init__()
+        self.x = nn.Parameter(start.clone())
+
+    def image(self) -> torch.Tensor:
+        return self.x
+
+    @property
+    def batch(self) -> int:
+        return self.x.shape[0]
+
+
+class Blurred(Pixels):
+    """Pixels with Gaussian-blurred gradients; σ falls linearly from ``sigma`` to ``sigma_end`` over the run."""
+
+    def __init__(self, start: torch.Tensor, sigma: float = 2.0, sigma_end: float = 0.5):
+        super().__init__(start)
+        if sigma < 0 or sigma_end < 0:
+            raise ConfigError("blur sigmas must be >= 0")
+        self.sigma0, self.sigma_end, self.sigma = float(sigma), float(sigma_end), float(sigma)
+        self.x.register_hook(self._blur)
+
+    @property
+    def name(self) -> str:
+        return f"blurred(sigma={self.sigma0:g}->{self.sigma_end:g})"
+
+    def schedule(self, progress: float) -> None:
+        self.sigma = self.sigma0 + (self.sigma_end - self.sigma0) * min(max(progress, 0.0), 1.0)
+
+    def _blur(self, grad: torch.Tensor) -> torch.Tensor:
+        return gaussian_blur(grad, self.sigma)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of N×C×H×W with reflect padding (identity for σ < 0.3)."""
+    if sigma < 0.3:
+        return x
+    radius = max(1, int(math.ceil(3 * sigma)))
+    radius = min(radius, x.shape[-1] - 1, x.shape[-2] - 1)
+    t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = k / k.sum()
+    c = x.shape[1]
+    x = F.pad(x, (radius, radius, radius, radius), mode="reflect")
+    x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def _freqs(h: int, w: int) -> torch.Tensor:
+    fy = torch.fft.fftfreq(h)[:, None]
+    fx = torch.fft.rfftfreq(w)[None, :]
+    return torch.sqrt(fx * fx + fy * fy)
+
+
+class Fourier(Parametrization):
+    """Lucid's Fourier parametrization: scaled spectrum → irfft → decorrelated colour → sigmoid."""
+
+    def __init__(self, n: int, size: int | tuple[int, int], generator: torch.Generator, decay: float = 1.0,
+                 sd: float = 0.01, decorrelate: bool = True, max_freq: int | None = None):
+        super().__init__()
+        h, w = (size, size) if isinstance(size, int) else size
+        self.h, self.w, self.decay, self.decorrelate, self.max_freq = h, w, decay, decorrelate, max_freq
+        freqs = _freqs(h, w)
+        scale = 1.0 / torch.clamp(freqs, min=1.0 / max(h, w)) ** decay  # lucent: ortho irfft, no √(hw)
+        keep = torch.ones(h, w // 2 + 1, dtype=torch.bool)
+        if max_freq is not None:
+            if max_freq < 1:
+                raise ConfigError(f"max_freq must be >= 1, got {max_freq}")
+            fy = torch.fft.fftfreq(h)[:, None] * h
+            fx = torch.fft.rfftfreq(w)[None, :] * w
+            keep = (fy.abs() <= max_freq) & (fx.abs() <= max_freq)
+        self.register_buffer("scale", scale[keep])
+        self.register_buffer("keep", keep)
+        self.code = nn.Parameter(sd * torch.randn(n, 3, int(keep.sum()), 2, generator=generator))
+
+    @property
+    def name(self) -> str:
+        extra = f", max_freq={self.max_freq}" if self.max_freq is not None else ""
+        return f"fourier(decay={self.decay:g}, decorrelate={self.decorrelate}{extra})"
+
+    @property
+    def batch(self) -> int:
+        return self.code.shape[0]
+
+    def spectrum(self) -> torch.Tensor:
+        """The full complex half-spectrum N×3×H×(W/2+1) from the code."""
+        n = self.code.shape[0]
+        values = torch.complex(self.code[..., 0], self.code[..., 1]) * self.scale
+        full = values.new_zeros(n, 3, *self.keep.shape)
+        full[:, :, self.keep] = values
+        return full
+
+    def image(self) -> torch.Tensor:
+        x = torch.fft.irfft2(self.spectrum(), s=(self.h, self.w), norm="ortho") / 4.0
+        if self.decorrelate:
+            x = torch.einsum("nchw,dc->ndhw", x, _COLOR.to(x.device, x.dtype))
+        return torch.sigmoid(x)
+
+    @classmethod
+    def fit(cls, images: torch.Tensor, generator: torch.Generator, **kw) -> Fourier:
+        """A Fourier parametrization whose image starts at (approximately) the given images."""
+        p = cls(images.shape[0], tuple(images.shape[-2:]), generator, **kw)
+        x = torch.logit(images.clamp(1e-3, 1 - 1e-3))
+        if p.decorrelate:
+            x = torch.einsum("nchw,dc->ndhw", x, torch.linalg.inv(_COLOR))
+        spec = torch.fft.rfft2(x * 4.0, norm="ortho")[:, :, p.keep] / p.scale
+        with torch.no_grad():
+            p.code.copy_(torch.stack([spec.real, spec.imag], -1))
+        return p
+
+
+PARAMETRIZATIONS = ("pixels", "fourier", "blurred")
+
+
+def make(kind: str | Parametrization, n: int, size: int | tuple[int, int], init: str | torch.Tensor,
+         generator: torch.Generator, **kw) -> Parametrization:
+    """Build a parametrization by name ('pixels', 'fourier', 'blurred') from a start."""
+    if isinstance(kind, Parametrization):
+        return kind
+    if kind == "pixels":
+        return Pixels(start_images(n, size, init, generator))
+    if kind == "blurred":
+        return Blurred(start_images(n, size, init, generator), **kw)
+    if kind == "fourier":
+        if isinstance(init, torch.Tensor):
+            return Fourier.fit(start_images(n, size, init, generator), generator, **kw)
+        return Fourier(n, size, generator, **kw)
+    raise UnknownNameError("parametrization", str(kind), PARAMETRIZATIONS)

@@ -1,0 +1,183 @@
+"""ProbeModel: any network seen as a model of the ventral stream, with [0,1] pixels in and named layers out.
+
+Normalization lives inside the model, so attacks and synthesis work in pixel space.  ``activations()`` runs the
+network only as far as the deepest requested layer: torchvision's FX feature extractor prunes every node that
+the requested outputs do not need; a network that FX cannot trace falls back to forward hooks that stop the
+forward pass as soon as the last requested module has fired.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+import torch
+from torch import nn
+from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+
+from .errors import ConfigError, ImageError, UnknownNameError
+from .ventral import Identity
+
+AREA_NAMES: tuple[str, ...] = ("V1", "V2", "V4", "IT", "behavior")
+# Named no-op modules that mark an area's output: kept as nodes so that 'V1.output' (CORnet's name) exists.
+_TRACER = {"leaf_modules": [Identity]}
+
+
+class _Stop(Exception):
+    """Raised inside a hook once every requested layer has been captured, to end the forward pass early."""
+
+
+class ProbeModel(nn.Module):
+    """A network with its preprocessing, category names, layer list and brain-area map."""
+
+    def __init__(self, net: nn.Module, *, name: str, classes: Sequence[str], mean: Sequence[float] = (0.0, 0.0, 0.0),
+                 std: Sequence[float] = (1.0, 1.0, 1.0), areas: Mapping[str, str] | None = None,
+                 input_size: int | None = None, info: Mapping | None = None):
+        super().__init__()
+        self.net = net
+        self.name = name
+        self.classes = list(classes)
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        self.input_size = input_size
+        self.info = dict(info or {})
+        self._extractors: dict[tuple[str, ...], nn.Module] = {}
+        self.readouts: dict[str, nn.Module] = {}  # virtual layers: linear maps to recorded sites
+        self._traceable: bool | None = None
+        self._layers: list[str] | None = None
+        self.areas = {}
+        for area, layer in (areas or {}).items():
+            if area not in AREA_NAMES:
+                raise UnknownNameError("brain area", area, AREA_NAMES)
+            self.areas[area] = self.layer(layer)
+
+    # ---------------------------------------------------------------------------------------------- forward
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        """Map [0,1] pixels to the network's input space."""
+        return (x - self.mean) / self.std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for a batch of [0,1] images (N×3×H×W)."""
+        return self.net(self.preprocess(x))
+
+    @property
+    def device(self) -> torch.device:
+        """The device the model's buffers live on."""
+        return self.mean.device
+
+    def _apply(self, fn, recurse=True):
+        self._extractors.clear()  # extractors hold references made for the old device/dtype
+        for readout in self.readouts.values():
+            readout._apply(fn, recurse)
+        return super()._apply(fn, recurse)
+
+    # ---------------------------------------------------------------------------------------------- readouts
+    def add_readout(self, readout: nn.Module, name: str | None = None) -> str:
+        """Attach a fitted readout as a virtual layer (default name 'LAYER:readout'); returns its name."""
+        base = self.layer(readout.layer)
+        name = name or f"{readout.layer}:readout"
+        readout.layer = base
+        self.readouts[name] = readout.to(self.device)
+        self._layers = None
+        return name
+
+    def sites(self, layer: str) -> list[str]:
+        """Names of the sites of a readout layer."""
+        layer = self.layer(layer)
+        if layer not in self.readouts:
+            raise ConfigError(f"layer {layer!r} has no named sites; address its channels by number (e.g. '{layer}:3')")
+        return list(self.readouts[layer].sites)
+
+    # ---------------------------------------------------------------------------------------------- layers
+    @property
+    def layers(self) -> list[str]:
+        """Every layer name ``activations()`` accepts: graph nodes and module names, in forward order."""
+        if self._layers is None:
+            modules = [n for n, _ in self.net.named_modules() if n]
+            try:
+                _, nodes = get_graph_node_names(self.net, tracer_kwargs=_TRACER)
+                self._traceable = True
+            except Exception:  # data-dependent control flow: hooks on modules instead
+                nodes, self._traceable = [], False
+            module_set, seen, ordered = set(modules), set(), []
+            for name in nodes[1:]:  # each graph node, preceded by the modules it opens
+                parts = name.split(".")
+                for prefix in (".".join(parts[:k]) for k in range(1, len(parts) + 1)):
+                    if prefix not in seen and (prefix in module_set or prefix == name):
+                        seen.add(prefix)
+                        ordered.append(prefix)
+            ordered += [m for m in modules if m not in seen]
+            self._layers = ordered + list(self.readouts)
+        return self._layers
+
+    def layer(self, name: str) -> str:
+        """Resolve a layer or brain-area name (e.g. 'IT' or 'layer4.0') to a layer name, or say what is close."""
+        if name in self.areas:
+            return self.areas[name]
+        if name in self.layers:
+            return name
+        raise UnknownNameError(f"layer of model {self.name!r}", name, [*self.areas, *self.layers])
+
+    # ---------------------------------------------------------------------------------------------- activations
+    def activations(self, x: torch.Tensor, layers: str | Iterable[str], check: bool = True) -> dict[str, torch.Tensor]:
+        """Responses of the requested layers (names, areas or readouts) to [0,1] images, computing nothing past
+        the deepest.  ``check=False`` skips the input validation (for inner loops that validated once)."""
+        if check:
+            check_images(x)
+        names = [layers] if isinstance(layers, str) else list(layers)
+        if not names:
+            raise UnknownNameError(f"layer of model {self.name!r}", "", self.layers)
+        resolved = {n: self.layer(n) for n in names}
+        wanted = tuple(dict.fromkeys(resolved.values()))
+        targets = tuple(dict.fromkeys(self.readouts[t].layer if t in self.readouts else t for t in wanted))
+        x = self.preprocess(x)
+        out = self._traced(x, targets) if self._traceable else self._hooked(x, targets)
+        for t in wanted:
+            if t in self.readouts:
+                out[t] = self.readouts[t](out[self.readouts[t].layer])
+        return {n: out[r] for n, r in resolved.items()}
+
+    def _traced(self, x: torch.Tensor, targets: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        extractor = self._extractors.get(targets)
+        if extractor is None:
+            extractor = create_feature_extractor(self.net, return_nodes=list(targets), tracer_kwargs=_TRACER)
+            self._extractors[targets] = extractor
+        extractor.train(self.net.training)
+        return extractor(x)
+
+    def _hooked(self, x: torch.Tensor, targets: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        modules = dict(self.net.named_modules())
+        captured: dict[str, torch.Tensor] = {}
+
+        def hook(name: str):
+            def fn(_module, _inp, output):
+                captured[name] = output
+                if len(captured) == len(targets):
+                    raise _Stop
+            return fn
+
+        handles = [modules[t].register_forward_hook(hook(t)) for t in targets]
+        try:
+            self.net(x)
+        except _Stop:
+            pass
+        finally:
+            for h in handles:
+                h.remove()
+        return captured
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, classes={len(self.classes)}, areas={self.areas}"
+
+
+def check_images(x: torch.Tensor) -> None:
+    """Reject what is not a non-empty N×3×H×W float batch in [0, 1], with a message that says what is wrong."""
+    if not isinstance(x, torch.Tensor):
+        raise ImageError(f"images must be a torch.Tensor, got {type(x).__name__}")
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise ImageError(f"images must be N×3×H×W, got shape {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ImageError("empty batch: no images to process")
+    if not x.is_floating_point():
+        raise ImageError(f"images must be float in [0, 1], got dtype {x.dtype}")
+    lo, hi = float(x.detach().min()), float(x.detach().max())
+    if not (lo >= -1e-6 and hi <= 1 + 1e-6):  # also catches NaN
+        raise ImageError(f"images must lie in [0, 1], got values in [{lo:.3g}, {hi:.3g}]")

@@ -1,0 +1,105 @@
+"""Result: what an optimization produced — images, score history, achieved activations and the full recipe.
+
+``save(folder)`` writes one PNG per image with the recipe in PNG text chunks, a JSON sidecar with the recipe,
+scores and history, and ``result.pt`` with the exact float tensors; ``Result.load(folder)`` reads them back.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, PngImagePlugin
+
+from .errors import ImageError
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Result:
+    """Images (N×3×H×W, CPU, [0,1]), per-step scores (steps×N), final scores (N), activations, metadata."""
+
+    images: torch.Tensor
+    history: torch.Tensor
+    scores: torch.Tensor
+    activations: dict[str, torch.Tensor] = field(default_factory=dict)
+    metadata: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def save(self, folder: str | os.PathLike, prefix: str = "image") -> list[Path]:
+        """Write PNGs (recipe in text chunks), ``result.json`` and ``result.pt``; every file appears atomically."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for i, img in enumerate(self.images):
+            meta = {**self.metadata, "index": i, "score": float(self.scores[i])}
+            path = folder / f"{prefix}_{i:03d}.png"
+            write_png(img, path, meta)
+            paths.append(path)
+        sidecar = {"format": FORMAT_VERSION, "metadata": self.metadata, "files": [p.name for p in paths],
+                   "scores": self.scores.tolist(), "history": self.history.tolist()}
+        _atomic_write_bytes(folder / "result.json", json.dumps(sidecar, indent=1).encode())
+        tmp = folder / "result.pt.tmp"
+        torch.save({"format": FORMAT_VERSION, "images": self.images, "history": self.history, "scores": self.scores,
+                    "activations": self.activations}, tmp)
+        os.replace(tmp, folder / "result.pt")
+        return paths
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> Result:
+        """Read a saved result back (tensors from ``result.pt``, recipe from ``result.json``)."""
+        folder = Path(folder)
+        sidecar = json.loads((folder / "result.json").read_text())
+        tensors = torch.load(folder / "result.pt", map_location="cpu", weights_only=True)
+        return cls(tensors["images"], tensors["history"], tensors["scores"], tensors["activations"],
+                   sidecar["metadata"])
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def write_png(image: torch.Tensor, path: str | os.PathLike, metadata: dict) -> None:
+    """Save one 3×H×W [0,1] image as an 8-bit PNG with ``metadata`` as text chunks (one per key, plus JSON)."""
+    arr = (image.detach().cpu().clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+    info = PngImagePlugin.PngInfo()
+    for key, value in metadata.items():
+        info.add_text(f"phosphene:{key}", value if isinstance(value, str) else json.dumps(value))
+    info.add_text("phosphene", json.dumps(metadata))
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    Image.fromarray(arr).save(tmp, format="PNG", pnginfo=info)
+    os.replace(tmp, path)
+
+
+def read_png(path: str | os.PathLike) -> tuple[torch.Tensor, dict]:
+    """Read an image as a 3×H×W float tensor in [0,1] and whatever phosphene metadata it carries.
+
+    Odd modes (palette, grayscale, 16-bit, alpha) are converted to RGB; unreadable files raise ImageError.
+    """
+    try:
+        with Image.open(path) as im:
+            im.load()
+            text = dict(getattr(im, "text", {}) or {})
+            if im.mode in ("I;16", "I;16B", "I", "F"):
+                a = np.asarray(im, dtype=np.float64)
+                a = (a - a.min()) / max(a.max() - a.min(), 1e-12)
+                rgb = np.repeat(a[..., None], 3, axis=2)
+            else:
+                if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:  # composite alpha on grey
+                    im = im.convert("RGBA")
+                    bg = Image.new("RGBA", im.size, (128, 128, 128, 255))
+                    im = Image.alpha_composite(bg, im)
+                rgb = np.asarray(im.convert("RGB"), dtype=np.float64) / 255.0
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise ImageError(f"cannot read image {path}: {e}") from None
+    meta = json.loads(text["phosphene"]) if "phosphene" in text else {}
+    return torch.from_numpy(rgb).permute(2, 0, 1).float(), meta

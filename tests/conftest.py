@@ -1,0 +1,36 @@
+"""Shared fixtures: the shipped models and a held-out sample of the embedded world, built once per session."""
+import pytest
+import torch
+
+import synth
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def toy_standard() -> synth.ProbeModel:
+    return synth.load_model("toy-standard", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def toy_robust() -> synth.ProbeModel:
+    return synth.load_model("toy-robust", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def test_sample() -> synth.ImageBatch:
+    """400 images of the held-out test split (50 per category)."""
+    return synth.render(400, "test")
+
+
+@pytest.fixture(scope="session")
+def tiny() -> synth.ProbeModel:
+    """A small untrained VentralNet: enough for the mechanics of the engine, instant to run."""
+    from synth.ventral import AREAS, VentralNet
+    torch.manual_seed(0)
+    net = VentralNet(8, (8, 16, 16, 32))
+    return synth.load_model(net, device="cpu", name="tiny", classes=list(synth.CATEGORIES), areas=AREAS,
+                            mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))

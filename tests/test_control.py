@@ -1,0 +1,47 @@
+"""Population control on the shipped models: the issue's 'must show' numbers, reduced to run in seconds."""
+import numpy as np
+import pytest
+import torch
+
+import synth
+from synth.control import Subject, population_control, responses, stretch_units
+
+
+@pytest.fixture(scope="module")
+def natural():
+    """The whole natural test split: the maximum a stretch image must beat."""
+    return synth.render(2000, "test", workers=2).tensor()
+
+
+def test_stretch_images_beat_the_natural_maximum_of_sampled_it_units(toy_standard, natural):
+    g = torch.Generator().manual_seed(1)
+    units = sorted(torch.randperm(256, generator=g)[:16].tolist())
+    report = stretch_units(toy_standard, "IT", units, natural, steps=128, seed=0, progress=False)
+    assert report["n_natural"] == 2000
+    assert report["fraction_above"] >= 0.95, report
+    assert report["median_ratio"] > 1.0
+
+
+def test_one_hot_population_images_make_the_target_the_most_active_site(toy_standard, toy_robust, natural):
+    probe = synth.load_model("toy-standard", device="cpu")  # a fresh copy: the readout is attached to it
+    subject = Subject(toy_robust, "IT", natural[:600], n_sites=12, seed=0)
+    report = population_control(probe, subject, natural[:600], layer="IT", repeats=4, seed=0, steps=128,
+                                progress=False)
+    assert report["onehot_model_success"] >= 0.8, report
+    assert report["readout_median_r"] > 0.5 and 0 < report["readout_median_ceiling"] <= 1
+    for key in ("stretch_fraction_above_natural_max", "stretch_median_ratio", "onehot_success"):
+        assert np.isfinite(report[key])
+    assert report["stretch"].images.shape == (12, 3, 64, 64)
+
+
+def test_subject_records_poisson_noise_around_its_rates(toy_robust, natural):
+    subject = Subject(toy_robust, "IT", natural[:200], n_sites=5, seed=3)
+    rates = subject.rates(natural[:50])
+    trials = subject.record(natural[:50], repeats=200, seed=0)
+    assert trials.shape == (50, 5, 200)
+    np.testing.assert_allclose(trials.mean(2), rates, atol=3.0 + 0.1 * rates.max())
+    counts_var = (trials * subject.window).var(2)
+    assert np.corrcoef(counts_var.ravel(), (rates * subject.window).ravel())[0, 1] > 0.9  # variance ∝ mean
+    assert subject.channels == sorted(subject.channels) and len(set(subject.channels)) == 5
+    torch.testing.assert_close(responses(toy_robust, natural[:3], "IT")[:, subject.channels].double(),
+                               responses(toy_robust, natural[:3], "IT")[:, subject.channels].double())
