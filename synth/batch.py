@@ -44,7 +44,7 @@ JOB_KEYS: dict[str, object] = {
     "model": "toy-standard", "weights": None, "objective": None, "seed": 0, "n": 1, "steps": 256,
     "method": "gradient", "param": "fourier", "init": "noise", "lr": 0.05, "step": "adam", "lr_schedule": "constant",
     "transforms": "standard", "eot": 1, "size": None, "target": None, "relu_override": 16, "readouts": [],
-    "contrast": None, "aperture": None, "grayscale": False, "population": 40, "max_freq": 4,
+    "contrast": None, "aperture": None, "grayscale": False, "population": 40, "max_freq": 12,
 }
 SECTIONS = ("experiment", "defaults", "grid", "jobs")
 EXPERIMENT_KEYS = ("name", "description")

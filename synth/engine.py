@@ -12,7 +12,7 @@ import contextlib
 import math
 import platform
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 import torch
@@ -133,7 +133,7 @@ def optimize(model: ProbeModel, objective: Objective | str, param: Parametrizati
              constraints: Sequence[Constraint] = (Box(),), step: str | GradientFree = "adam", lr: float = 0.05,
              lr_schedule: str = "constant", steps: int = 256, transforms: Sequence[Transform] = (), eot: int = 1,
              target: float | None = None, seed: int = 0, relu_override: int = 0, progress: bool = True,
-             metadata: dict | None = None, callback: Callable[[int, torch.Tensor], None] | None = None) -> Result:
+             metadata: dict | None = None) -> Result:
     """Maximize ``objective`` over the images of ``param``; the single loop behind synthesis, attacks, metamers.
 
     ``constraints`` apply in the forward pass and project pixel parameters after each step; ``transforms`` are
@@ -199,8 +199,6 @@ def optimize(model: ProbeModel, objective: Objective | str, param: Parametrizati
                         pixels[done] = frozen[done]
             if bool(done.all()):
                 break
-        if callback is not None:
-            callback(t, scores.detach())
         if progress and t % 8 == 0:
             bar.set_postfix(score=f"{float(scores.detach().mean()):.3g}")
     bar.close()

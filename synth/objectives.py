@@ -140,7 +140,7 @@ class Site(Objective):
         return type(self)(layer, index, self.position)
 
     def _rows(self, a: torch.Tensor) -> torch.Tensor:
-        """Index tensor: which site each image drives."""
+        """Index tensor: which site each image drives (checked against the layer's size)."""
         many = isinstance(self.index, tuple)
         indices = self.index if many else (self.index,)
         if not all(isinstance(i, int) for i in indices):
@@ -154,16 +154,17 @@ class Site(Objective):
         return rows if many else rows.expand(a.shape[0])
 
     def values(self, acts: Acts) -> torch.Tensor:
-        """The driven site's response, per image."""
+        """The driven site's response, per image (only the driven channel is read, so the backward is cheap)."""
         a = acts[self.layer]
         rows = self._rows(a)
+        picked = a[:, self.index] if isinstance(self.index, int) else a[torch.arange(a.shape[0], device=a.device), rows]
         if self.position is not None:
             y, x = self.position
             if a.ndim != 4 or not (0 <= y < a.shape[2] and 0 <= x < a.shape[3]):
                 raise ConfigError(f"position {self.position} is outside layer {self.layer!r} of shape "
                                   f"{tuple(a.shape[1:])}")
-            a = a[:, :, y, x]
-        return population(a).gather(1, rows[:, None])[:, 0]
+            return picked[:, y, x]
+        return picked.flatten(1).mean(1) if picked.ndim > 1 else picked
 
     def score(self, acts: Acts) -> torch.Tensor:
         return self.values(acts)

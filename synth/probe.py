@@ -140,7 +140,8 @@ class ProbeModel(nn.Module):
         if extractor is None:
             extractor = create_feature_extractor(self.net, return_nodes=list(targets), tracer_kwargs=_TRACER)
             self._extractors[targets] = extractor
-        extractor.train(self.net.training)
+        if extractor.training != self.net.training:
+            extractor.train(self.net.training)
         return extractor(x)
 
     def _hooked(self, x: torch.Tensor, targets: tuple[str, ...]) -> dict[str, torch.Tensor]:
