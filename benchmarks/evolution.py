@@ -9,8 +9,8 @@ import argparse
 import torch
 
 import synth
-from synth.control import responses
 from synth.objectives import Stretch
+from synth.readouts import features
 
 
 def main() -> None:
@@ -25,7 +25,7 @@ def main() -> None:
     args = ap.parse_args()
     model = synth.load_model(args.model)
     natural = synth.render(args.natural, "test", workers=2).tensor()
-    nat = responses(model, natural, "IT")
+    nat = features(model, natural, "IT", pooled=True)
     g = torch.Generator().manual_seed(args.seed)
     units = sorted(torch.randperm(nat.shape[1], generator=g)[:args.units].tolist())
     nat_max = nat[:, units].max(0).values

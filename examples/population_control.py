@@ -17,6 +17,7 @@ import torch
 
 import synth
 from synth.control import Subject, population_control, stretch_units
+from synth.readouts import features
 
 
 def main() -> None:
@@ -39,7 +40,7 @@ def main() -> None:
     print(f"natural images: {len(natural)} of the embedded test split")
 
     g = torch.Generator().manual_seed(args.seed)
-    n_channels = synth.control.responses(probe, natural[:2], args.layer).shape[1]
+    n_channels = features(probe, natural[:2], args.layer, pooled=True).shape[1]
     units = sorted(torch.randperm(n_channels, generator=g)[:args.units].tolist())
     units_report = stretch_units(probe, args.layer, units, natural, steps=args.steps, seed=args.seed)
     print(f"\nIn-model stretch ({args.probe} {args.layer}, {len(units)} sampled units): "

@@ -21,7 +21,6 @@ call it for one job as well as a process pool can.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import itertools
 import json
@@ -35,9 +34,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoints import sha256
 from .constraints import Contrast, Grayscale, Mask
 from .errors import ConfigError, suggest
+from .files import sha256, write_csv, write_text
 
 # Every key a job may set, with its default.
 JOB_KEYS: dict[str, object] = {
@@ -154,9 +153,7 @@ def run_job(job: dict, out: str | os.PathLike, progress: bool = False) -> list[d
                      "seconds": result.metadata["seconds"]})
     record = out / "jobs" / f"{job['id']}.json"
     record.parent.mkdir(parents=True, exist_ok=True)
-    tmp = record.with_name(record.name + ".tmp")
-    tmp.write_text(json.dumps({"job": job, "rows": rows}, default=str))
-    os.replace(tmp, record)
+    write_text(record, json.dumps({"job": job, "rows": rows}, default=str))
     return rows
 
 
@@ -208,14 +205,6 @@ def write_manifest(jobs: list[dict], out: Path) -> list[dict]:
         record = out / "jobs" / f"{job['id']}.json"
         if record.is_file():
             rows += json.loads(record.read_text())["rows"]
-    tmp = out / "manifest.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(r, default=str) + "\n" for r in rows))
-    os.replace(tmp, out / "manifest.jsonl")
-    if rows:
-        tmp = out / "manifest.csv.tmp"
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows({k: json.dumps(v) if isinstance(v, list) else v for k, v in r.items()} for r in rows)
-        os.replace(tmp, out / "manifest.csv")
+    write_text(out / "manifest.jsonl", "".join(json.dumps(r, default=str) + "\n" for r in rows))
+    write_csv(out / "manifest.csv", rows)
     return rows

@@ -1,7 +1,6 @@
 """Reading weights safely: ``weights_only`` unpickling, known wrappers and prefixes, and mismatch reports."""
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -64,11 +63,3 @@ def load_into(net: nn.Module, tensors: Mapping[str, torch.Tensor], source: str =
         raise CheckpointError("\n".join(lines))
     net.load_state_dict({k: v for k, v in tensors.items() if k in own}, strict=False)
 
-
-def sha256(path: str | os.PathLike) -> str:
-    """Hex digest of a file, recorded in model cards and result metadata."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

@@ -14,27 +14,17 @@ import numpy as np
 import torch
 
 from .errors import ConfigError
-from .objectives import OneHot, Stretch, population
+from .objectives import OneHot, Stretch
 from .probe import ProbeModel
-from .readouts import Responses, fit
+from .readouts import Responses, features, fit
 from .synthesis import synthesize
-
-
-def responses(model: ProbeModel, images: torch.Tensor, layer: str, batch_size: int = 256) -> torch.Tensor:
-    """Population responses (images × channels or sites; channels averaged over space) on the CPU."""
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(images), batch_size):
-            a = model.activations(images[i:i + batch_size].to(model.device), layer)[layer]
-            out.append(population(a).cpu())
-    return torch.cat(out)
 
 
 def stretch_units(model: ProbeModel, layer: str, channels: list[int], natural: torch.Tensor, **synth_options) -> dict:
     """Stretch each channel of ``layer`` (one image each, in one batch) and compare with its natural maximum."""
     result = synthesize(model, Stretch(layer, tuple(channels)), n=len(channels), **synth_options)
     achieved = result.scores.double()
-    nat_max = responses(model, natural, layer)[:, channels].max(0).values.double()
+    nat_max = features(model, natural, layer, pooled=True)[:, channels].max(0).values.double()
     ratio = achieved / nat_max.clamp_min(1e-9)
     return {"layer": layer, "channels": list(channels), "achieved": achieved.tolist(), "natural_max": nat_max.tolist(),
             "fraction_above": float((achieved > nat_max).double().mean()), "median_ratio": float(ratio.median()),
@@ -53,7 +43,7 @@ class Subject:
                  baseline: float = 5.0, max_rate: float = 100.0, window: float = 0.1):
         self.model, self.layer, self.window = model, model.layer(layer), window
         self.baseline, self.max_rate = baseline, max_rate
-        resp = responses(model, calibration, self.layer)
+        resp = features(model, calibration, self.layer, pooled=True)
         spread = resp.std(0)
         live = torch.nonzero(spread > 1e-3 * spread.max()).flatten()
         if len(live) < n_sites:
@@ -65,7 +55,7 @@ class Subject:
 
     def rates(self, images: torch.Tensor) -> np.ndarray:
         """Expected firing rates (images × sites, spikes/s)."""
-        a = responses(self.model, images, self.layer)[:, self.channels]
+        a = features(self.model, images, self.layer, pooled=True)[:, self.channels]
         return (self.baseline + (self.max_rate - self.baseline) * a / self.scale).clamp_min(0).double().numpy()
 
     def record(self, images: torch.Tensor, repeats: int, seed: int = 0) -> np.ndarray:
@@ -92,7 +82,7 @@ def population_control(probe: ProbeModel, subject: Subject, natural: torch.Tenso
     st = subject.record(stretch.images, repeats, seed + 2).mean(2)[idx, idx]
     best = nat_mean.max(0)
     oh_z = (subject.record(onehot.images, repeats, seed + 3).mean(2) - mu) / sd
-    predicted_nat = responses(probe, natural, name).numpy()
+    predicted_nat = features(probe, natural, name, pooled=True).numpy()
     return {
         "sites": len(sites), "natural_images": len(natural), "repeats": repeats, "probe": probe.name,
         "subject": f"{subject.model.name}:{subject.layer}", "layer": readout.layer,

@@ -6,7 +6,6 @@ between splits.  Categories cycle with the index, so any run of 8 consecutive im
 """
 from __future__ import annotations
 
-import csv
 import os
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -19,6 +18,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .errors import ConfigError, UnknownNameError
+from .files import atomic, write_csv
 from .render import (SUPERSAMPLE, Pose, background, clutter_parts, draw_parts, finish, phase_scramble,
                      surface_texture)
 from .shapes import CATEGORIES, MIRRORABLE, OBJECTS_PER_CATEGORY, build, scramble_face
@@ -203,18 +203,11 @@ def write_folder(batch: ImageBatch, out: str | os.PathLike, prefix: str = "img")
     rows = []
     for img, meta in zip(batch.images, batch.metadata):
         name = f"{prefix}_{meta['split']}_{meta['index']:06d}.png"
-        tmp = out / (name + ".tmp")
-        Image.fromarray(img).save(tmp, format="PNG")
-        os.replace(tmp, out / name)
+        with atomic(out / name) as tmp:
+            Image.fromarray(img).save(tmp, format="PNG")
         rows.append({"file": name, **meta})
-    path = out / "metadata.csv"
-    if rows:
-        with open(path.with_suffix(".csv.tmp"), "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(path.with_suffix(".csv.tmp"), path)
-    return path
+    write_csv(out / "metadata.csv", rows)
+    return out / "metadata.csv"
 
 
 class ObjectImages(torch.utils.data.Dataset):

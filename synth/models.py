@@ -21,6 +21,7 @@ from torch import nn
 from . import checkpoints
 from .cornet import AREAS as CORNET_AREAS, cornet_s, cornet_z
 from .errors import CheckpointError, UnknownNameError
+from .files import sha256
 from .probe import ProbeModel
 from .ventral import VentralNet
 
@@ -141,7 +142,7 @@ def _embedded(card_path: Path, weights: str | os.PathLike | None) -> ProbeModel:
     net = VentralNet(arch["n_classes"], tuple(arch["widths"]))
     path = Path(weights) if weights is not None else card_path.parent / card["weights"]
     checkpoints.load_into(net, checkpoints.state_dict(checkpoints.read(path)), source=str(path))
-    digest = checkpoints.sha256(path)
+    digest = sha256(path)
     return ProbeModel(net, name=card["name"], classes=card["classes"], mean=card["mean"], std=card["std"],
                       areas=card["areas"], input_size=card["input_size"],
                       info={"family": "embedded", "weights": str(path), "sha256": digest, "card": card})
@@ -159,7 +160,7 @@ def _cornet(name: str, weights: str | os.PathLike | None) -> ProbeModel:
     if weights is not None:
         tensors = checkpoints.state_dict(checkpoints.read(weights))
         checkpoints.load_into(net, tensors, source=str(weights))
-        info = {"family": "cornet", "weights": str(weights), "sha256": checkpoints.sha256(weights)}
+        info = {"family": "cornet", "weights": str(weights), "sha256": sha256(weights)}
     return ProbeModel(net, name=name, classes=imagenet_classes(), mean=IMAGENET_MEAN, std=IMAGENET_STD,
                       areas=CORNET_AREAS[name], input_size=224, info=info)
 
@@ -182,7 +183,7 @@ def _torchvision(name: str, weights: str | os.PathLike | None) -> ProbeModel:
         else:
             tensors = checkpoints.state_dict(raw)
         checkpoints.load_into(net, tensors, source=str(path))
-        info.update(weights=str(path), sha256=checkpoints.sha256(path))
+        info.update(weights=str(path), sha256=sha256(path))
     return ProbeModel(net, name=name, classes=meta_weights.meta["categories"], mean=mean, std=std, areas=areas,
                       input_size=meta_weights.transforms().crop_size[0], info=info)
 

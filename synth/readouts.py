@@ -22,6 +22,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .errors import ConfigError, ImageError, UnknownNameError
+from .files import atomic, write_text
+from .objectives import population
 from .probe import ProbeModel
 
 METHODS = ("pls", "ridge")
@@ -58,14 +60,11 @@ class Readout(nn.Module):
         """Write tensors to ``PATH`` (.pt, weights-only loadable) and the description to ``PATH.json``."""
         path = Path(path).with_suffix(".pt")
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save({"weight": self.weight.cpu(), "bias": self.bias.cpu(), "site_mean": self.site_mean.cpu(),
-                    "site_std": self.site_std.cpu()}, tmp)
-        os.replace(tmp, path)
-        desc = path.with_suffix(".json")
-        desc.with_name(desc.name + ".tmp").write_text(json.dumps({"layer": self.layer, "sites": self.sites,
-                                                                   "info": self.info}, indent=1))
-        os.replace(desc.with_name(desc.name + ".tmp"), desc)
+        with atomic(path) as tmp:
+            torch.save({"weight": self.weight.cpu(), "bias": self.bias.cpu(), "site_mean": self.site_mean.cpu(),
+                        "site_std": self.site_std.cpu()}, tmp)
+        write_text(path.with_suffix(".json"), json.dumps({"layer": self.layer, "sites": self.sites, "info": self.info},
+                                                         indent=1))
         return path
 
     @classmethod
@@ -142,13 +141,15 @@ def load_responses(path: str | os.PathLike) -> Responses:
     raise ConfigError(f"responses must be .npz or .csv, got {path.suffix!r}")
 
 
-def features(model: ProbeModel, images: torch.Tensor, layer: str, batch_size: int = 256,
+def features(model: ProbeModel, images: torch.Tensor, layer: str, pooled: bool = False, batch_size: int = 256,
              progress: bool = False) -> torch.Tensor:
-    """A layer's flattened responses to [0,1] images, batched, on the CPU."""
+    """A layer's responses to [0,1] images, batched, on the CPU: flattened (images × units), or ``pooled`` to the
+    population (images × channels, each averaged over space; readout layers are already images × sites)."""
     out = []
     with torch.no_grad():
         for i in tqdm(range(0, len(images), batch_size), desc=f"features {layer}", disable=not progress):
-            out.append(model.activations(images[i:i + batch_size].to(model.device), layer)[layer].flatten(1).cpu())
+            a = model.activations(images[i:i + batch_size].to(model.device), layer)[layer]
+            out.append((population(a) if pooled else a.flatten(1)).cpu())
     return torch.cat(out)
 
 

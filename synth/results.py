@@ -15,6 +15,7 @@ import torch
 from PIL import Image, PngImagePlugin
 
 from .errors import ImageError
+from .files import atomic, write_text
 
 FORMAT_VERSION = 1
 
@@ -44,11 +45,10 @@ class Result:
             paths.append(path)
         sidecar = {"format": FORMAT_VERSION, "metadata": self.metadata, "files": [p.name for p in paths],
                    "scores": self.scores.tolist(), "history": self.history.tolist()}
-        _atomic_write_bytes(folder / "result.json", json.dumps(sidecar, indent=1).encode())
-        tmp = folder / "result.pt.tmp"
-        torch.save({"format": FORMAT_VERSION, "images": self.images, "history": self.history, "scores": self.scores,
-                    "activations": self.activations}, tmp)
-        os.replace(tmp, folder / "result.pt")
+        write_text(folder / "result.json", json.dumps(sidecar, indent=1))
+        with atomic(folder / "result.pt") as tmp:
+            torch.save({"format": FORMAT_VERSION, "images": self.images, "history": self.history,
+                        "scores": self.scores, "activations": self.activations}, tmp)
         return paths
 
     @classmethod
@@ -61,12 +61,6 @@ class Result:
                    sidecar["metadata"])
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def write_png(image: torch.Tensor, path: str | os.PathLike, metadata: dict) -> None:
     """Save one 3×H×W [0,1] image as an 8-bit PNG with ``metadata`` as text chunks (one per key, plus JSON)."""
     arr = (image.detach().cpu().clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
@@ -74,10 +68,8 @@ def write_png(image: torch.Tensor, path: str | os.PathLike, metadata: dict) -> N
     for key, value in metadata.items():
         info.add_text(f"phosphene:{key}", value if isinstance(value, str) else json.dumps(value))
     info.add_text("phosphene", json.dumps(metadata))
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(arr).save(tmp, format="PNG", pnginfo=info)
-    os.replace(tmp, path)
+    with atomic(path) as tmp:
+        Image.fromarray(arr).save(tmp, format="PNG", pnginfo=info)
 
 
 def read_png(path: str | os.PathLike) -> tuple[torch.Tensor, dict]:

@@ -21,15 +21,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import __version__
-from .checkpoints import sha256
 from .data import SPLITS, ObjectImages, World
 from .errors import UnknownNameError
+from .files import atomic, sha256, write_text
+from .models import IMAGENET_MEAN, IMAGENET_STD, WEIGHTS_DIR, load_model
 from .probe import ProbeModel
-from .shapes import CATEGORIES
 from .ventral import AREAS, VentralNet
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-WEIGHTS_DIR = Path(__file__).parent / "weights"
 
 
 @dataclass(frozen=True)
@@ -124,7 +122,6 @@ def train(name: str, out_dir: str | os.PathLike = WEIGHTS_DIR, workers: int = 2,
 
     model = build(recipe)
     if recipe.init:
-        from .models import load_model
         model.net.load_state_dict(load_model(recipe.init, device="cpu").net.state_dict())
     steps_per_epoch = len(train_set) // recipe.batch_size
     opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=0.9, nesterov=True,
@@ -171,7 +168,8 @@ def train(name: str, out_dir: str | os.PathLike = WEIGHTS_DIR, workers: int = 2,
     sub = slice(0, recipe.eval_n)
     pgd = pgd_accuracy(model, test_set.images[sub], test_set.labels[sub], recipe.eval_eps, recipe.eval_steps)
     weights = out_dir / f"{name}.pt"
-    torch.save(model.net.state_dict(), weights)
+    with atomic(weights) as tmp:
+        torch.save(model.net.state_dict(), tmp)
     card = {
         "name": name,
         "description": recipe.description,
@@ -193,8 +191,8 @@ def train(name: str, out_dir: str | os.PathLike = WEIGHTS_DIR, workers: int = 2,
                    "device": f"{platform.processor() or platform.machine()} cpu, {torch.get_num_threads()} threads"},
         "versions": {"phosphene": __version__, "torch": torch.__version__, "numpy": np.__version__},
     }
-    (out_dir / f"{name}.json").write_text(json.dumps(card, indent=2))
-    (out_dir / f"{name}.md").write_text(model_card_markdown(card))
+    write_text(out_dir / f"{name}.json", json.dumps(card, indent=2))
+    write_text(out_dir / f"{name}.md", model_card_markdown(card))
     return card
 
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import synth
-from synth.control import Subject, population_control, responses, stretch_units
+from synth.control import Subject, population_control, stretch_units
+from synth.readouts import features
 
 
 @pytest.fixture(scope="module")
@@ -43,5 +44,6 @@ def test_subject_records_poisson_noise_around_its_rates(toy_robust, natural):
     counts_var = (trials * subject.window).var(2)
     assert np.corrcoef(counts_var.ravel(), (rates * subject.window).ravel())[0, 1] > 0.9  # variance ∝ mean
     assert subject.channels == sorted(subject.channels) and len(set(subject.channels)) == 5
-    torch.testing.assert_close(responses(toy_robust, natural[:3], "IT")[:, subject.channels].double(),
-                               responses(toy_robust, natural[:3], "IT")[:, subject.channels].double())
+    pooled = features(toy_robust, natural[:3], "IT", pooled=True)[:, subject.channels]
+    expected = (subject.baseline + (subject.max_rate - subject.baseline) * pooled / subject.scale).clamp_min(0)
+    np.testing.assert_allclose(subject.rates(natural[:3]), expected.double().numpy(), rtol=1e-5)

@@ -1,0 +1,47 @@
+"""Writing files so that a crash never leaves a half-written one under its real name; file hashes."""
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def atomic(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; when the block succeeds it is renamed onto ``path`` (atomic on
+    POSIX), when it fails it is removed.  Readers see the old file or the whole new one, never a part."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Atomically write a text file."""
+    with atomic(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_csv(path: str | os.PathLike, rows: Sequence[dict]) -> None:
+    """Atomically write dict rows as CSV (header from the first row; lists and dicts as JSON)."""
+    with atomic(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else [])
+        writer.writeheader()
+        writer.writerows({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in r.items()} for r in rows)
+
+
+def sha256(path: str | os.PathLike) -> str:
+    """Hex digest of a file: recorded in model cards, result metadata and batch manifests."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
