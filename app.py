@@ -6,7 +6,7 @@ import streamlit as st
 import torch
 
 import synth
-from synth.data import CONTROLS, VARIATION
+from synth.data import CONTROLS, VARIATION, to_tensor
 from synth.models import BRAIN_SCORE_AREAS, CORNETS, embedded_models, torchvision_models
 
 st.set_page_config(page_title="phosphene", layout="wide")
@@ -28,7 +28,7 @@ def get_images(n: int, seed: int, variation: str, category: str | None, size: in
 def predict(name: str, images: np.ndarray) -> tuple[list[str], np.ndarray]:
     """Top-1 category names and their probabilities for uint8 images."""
     model = get_model(name)
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255).to(model.device)
+    x = to_tensor(images, model.device)
     with torch.no_grad():
         p = model(x).softmax(1).cpu().numpy()
     return [model.classes[i] for i in p.argmax(1)], p.max(1)

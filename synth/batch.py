@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .constraints import Contrast, Grayscale, Mask
+from .constraints import stimulus_controls
 from .errors import ConfigError, suggest
 from .files import sha256, write_csv, write_text
 
@@ -123,13 +123,7 @@ def run_job(job: dict, out: str | os.PathLike, progress: bool = False) -> list[d
     out = Path(out)
     model = _model(job["model"], job["weights"], tuple(job["readouts"]))
     size = job["size"] or model.input_size
-    constraints = []
-    if job["contrast"] is not None:
-        constraints.append(Contrast(rms=float(job["contrast"])))
-    if job["aperture"] is not None:
-        constraints.append(Mask.aperture(size, radius=float(job["aperture"])))
-    if job["grayscale"]:
-        constraints.append(Grayscale())
+    constraints = stimulus_controls(size, job["contrast"], job["aperture"], job["grayscale"])
     if job["method"] == "evolution":
         result = evolve(model, job["objective"], population=job["population"], generations=job["steps"], size=size,
                         max_freq=job["max_freq"], seed=job["seed"], progress=progress)

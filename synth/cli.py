@@ -85,7 +85,7 @@ def _readout_path(name: str) -> str:
 
 
 def _synth(args: argparse.Namespace) -> None:
-    from .constraints import Contrast, Grayscale, Mask
+    from .constraints import stimulus_controls
     from .evolve import evolve
     from .models import load_model
     from .readouts import Readout
@@ -99,9 +99,7 @@ def _synth(args: argparse.Namespace) -> None:
         result = evolve(model, args.objective, population=args.population, generations=args.steps, size=size,
                         seed=args.seed)
     else:
-        constraints = [c for c in (Contrast(args.contrast) if args.contrast else None,
-                                   Mask.aperture(size, args.aperture) if args.aperture else None,
-                                   Grayscale() if args.grayscale else None) if c is not None]
+        constraints = stimulus_controls(size, args.contrast, args.aperture, args.grayscale)
         result = synthesize(model, args.objective, n=args.n, size=size, param=args.param, steps=args.steps,
                             lr=args.lr, seed=args.seed, transforms=None if args.no_transforms else "standard",
                             constraints=constraints, relu_override=args.relu_override)

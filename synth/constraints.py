@@ -133,3 +133,17 @@ class Grayscale(Constraint):
 
     def __str__(self) -> str:
         return "grayscale"
+
+
+def stimulus_controls(size: int, contrast: float | None = None, aperture: float | None = None,
+                      grayscale: bool = False) -> list[Constraint]:
+    """The usual stimulus controls by value: fixed RMS contrast, a circular aperture (radius as a fraction of the
+    image), achromatic images.  Shared by the command line and batch experiments."""
+    out: list[Constraint] = []
+    if contrast is not None:
+        out.append(Contrast(rms=float(contrast)))
+    if aperture is not None:
+        out.append(Mask.aperture(size, radius=float(aperture)))
+    if grayscale:
+        out.append(Grayscale())
+    return out

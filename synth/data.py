@@ -130,6 +130,11 @@ class World:
         return out
 
 
+def to_tensor(images: np.ndarray, device: torch.device | str | None = None) -> torch.Tensor:
+    """uint8 N×H×W×3 images as the library's float N×3×H×W tensor in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255).to(device)
+
+
 @dataclass
 class ImageBatch:
     """Rendered images (uint8 N×H×W×3), their labels (index into ``classes``) and per-image metadata."""
@@ -141,7 +146,7 @@ class ImageBatch:
 
     def tensor(self, device: torch.device | str | None = None) -> torch.Tensor:
         """The images as a float N×3×H×W tensor in [0, 1], the library's image format."""
-        return torch.from_numpy(self.images).permute(0, 3, 1, 2).float().div_(255).to(device)
+        return to_tensor(self.images, device)
 
     def __len__(self) -> int:
         return len(self.images)

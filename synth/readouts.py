@@ -239,7 +239,7 @@ def fit(model: ProbeModel, images: torch.Tensor, responses: Responses, layer: st
 
 def embedded_images(image_ids: list[str], world=None, images_dir: str | os.PathLike | None = None) -> torch.Tensor:
     """The images named by response ids: files in ``images_dir``, or 'split:index' of the embedded world."""
-    from .data import World
+    from .data import World, to_tensor
     from .results import read_png
 
     if images_dir is not None:
@@ -261,4 +261,4 @@ def embedded_images(image_ids: list[str], world=None, images_dir: str | os.PathL
         if not index.isdigit():
             raise ConfigError(f"image id {i!r} is not 'split:index' of the embedded set; pass --images DIR for files")
         arrays.append(world.image(int(index), split)[0])
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div(255)
+    return to_tensor(np.stack(arrays))
