@@ -123,18 +123,22 @@ class Site(Objective):
     def __init__(self, layer: str, index: Index, position: tuple[int, int] | None = None):
         self.layer, self.index, self.position = layer, index, position
         self.layers = (layer,)
+        self.label: Index | None = None  # site names as written, kept for display after resolution
 
     def resolve(self, model) -> Site:
         layer = model.layer(self.layer)
         many = isinstance(self.index, tuple)
         indices = list(self.index) if many else [self.index]
-        if any(isinstance(i, str) for i in indices):
+        named = any(isinstance(i, str) for i in indices)
+        if named:
             sites = model.sites(layer)
             for i in indices:
                 if isinstance(i, str) and i not in sites:
                     raise UnknownNameError(f"site of {layer!r}", i, sites)
             indices = [sites.index(i) if isinstance(i, str) else i for i in indices]
-        return self._copy(layer, tuple(indices) if many else indices[0])
+        out = self._copy(layer, tuple(indices) if many else indices[0])
+        out.label = self.index if named else None
+        return out
 
     def _copy(self, layer: str, index: Index) -> Site:
         return type(self)(layer, index, self.position)
@@ -171,7 +175,8 @@ class Site(Objective):
 
     def target(self) -> str:
         pos = f"[{self.position[0]},{self.position[1]}]" if self.position is not None else ""
-        index = "{" + ",".join(map(str, self.index)) + "}" if isinstance(self.index, tuple) else self.index
+        shown = self.index if self.label is None else self.label
+        index = "{" + ",".join(map(str, shown)) + "}" if isinstance(shown, tuple) else shown
         return f"{self.layer}:{index}{pos}"
 
     def __str__(self) -> str:

@@ -47,3 +47,28 @@ def test_quickstart_runs(monkeypatch, capsys):
     runpy.run_path(str(Path(__file__).parent.parent / "examples" / "quickstart.py"), run_name="__main__")
     out = capsys.readouterr().out
     assert "toy-standard on 4 held-out images" in out and "IT" in out and "(4, 256, 4, 4)" in out
+
+
+def test_readout_fit_then_synthesize_through_it(tmp_path, capsys, toy_standard):
+    import numpy as np
+
+    import synth
+    from synth.readouts import features
+
+    images = synth.render(60, "val").tensor()
+    feats = features(toy_standard, images, "V4").numpy()
+    rng = np.random.default_rng(0)
+    sites = (feats - feats.mean(0)) @ rng.normal(size=(feats.shape[1], 3))
+    values = sites[:, :, None] + rng.normal(0, sites.std() * 0.3, size=(60, 3, 2))
+    np.savez(tmp_path / "resp.npz", responses=values, image_ids=[f"val:{i}" for i in range(60)],
+             sites=["a1", "b2", "c3"])
+    name = str(tmp_path / "v4sites")
+    assert main(["readout", "fit", str(tmp_path / "resp.npz"), "--model", "toy-standard", "--layer", "V4",
+                 "--folds", "3", "--name", name]) == 0
+    out = capsys.readouterr().out
+    assert "3 sites" in out and "median r" in out and "ceiling" in out
+    assert main(["synth", "--readout", name, "--objective", "stretch(V4:readout:b2)", "--steps", "3", "--size", "64",
+                 "--out", str(tmp_path / "s")]) == 0
+    assert "stretch(V4:readout:b2)" in capsys.readouterr().out
+    assert main(["readout", "fit", str(tmp_path / "missing.npz"), "--model", "toy-standard", "--layer", "V4"]) == 2
+    assert "not found" in capsys.readouterr().err

@@ -93,6 +93,7 @@ def test_readout_saves_loads_and_becomes_a_layer_with_named_sites(tiny, recordin
     torch.testing.assert_close(out, readout(features(tiny, images[:4], "V4")))
     r = synth.synthesize(model, "stretch(V4:readout:s2)", size=32, steps=20, progress=False, transforms=None)
     assert r.scores[0] > r.history[0, 0]
+    assert r.metadata["objective"] == "stretch(V4:readout:s2)"  # the site keeps its name in the recipe
     with pytest.raises(UnknownNameError, match="'s2'"):
         synth.synthesize(model, "stretch(V4:readout:s22)", size=32, steps=1, progress=False)
     with pytest.raises(ConfigError, match="no named sites"):
