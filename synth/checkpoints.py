@@ -62,4 +62,3 @@ def load_into(net: nn.Module, tensors: Mapping[str, torch.Tensor], source: str =
                 lines.append(f"  {label}: " + "; ".join(items[:6]) + more)
         raise CheckpointError("\n".join(lines))
     net.load_state_dict({k: v for k, v in tensors.items() if k in own}, strict=False)
-

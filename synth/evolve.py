@@ -65,8 +65,9 @@ def evolve(model: ProbeModel, objective: Objective | str, *, population: int = 4
 
     The code is the Fourier spectrum up to ``max_freq`` cycles per image (decorrelated colour, sigmoid), drawn
     with standard deviation ``code_sd``.  The defaults (12 cycles, sd 2) were chosen on toy-standard IT units: with
-    2,000 evaluations they reached a median 2.8x the natural maximum, against 1.4x for 4 cycles and sd 0.5.  The result holds the final population; its best image is
-    ``result.images[result.scores.argmax()]``, and ``result.metadata['evaluations']`` counts images evaluated.
+    2,000 evaluations they reached a median 2.8x the natural maximum, against 1.4x for 4 cycles and sd 0.5.
+    The result holds the final population; its best image is ``result.images[result.scores.argmax()]``, and
+    ``result.metadata['evaluations']`` counts images evaluated.
     """
     if population < 2 or generations < 1:
         raise ConfigError(f"need population >= 2 and generations >= 1, got {population} and {generations}")

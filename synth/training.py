@@ -29,7 +29,6 @@ from .probe import ProbeModel
 from .ventral import AREAS, VentralNet
 
 
-
 @dataclass(frozen=True)
 class Recipe:
     """Everything that determines a trained embedded model."""
