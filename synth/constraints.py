@@ -19,7 +19,10 @@ LUMA = (0.299, 0.587, 0.114)
 
 
 class Constraint:
-    """Base: identity map and no projection."""
+    """Base: identity map and no projection.  ``projects`` says whether ``project_`` does anything: the engine
+    refuses such a constraint on a parametrization whose pixels it cannot project."""
+
+    projects = False
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         """Differentiable part, applied to every image the model sees."""
@@ -36,6 +39,8 @@ class Constraint:
 class Box(Constraint):
     """Pixel values within [lo, hi] (the valid image range)."""
 
+    projects = True
+
     def __init__(self, lo: float = 0.0, hi: float = 1.0):
         if not lo < hi:
             raise ConfigError(f"box needs lo < hi, got [{lo}, {hi}]")
@@ -49,30 +54,64 @@ class Box(Constraint):
 
 
 class LpBall(Constraint):
-    """Within distance ``eps`` of ``center`` in the L-inf or L2 norm, per image (the attack budget)."""
+    """Within distance ``eps`` of ``center`` in the L-inf or L2 norm (the attack budget): one ε for all images, or
+    one per image (an (N,) tensor), so a sweep over ε runs as one batch."""
 
-    def __init__(self, center: torch.Tensor, eps: float, p: float = math.inf):
+    projects = True
+
+    def __init__(self, center: torch.Tensor, eps: float | torch.Tensor, p: float = math.inf):
         if p not in (2, math.inf):
             raise ConfigError(f"LpBall supports p=2 or p=inf, got {p}")
-        if not (eps >= 0 and math.isfinite(eps)):
-            raise ConfigError(f"eps must be a finite number >= 0, got {eps}")
-        self.center, self.eps, self.p = center.detach(), float(eps), p
+        eps = torch.as_tensor(eps, dtype=torch.float32).detach()
+        if eps.ndim > 1 or not (torch.isfinite(eps).all() and (eps >= 0).all()):
+            raise ConfigError(f"eps must be a finite number >= 0 or one per image, got {eps.tolist()}")
+        if eps.ndim == 1 and eps.shape[0] != center.shape[0]:
+            raise ConfigError(f"{eps.shape[0]} eps values for {center.shape[0]} images: give one, or one per image")
+        self.center, self.eps, self.p = center.detach(), eps, p
 
     def to(self, device: torch.device) -> LpBall:
-        self.center = self.center.to(device)
+        self.center, self.eps = self.center.to(device), self.eps.to(device)
         return self
+
+    def _radius(self, x: torch.Tensor) -> torch.Tensor:
+        """ε shaped to broadcast over N×C×H×W."""
+        eps = self.eps.to(x.device, x.dtype)
+        return eps.view(-1, *[1] * (x.ndim - 1)) if eps.ndim else eps
+
+    def distance(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-image distance from the center in the ball's norm."""
+        d = (x - self.center.to(x.device, x.dtype)).flatten(1)
+        return d.abs().amax(1) if self.p == math.inf else d.norm(dim=1)
 
     def project_(self, x: torch.Tensor) -> None:
         delta = x - self.center
+        eps = self._radius(x)
         if self.p == math.inf:
-            delta.clamp_(-self.eps, self.eps)
+            delta = torch.maximum(torch.minimum(delta, eps), -eps)
         else:
-            norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
-            delta.mul_((self.eps / norms).clamp(max=1.0).view(-1, *[1] * (delta.ndim - 1)))
+            norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (delta.ndim - 1))
+            delta = delta * (eps / norms).clamp(max=1.0)
         x.copy_(self.center + delta)
 
+    def sample(self, generator: torch.Generator) -> torch.Tensor:
+        """A random point of the ball around each center: uniform in the cube for L-inf, uniform in the ball for L2
+        (direction from a Gaussian, radius ε·u^(1/d)), as foolbox's and Madry's random starts."""
+        shape = self.center.shape
+        if self.p == math.inf:
+            delta = torch.rand(shape, generator=generator) * 2 - 1
+        else:
+            d = self.center[0].numel()
+            direction = torch.randn(shape, generator=generator)
+            direction = direction / direction.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (len(shape) - 1))
+            radius = torch.rand(shape[0], generator=generator) ** (1.0 / d)
+            delta = direction * radius.view(-1, *[1] * (len(shape) - 1))
+        delta = delta.to(self.center.device, self.center.dtype)
+        return self.center + delta * self._radius(delta)
+
     def __str__(self) -> str:
-        return f"l{'inf' if self.p == math.inf else 2}-ball(eps={self.eps:.4g})"
+        eps = f"{float(self.eps):.4g}" if self.eps.ndim == 0 else \
+            f"{float(self.eps.min()):.4g}..{float(self.eps.max()):.4g} per image"
+        return f"l{'inf' if self.p == math.inf else 2}-ball(eps={eps})"
 
 
 class Contrast(Constraint):

@@ -10,6 +10,12 @@ the model only that far), and print as a readable string that ``parse`` reads ba
     onehot(V4:readout:site3)   drive one site while the rest of its population stays low (softmax score)
     norm(V4)                   mean squared activation of a whole layer
     IT:12 + 0.1*diversity(V4)  several images that differ in their V4 Gram matrices (Olah et al. 2017)
+    xent(logits, y={3,0})      cross-entropy of the true labels, one per image (untargeted attacks ascend it)
+    margin(logits, target=faces, kappa=5)   Carlini-Wagner margin of a target class over the best other class
+
+``logits`` (the network's output) and ``input`` (the [0,1] pixels) are layers of every model.  Objectives that
+hold one value per image (site sets, labels, per-image targets) follow the engine when it drops finished images
+from the batch: ``select(index)`` keeps the entries of the images still running.
 
 Objectives are small classes, not closures, so a debugger can show what they hold.
 """
@@ -19,7 +25,7 @@ import hashlib
 import math
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +49,10 @@ class Objective(ABC):
 
     def resolve(self, model) -> Objective:
         """A copy whose layer names and site names are checked against ``model`` and made canonical."""
+        return self
+
+    def select(self, index: torch.Tensor) -> Objective:
+        """The objective for the images ``index`` of the batch (per-image entries subset; others unchanged)."""
         return self
 
     # arithmetic ------------------------------------------------------------------------------------------
@@ -95,6 +105,9 @@ class Sum(Objective):
     def resolve(self, model) -> Objective:
         return Sum([(w, t.resolve(model)) for w, t in self.terms])
 
+    def select(self, index: torch.Tensor) -> Objective:
+        return Sum([(w, t.select(index)) for w, t in self.terms])
+
     def __str__(self) -> str:
         out = ""
         for w, t in self.terms:
@@ -142,6 +155,14 @@ class Site(Objective):
 
     def _copy(self, layer: str, index: Index) -> Site:
         return type(self)(layer, index, self.position)
+
+    def select(self, index: torch.Tensor) -> Site:
+        if not isinstance(self.index, tuple):
+            return self
+        keep = index.tolist()
+        out = self._copy(self.layer, tuple(self.index[i] for i in keep))
+        out.label = tuple(self.label[i] for i in keep) if self.label is not None else None
+        return out
 
     def _rows(self, a: torch.Tensor) -> torch.Tensor:
         """Index tensor: which site each image drives (checked against the layer's size)."""
@@ -303,11 +324,20 @@ class Match(_LayerObjective):
         if metric not in self.METRICS:
             raise UnknownNameError("match metric", metric, self.METRICS)
         self.target, self.metric = _finite(target, "target activation"), metric
+        self.rows: torch.Tensor | None = None  # images still in the batch, when targets are per image
+
+    def select(self, index: torch.Tensor) -> Match:
+        clone = object.__new__(Match)
+        clone.__dict__.update(self.__dict__, rows=index.cpu() if self.rows is None else self.rows[index.cpu()])
+        return clone
 
     def score(self, acts: Acts) -> torch.Tensor:
         a = acts[self.layer].flatten(1)
         t = self.target.to(a.device, a.dtype)
-        t = t.flatten(1) if t.ndim == acts[self.layer].ndim else t.flatten()[None]
+        if t.ndim == acts[self.layer].ndim:  # one target per image
+            t = (t if self.rows is None else t[self.rows.to(t.device)]).flatten(1)
+        else:
+            t = t.flatten()[None]
         if t.shape[1] != a.shape[1] or t.shape[0] not in (1, a.shape[0]):
             raise ConfigError(f"target of shape {tuple(self.target.shape)} does not fit layer {self.layer!r} "
                               f"of shape {tuple(acts[self.layer].shape)}")
@@ -319,12 +349,162 @@ class Match(_LayerObjective):
         return f"match({self.layer}, <target {_digest(self.target)}>, metric={self.metric})"
 
 
+Label = int | str
+
+
+class Labels:
+    """Class labels: one for every image, or one per image; written as numbers or the model's class names.
+
+    ``resolve`` turns names into indices (a close-match hint for a typo); ``select`` keeps the images still in the
+    batch; ``tensor`` gives the (N,) index tensor on a device, made once per device.
+    """
+
+    def __init__(self, values: Label | Sequence[Label] | torch.Tensor):
+        if isinstance(values, torch.Tensor):
+            if values.is_floating_point() or values.ndim > 1:
+                raise ConfigError(f"labels must be integers (one, or one per image), got a {values.dtype} tensor of "
+                                  f"shape {tuple(values.shape)}")
+            values = values.tolist()
+        many = isinstance(values, (list, tuple))
+        items = list(values) if many else [values]
+        if many and not items:
+            raise ConfigError("labels are empty")
+        parsed = []
+        for v in items:
+            if isinstance(v, bool) or not isinstance(v, (int, str)):
+                raise ConfigError(f"a label must be a class index or name, got {v!r}")
+            parsed.append(int(v) if isinstance(v, str) and v.isdigit() else v)
+        self.values: Label | tuple[Label, ...] = tuple(parsed) if many else parsed[0]
+        self.shown = self.values  # as written, for display after names become indices
+        self._cache: dict[torch.device, torch.Tensor] = {}
+
+    def _items(self) -> list[Label]:
+        return list(self.values) if isinstance(self.values, tuple) else [self.values]
+
+    def resolve(self, classes: Sequence[str]) -> Labels:
+        """Names replaced by their index in ``classes``."""
+        out = []
+        for v in self._items():
+            if isinstance(v, str):
+                if v not in classes:
+                    raise UnknownNameError("class", v, classes)
+                v = list(classes).index(v)
+            out.append(v)
+        labels = Labels(tuple(out) if isinstance(self.values, tuple) else out[0])
+        labels.shown = self.shown
+        return labels
+
+    def select(self, index: torch.Tensor) -> Labels:
+        """The labels of the images ``index`` (a single shared label stays as it is)."""
+        if not isinstance(self.values, tuple):
+            return self
+        keep = index.tolist()
+        labels = Labels(tuple(self.values[i] for i in keep))
+        labels.shown = tuple(self.shown[i] for i in keep)
+        return labels
+
+    def tensor(self, n: int, classes: int, device: torch.device) -> torch.Tensor:
+        """The (n,) label indices, checked against the batch size and the number of classes."""
+        items = self._items()
+        if any(isinstance(v, str) for v in items):
+            raise ConfigError(f"labels {self} must be resolved against a model first (objective.resolve)")
+        if isinstance(self.values, tuple) and len(items) != n:
+            raise ConfigError(f"{len(items)} labels for {n} images: give one label, or one per image")
+        bad = [v for v in items if not 0 <= v < classes]
+        if bad:
+            raise ConfigError(f"label {bad[0]} out of range: the layer has {classes} classes/units")
+        t = self._cache.get(device)
+        if t is None:
+            t = self._cache[device] = torch.tensor(items, dtype=torch.long, device=device)
+        return t if isinstance(self.values, tuple) else t.expand(n)
+
+    def __len__(self) -> int:
+        return len(self._items())
+
+    def __str__(self) -> str:
+        if isinstance(self.shown, tuple):
+            return "{" + ",".join(map(str, self.shown)) + "}"
+        return str(self.shown)
+
+
+class _Labeled(_LayerObjective):
+    """An objective on class scores with labels: ``y=`` true labels (untargeted) or ``target=`` (targeted)."""
+
+    name = "labeled"
+
+    def __init__(self, layer: str, y: Label | Sequence[Label] | torch.Tensor | None = None,
+                 target: Label | Sequence[Label] | torch.Tensor | None = None):
+        super().__init__(layer)
+        if (y is None) == (target is None):
+            raise ConfigError(f"{self.name}() needs exactly one of y= (true labels: push away from them) or "
+                              "target= (target labels: pull towards them)")
+        self.targeted = target is not None
+        self.labels = Labels(target if self.targeted else y)
+
+    def resolve(self, model) -> _Labeled:
+        clone = super().resolve(model)
+        clone.labels = self.labels.resolve(model.classes if clone.layer == "logits" else [])
+        return clone
+
+    def select(self, index: torch.Tensor) -> _Labeled:
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__, labels=self.labels.select(index))
+        return clone
+
+    def _logits(self, acts: Acts) -> tuple[torch.Tensor, torch.Tensor]:
+        z = population(acts[self.layer])
+        return z, self.labels.tensor(z.shape[0], z.shape[1], z.device)
+
+    def _args(self) -> str:
+        return f"{self.layer}, {'target' if self.targeted else 'y'}={self.labels}"
+
+
+class CrossEntropy(_Labeled):
+    """Cross-entropy of the labels: untargeted, its value (push the true class down); targeted, minus its value
+    (log-probability of the target class)."""
+
+    name = "xent"
+
+    def score(self, acts: Acts) -> torch.Tensor:
+        z, y = self._logits(acts)
+        ce = F.cross_entropy(z, y, reduction="none")
+        return -ce if self.targeted else ce
+
+    def __str__(self) -> str:
+        return f"xent({self._args()})"
+
+
+class Margin(_Labeled):
+    """Carlini & Wagner's margin: untargeted, the best other class minus the true one; targeted, the target minus
+    the best other class.  Positive means the attack succeeded; ``kappa`` caps it (CW's confidence)."""
+
+    name = "margin"
+
+    def __init__(self, layer: str, y: Label | Sequence[Label] | torch.Tensor | None = None,
+                 target: Label | Sequence[Label] | torch.Tensor | None = None, kappa: float | None = None):
+        super().__init__(layer, y, target)
+        if kappa is not None and not (kappa >= 0 and math.isfinite(kappa)):
+            raise ConfigError(f"margin kappa must be a finite number >= 0, got {kappa}")
+        self.kappa = None if kappa is None else float(kappa)
+
+    def score(self, acts: Acts) -> torch.Tensor:
+        z, y = self._logits(acts)
+        label = z.gather(1, y[:, None])[:, 0]
+        other = z.scatter(1, y[:, None], float("-inf")).amax(1)
+        m = label - other if self.targeted else other - label
+        return m if self.kappa is None else m.clamp(max=self.kappa)
+
+    def __str__(self) -> str:
+        return f"margin({self._args()}{'' if self.kappa is None else f', kappa={self.kappa:g}'})"
+
+
 # ------------------------------------------------------------------------------------------------- parser
 _TOKEN = re.compile(r"\s*(?:(?P<num>\d+\.?\d*(?:e-?\d+)?|\.\d+)"
                     r"|(?P<name>[A-Za-z_][\w.]*(?::(?:[\w.]+|\{[\w,]+\}))*(?:\[\d+,\d+\])?)"
-                    r"|(?P<op>[-+*/(),=]))")
+                    r"|(?P<set>\{[\w,\s-]*\})|(?P<op>[-+*/(),=]))")
 _SITE = re.compile(r"^(?P<layer>.+):(?P<index>c?\d+|[A-Za-z_]\w*|\{[\w,]+\})(?:\[(?P<y>\d+),(?P<x>\d+)\])?$")
-FUNCTIONS = {"stretch": Stretch, "onehot": OneHot, "norm": LayerNorm, "diversity": Diversity}
+FUNCTIONS = {"stretch": Stretch, "onehot": OneHot, "norm": LayerNorm, "diversity": Diversity, "xent": CrossEntropy,
+             "margin": Margin}
 
 
 def site(spec: str, cls: type[Site] = Site, **kw) -> Site:
@@ -408,18 +588,28 @@ class _Parser:
                 self.take(",")
                 key = self.take()[1]
                 self.take("=")
-                kwargs[key] = float(self.take()[1])
+                kwargs[key] = self.value()
             self.take(")")
             cls = FUNCTIONS[name]
-            if issubclass(cls, Site):
-                try:
-                    return site(arg, cls, **kwargs)
-                except TypeError:
-                    raise ConfigError(f"{name}() does not take {', '.join(kwargs)}") from None
-            if kwargs:
-                raise ConfigError(f"{name}() takes only a layer, got {', '.join(kwargs)}")
-            return cls(arg)
+            try:
+                return site(arg, cls, **kwargs) if issubclass(cls, Site) else cls(arg, **kwargs)
+            except TypeError:
+                takes = {LayerNorm: "only a layer", Diversity: "only a layer", CrossEntropy: "a layer, y= or target=",
+                         Margin: "a layer, y= or target=, and kappa="}.get(cls, "a site and tau=")
+                raise ConfigError(f"{name}() does not take {', '.join(kwargs)}; it takes {takes}") from None
         return site(name)
+
+    def value(self) -> int | float | str | tuple[int | str, ...]:
+        """A keyword's value: a number, a name, or a set '{a,b,...}' (one entry per image)."""
+        kind, text = self.take()
+        if kind == "num":
+            return int(text) if text.isdigit() else float(text)
+        if kind == "set":
+            items = [t.strip() for t in text[1:-1].split(",") if t.strip()]
+            return tuple(int(t) if t.isdigit() else t for t in items)
+        if kind == "name":
+            return text
+        raise ConfigError(f"objective {self.text!r}: expected a value, found {text!r}")
 
 
 def parse(text: str) -> Objective:

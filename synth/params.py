@@ -23,9 +23,19 @@ _COLOR = _COLOR_SQRT / _COLOR_SQRT.norm(dim=0).max()
 
 
 class Parametrization(nn.Module, ABC):
-    """Base: ``image()`` returns the current images; ``schedule(progress)`` lets a parametrization anneal."""
+    """Base: ``image()`` returns the current images; ``schedule(progress)`` lets a parametrization anneal.
+
+    ``pixels`` is the tensor the engine projects after each step (the pixels themselves), or None when the
+    parameters are not pixels; ``bounded`` says that ``image()`` always lies in [0, 1] (e.g. through a sigmoid).
+    """
 
     name = "parametrization"
+    bounded = False
+
+    @property
+    def pixels(self) -> torch.Tensor | None:
+        """The pixel parameters projections act on, or None."""
+        return None
 
     @abstractmethod
     def image(self) -> torch.Tensor:
@@ -73,6 +83,10 @@ class Pixels(Parametrization):
         self.x = nn.Parameter(start.clone())
 
     def image(self) -> torch.Tensor:
+        return self.x
+
+    @property
+    def pixels(self) -> torch.Tensor:
         return self.x
 
     @property
@@ -124,6 +138,8 @@ def _freqs(h: int, w: int) -> torch.Tensor:
 
 class Fourier(Parametrization):
     """Lucid's Fourier parametrization: scaled spectrum → irfft → decorrelated colour → sigmoid."""
+
+    bounded = True
 
     def __init__(self, n: int, size: int | tuple[int, int], generator: torch.Generator, decay: float = 1.0,
                  sd: float = 0.01, decorrelate: bool = True, max_freq: int | None = None):

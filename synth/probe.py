@@ -17,6 +17,8 @@ from .errors import ConfigError, ImageError, UnknownNameError
 from .ventral import Identity
 
 AREA_NAMES: tuple[str, ...] = ("V1", "V2", "V4", "IT", "behavior")
+# Layers every model has: the [0,1] pixels it is shown and the network's output (class scores).
+INPUT, LOGITS = "input", "logits"
 # Named no-op modules that mark an area's output: kept as nodes so that 'V1.output' (CORnet's name) exists.
 _TRACER = {"leaf_modules": [Identity]}
 
@@ -43,6 +45,8 @@ class ProbeModel(nn.Module):
         self.readouts: dict[str, nn.Module] = {}  # virtual layers: linear maps to recorded sites
         self._traceable: bool | None = None
         self._layers: list[str] | None = None
+        self._output_node: str | None = None
+        self._stochastic: bool | None = None
         self.areas = {}
         for area, layer in (areas or {}).items():
             if area not in AREA_NAMES:
@@ -97,6 +101,7 @@ class ProbeModel(nn.Module):
                 self._traceable = True
             except Exception:  # data-dependent control flow: hooks on modules instead
                 nodes, self._traceable = [], False
+            self._output_node = nodes[-1] if len(nodes) > 1 else None
             module_set, seen, ordered = set(modules), set(), []
             for name in nodes[1:]:  # each graph node, preceded by the modules it opens
                 parts = name.split(".")
@@ -105,7 +110,7 @@ class ProbeModel(nn.Module):
                         seen.add(prefix)
                         ordered.append(prefix)
             ordered += [m for m in modules if m not in seen]
-            self._layers = ordered + list(self.readouts)
+            self._layers = [INPUT, *ordered, *self.readouts, LOGITS]
         return self._layers
 
     def layer(self, name: str) -> str:
@@ -118,8 +123,9 @@ class ProbeModel(nn.Module):
 
     # ---------------------------------------------------------------------------------------------- activations
     def activations(self, x: torch.Tensor, layers: str | Iterable[str], check: bool = True) -> dict[str, torch.Tensor]:
-        """Responses of the requested layers (names, areas or readouts) to [0,1] images, computing nothing past
-        the deepest.  ``check=False`` skips the input validation (for inner loops that validated once)."""
+        """Responses of the requested layers (names, areas, readouts, 'input', 'logits') to [0,1] images,
+        computing nothing past the deepest.  ``check=False`` skips the input validation (for inner loops that
+        validated once)."""
         if check:
             check_images(x)
         names = [layers] if isinstance(layers, str) else list(layers)
@@ -127,13 +133,34 @@ class ProbeModel(nn.Module):
             raise UnknownNameError(f"layer of model {self.name!r}", "", self.layers)
         resolved = {n: self.layer(n) for n in names}
         wanted = tuple(dict.fromkeys(resolved.values()))
-        targets = tuple(dict.fromkeys(self.readouts[t].layer if t in self.readouts else t for t in wanted))
-        x = self.preprocess(x)
-        out = self._traced(x, targets) if self._traceable else self._hooked(x, targets)
+        targets = tuple(dict.fromkeys(self.readouts[t].layer if t in self.readouts else t for t in wanted
+                                      if t not in (INPUT, LOGITS)))
+        xp = self.preprocess(x)
+        if LOGITS in wanted:
+            out = self._full(xp, targets)
+        elif not targets:
+            out = {}
+        else:
+            out = self._traced(xp, targets) if self._traceable else self._hooked(xp, targets)
+        out[INPUT] = x
         for t in wanted:
             if t in self.readouts:
                 out[t] = self.readouts[t](out[self.readouts[t].layer])
         return {n: out[r] for n, r in resolved.items()}
+
+    def _full(self, x: torch.Tensor, targets: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        """The whole forward pass to the logits, keeping the requested inner layers on the way."""
+        if not targets:
+            return {LOGITS: self.net(x)}
+        if self._traceable and self._output_node is not None and self._output_node not in targets:
+            out = self._traced(x, (*targets, self._output_node))
+            out[LOGITS] = out.pop(self._output_node)
+            return out
+        if self._traceable:
+            out = self._traced(x, targets)
+            out[LOGITS] = out[self._output_node]
+            return out
+        return self._hooked(x, targets, stop=False)
 
     def _traced(self, x: torch.Tensor, targets: tuple[str, ...]) -> dict[str, torch.Tensor]:
         extractor = self._extractors.get(targets)
@@ -144,20 +171,23 @@ class ProbeModel(nn.Module):
             extractor.train(self.net.training)
         return extractor(x)
 
-    def _hooked(self, x: torch.Tensor, targets: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    def _hooked(self, x: torch.Tensor, targets: tuple[str, ...], stop: bool = True) -> dict[str, torch.Tensor]:
+        """Module outputs captured by forward hooks; the pass ends at the last one unless the logits are wanted
+        (``stop=False``, then they are returned under 'logits')."""
         modules = dict(self.net.named_modules())
         captured: dict[str, torch.Tensor] = {}
 
         def hook(name: str):
             def fn(_module, _inp, output):
                 captured[name] = output
-                if len(captured) == len(targets):
+                if stop and len(captured) == len(targets):
                     raise _Stop
             return fn
 
         handles = [modules[t].register_forward_hook(hook(t)) for t in targets]
         try:
-            self.net(x)
+            logits = self.net(x)
+            captured[LOGITS] = logits
         except _Stop:
             pass
         finally:
@@ -165,12 +195,25 @@ class ProbeModel(nn.Module):
                 h.remove()
         return captured
 
+    @property
+    def stochastic(self) -> bool:
+        """Whether the network's output varies between two passes over the same image (noise layers such as
+        VOneNet's V1 stochasticity): attacks on it need expectation over transformation (``eot``)."""
+        if self._stochastic is None:
+            size = self.input_size or 64
+            probe = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0)).to(self.device)
+            with torch.no_grad():
+                a, b = self(probe), self(probe)
+            self._stochastic = not torch.allclose(a, b, rtol=1e-4, atol=1e-5 * float(a.abs().max().clamp_min(1)))
+        return self._stochastic
+
     def extra_repr(self) -> str:
         return f"name={self.name!r}, classes={len(self.classes)}, areas={self.areas}"
 
 
-def check_images(x: torch.Tensor) -> None:
-    """Reject what is not a non-empty N×3×H×W float batch in [0, 1], with a message that says what is wrong."""
+def check_images(x: torch.Tensor, slack: float = 0.0) -> None:
+    """Reject what is not a non-empty N×3×H×W float batch in [0, 1] (widened by ``slack`` on both sides, for
+    starts that a projection will clip), with a message that says what is wrong."""
     if not isinstance(x, torch.Tensor):
         raise ImageError(f"images must be a torch.Tensor, got {type(x).__name__}")
     if x.ndim != 4 or x.shape[1] != 3:
@@ -180,5 +223,5 @@ def check_images(x: torch.Tensor) -> None:
     if not x.is_floating_point():
         raise ImageError(f"images must be float in [0, 1], got dtype {x.dtype}")
     lo, hi = float(x.detach().min()), float(x.detach().max())
-    if not (lo >= -1e-6 and hi <= 1 + 1e-6):  # also catches NaN
+    if not (lo >= -slack - 1e-6 and hi <= 1 + slack + 1e-6):  # also catches NaN
         raise ImageError(f"images must lie in [0, 1], got values in [{lo:.3g}, {hi:.3g}]")

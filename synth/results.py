@@ -17,18 +17,24 @@ from PIL import Image, PngImagePlugin
 from .errors import ImageError
 from .files import atomic, write_text
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 @dataclass
 class Result:
-    """Images (N×3×H×W, CPU, [0,1]), per-step scores (steps×N), final scores (N), activations, metadata."""
+    """Images (N×3×H×W, CPU, [0,1]), per-step scores (steps×N), final scores (N), activations, metadata; with a
+    stopping rule, which returned images meet it (``success``); the best-scoring iterate of each image (``best``,
+    ``best_scores``); and the per-image gradient norm at every step (``grad_norm``, NaN once an image stopped)."""
 
     images: torch.Tensor
     history: torch.Tensor
     scores: torch.Tensor
     activations: dict[str, torch.Tensor] = field(default_factory=dict)
     metadata: dict = field(default_factory=dict)
+    success: torch.Tensor | None = None
+    best: torch.Tensor | None = None
+    best_scores: torch.Tensor | None = None
+    grad_norm: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -44,21 +50,25 @@ class Result:
             write_png(img, path, meta)
             paths.append(path)
         sidecar = {"format": FORMAT_VERSION, "metadata": self.metadata, "files": [p.name for p in paths],
-                   "scores": self.scores.tolist(), "history": self.history.tolist()}
+                   "scores": self.scores.tolist(), "history": self.history.tolist(),
+                   "success": self.success.tolist() if self.success is not None else None}
         write_text(folder / "result.json", json.dumps(sidecar, indent=1))
         with atomic(folder / "result.pt") as tmp:
             torch.save({"format": FORMAT_VERSION, "images": self.images, "history": self.history,
-                        "scores": self.scores, "activations": self.activations}, tmp)
+                        "scores": self.scores, "activations": self.activations, "success": self.success,
+                        "best": self.best, "best_scores": self.best_scores, "grad_norm": self.grad_norm}, tmp)
         return paths
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> Result:
-        """Read a saved result back (tensors from ``result.pt``, recipe from ``result.json``)."""
+        """Read a saved result back (tensors from ``result.pt``, recipe from ``result.json``); format-1 files,
+        written before results held success, best iterates and gradient norms, load with those left empty."""
         folder = Path(folder)
         sidecar = json.loads((folder / "result.json").read_text())
         tensors = torch.load(folder / "result.pt", map_location="cpu", weights_only=True)
         return cls(tensors["images"], tensors["history"], tensors["scores"], tensors["activations"],
-                   sidecar["metadata"])
+                   sidecar["metadata"], success=tensors.get("success"), best=tensors.get("best"),
+                   best_scores=tensors.get("best_scores"), grad_norm=tensors.get("grad_norm"))
 
 
 def write_png(image: torch.Tensor, path: str | os.PathLike, metadata: dict) -> None:

@@ -7,6 +7,7 @@ import torch
 from synth import Box, Contrast, Grayscale, LpBall, Mask, optimize, synthesize
 from synth.engine import redirected_relu
 from synth.errors import ConfigError, ImageError, UnknownNameError
+from synth.objectives import Match
 from synth.params import Blurred, Fourier, Pixels, gaussian_blur, make
 from synth.transforms import standard
 
@@ -144,3 +145,159 @@ def test_bad_input_gets_clear_errors(tiny):
         make("fourir", 1, 32, "noise", _gen())
     with pytest.raises(UnknownNameError, match="noise"):
         make("pixels", 1, 32, "nosie", _gen())
+
+
+# ---------------------------------------------------------------------------------- the engine as an attack engine
+def test_a_projecting_constraint_on_a_parametrization_without_pixels_is_refused(tiny):
+    x0 = torch.rand(1, 3, 32, 32, generator=_gen())
+    with pytest.raises(ConfigError, match="no pixels to project"):
+        optimize(tiny, "IT:1", Fourier.fit(x0, _gen()), constraints=[LpBall(x0, 4 / 255), Box()], steps=2,
+                 progress=False)
+    r = optimize(tiny, "IT:1", Fourier(1, 32, _gen()), constraints=[Box()], steps=2, progress=False)  # sigmoid: in box
+    assert r.images.shape == (1, 3, 32, 32)
+
+
+def test_eot_scores_each_draw_then_averages(tiny):
+    r = synthesize(tiny, "IT:{1,2,3}", n=3, size=32, steps=3, eot=2, progress=False)  # per-image sites
+    assert r.scores.shape == (3,) and r.metadata["evaluations"] == 3 * 3 * 2
+    with torch.no_grad():
+        targets = tiny.activations(torch.rand(2, 3, 32, 32, generator=_gen()), "V4")["V4"]
+    m = synthesize(tiny, Match("V4", targets), n=2, size=32, steps=3, eot=2, progress=False)  # per-image targets
+    assert m.scores.shape == (2,)
+    x = torch.rand(3, 3, 32, 32, generator=_gen())
+    one, three = (optimize(tiny, "diversity(V4)", Pixels(x), steps=0, eot=e, progress=False) for e in (1, 3))
+    torch.testing.assert_close(three.scores, one.scores)  # each image compared with the others, not its copies
+
+
+def test_each_image_has_its_own_eps_and_step_size(tiny):
+    x0 = torch.rand(3, 3, 32, 32, generator=_gen()).clamp(0.1, 0.9)
+    eps = torch.tensor([1, 4, 8]) / 255
+    r = optimize(tiny, "norm(IT)", Pixels(x0), constraints=[LpBall(x0, eps), Box()], step="sign", lr=eps / 4,
+                 steps=8, progress=False)
+    dist = (r.images - x0).flatten(1).abs().amax(1)
+    assert (dist <= eps + 1e-6).all() and (dist >= 0.99 * eps).all()
+    eps2 = torch.tensor([0.1, 0.5, 1.0])
+    r2 = optimize(tiny, "norm(IT)", Pixels(x0), constraints=[LpBall(x0, eps2, p=2), Box()], step="l2", lr=eps2 / 2,
+                  steps=6, progress=False)
+    dist2 = (r2.images - x0).flatten(1).norm(dim=1)
+    assert (dist2 <= eps2 + 1e-5).all() and (dist2 >= 0.9 * eps2).all()
+    with pytest.raises(ConfigError, match="per-image step sizes"):
+        optimize(tiny, "IT:1", Pixels(x0), step="adam", lr=eps, steps=1, progress=False)
+    with pytest.raises(ConfigError, match="eps values for 3 images"):
+        LpBall(x0, torch.tensor([0.1, 0.2]))
+
+
+def test_random_start_is_drawn_inside_the_ball_and_projected_first(tiny):
+    x0 = torch.rand(64, 3, 16, 16, generator=_gen())
+    noisy = x0 + (torch.rand(x0.shape, generator=_gen()) * 2 - 1) * 0.1  # a hand-made start, partly outside [0, 1]
+    r = optimize(tiny, "IT:1", Pixels(noisy), constraints=[LpBall(x0, 0.1), Box()], steps=0, progress=False)
+    assert 0 <= r.images.min() and r.images.max() <= 1
+    for p, eps in ((math.inf, 8 / 255), (2, 1.0)):
+        ball = LpBall(x0, eps, p=p)
+        r = optimize(tiny, "IT:1", Pixels(x0), constraints=[ball, Box()], steps=0, random_start=True, seed=3,
+                     progress=False)
+        d = ball.distance(r.images)
+        assert (d <= eps + 1e-5).all() and 0 <= r.images.min() and r.images.max() <= 1
+        assert float(d.min()) > 0.5 * eps  # not the center: a draw that fills the ball
+    with pytest.raises(ConfigError, match="random_start"):
+        optimize(tiny, "IT:1", Pixels(x0), steps=1, random_start=True, progress=False)
+
+
+def test_every_model_has_logits_and_input_layers(tiny):
+    x = torch.rand(2, 3, 32, 32, generator=_gen())
+    with torch.no_grad():
+        logits = tiny(x)
+        torch.testing.assert_close(tiny.activations(x, "logits")["logits"], logits)
+        both = tiny.activations(x, ["V4", "logits", "input"])
+    torch.testing.assert_close(both["logits"], logits)
+    torch.testing.assert_close(both["V4"], tiny.activations(x, "V4")["V4"])
+    assert both["input"] is x
+    assert tiny.layers[0] == "input" and tiny.layers[-1] == "logits"
+
+
+def test_label_objectives_score_and_round_trip(tiny):
+    from synth.objectives import CrossEntropy, Margin, parse
+    z = torch.tensor([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0]])
+    acts = {"logits": z}
+    y = torch.tensor([0, 2])
+    torch.testing.assert_close(CrossEntropy("logits", y=y).score(acts), torch.nn.functional.cross_entropy(z, y, reduction="none"))
+    torch.testing.assert_close(CrossEntropy("logits", target=1).score(acts), torch.log_softmax(z, 1)[:, 1])
+    torch.testing.assert_close(Margin("logits", y=y).score(acts), torch.tensor([-1.0, 2.0]))
+    torch.testing.assert_close(Margin("logits", target=(1, 1)).score(acts), torch.tensor([-1.0, 2.0]))
+    torch.testing.assert_close(Margin("logits", y=y, kappa=0.5).score(acts), torch.tensor([-1.0, 0.5]))
+    for text in ["xent(logits, y={0,2})", "margin(logits, target=faces, kappa=5)", "-xent(logits, target=3)"]:
+        assert str(parse(text)) == text
+    named = parse("xent(logits, y={faces,cars})").resolve(tiny)
+    assert named.labels.values == (tiny.classes.index("faces"), tiny.classes.index("cars"))
+    assert str(named) == "xent(logits, y={faces,cars})"
+    with pytest.raises(UnknownNameError, match="faces"):
+        parse("xent(logits, y=facse)").resolve(tiny)
+    with pytest.raises(ConfigError, match="exactly one of y="):
+        parse("margin(logits)")
+    with pytest.raises(ConfigError, match="3 labels for 2 images"):
+        CrossEntropy("logits", y=(0, 1, 2)).score(acts)
+
+
+def test_the_returned_images_are_projected_and_checked_whatever_the_step_rule_does(tiny):
+    from synth.criteria import ScoreAtLeast
+
+    class Wild:
+        """A step rule that throws the pixels far out of the ball and the box."""
+
+        def __init__(self, p):
+            self.p = p
+
+        def update(self, scores):
+            self.p.data.add_(torch.randn(self.p.shape, generator=_gen()) * 3)
+
+    x0 = torch.rand(4, 3, 32, 32, generator=_gen())
+    p = Pixels(x0)
+    ball = LpBall(x0, 4 / 255)
+    r = optimize(tiny, "norm(IT)", p, constraints=[ball, Box()], step=Wild(p.x), steps=5,
+                 stop=ScoreAtLeast(1e9), progress=False)
+    assert (ball.distance(r.images) <= 4 / 255 + 1e-6).all() and 0 <= r.images.min() and r.images.max() <= 1
+    with torch.no_grad():
+        rescored = tiny.activations(r.images, "IT")["IT"].pow(2).flatten(1).mean(1)
+    torch.testing.assert_close(r.scores, rescored)
+    assert r.success is not None and not r.success.any()
+    assert (r.best_scores >= r.scores - 1e-6).all() and (ball.distance(r.best) <= 4 / 255 + 1e-6).all()
+
+
+def test_images_that_meet_the_criterion_stop_and_leave_the_batch(tiny, monkeypatch):
+    free = synthesize(tiny, "IT:0", n=4, size=32, steps=20, progress=False, transforms=None, param="pixels")
+    target = free.history[6].sort().values[1:3].mean()  # two images reach it early, two later or never
+    sizes = []
+    forward = tiny.activations
+    monkeypatch.setattr(tiny, "activations", lambda x, *a, **k: (sizes.append(x.shape[0]), forward(x, *a, **k))[1])
+    r = synthesize(tiny, "IT:0", n=4, size=32, steps=20, progress=False, transforms=None, param="pixels",
+                   target=float(target))
+    assert sizes[0] == 4 and min(sizes[:-1]) < 4  # the final check sees all four again
+    assert r.metadata["evaluations"] == sum(sizes[:-1]) < 4 * len(sizes[:-1]) + 1
+    assert (r.success == (r.scores >= target)).all()
+    assert r.grad_norm.shape == r.history.shape and torch.isnan(r.grad_norm[-1]).any()
+
+
+def test_apgd_ascends_inside_the_ball(tiny):
+    x0 = torch.rand(2, 3, 32, 32, generator=_gen()).clamp(0.05, 0.95)
+    eps = torch.tensor([4, 8]) / 255
+    ball = LpBall(x0, eps)
+    r = optimize(tiny, "norm(IT)", Pixels(x0), constraints=[ball, Box()], step="apgd", lr=2 * eps, steps=30,
+                 progress=False)
+    assert (ball.distance(r.images) <= eps + 1e-6).all()
+    assert (r.best_scores > r.history[0]).all()
+
+
+def test_apgd_halves_the_step_and_restarts_from_the_best_point_where_the_score_stalls():
+    from synth.engine import APGD
+    x = torch.nn.Parameter(torch.zeros(2, 1, 2, 2))
+    opt = APGD([x], torch.tensor([0.4, 0.4]), math.inf, steps=20, project=lambda t: t.clamp_(-1, 1))
+    assert opt.gap == 4
+    idx = torch.arange(2)
+    rising = iter(range(100))
+    for t in range(5):
+        x.grad = -torch.ones_like(x)  # the loss gradient: ascent moves every pixel up
+        f = float(next(rising))
+        opt.observe(torch.tensor([f, 5.0 if t == 0 else 1.0]), idx)  # image 0 keeps rising, image 1 never beats t=0
+        opt.step()
+    torch.testing.assert_close(opt.eta, torch.tensor([0.4, 0.2]))
+    assert float(opt.best_f[1]) == 5.0
