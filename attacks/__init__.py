@@ -1,0 +1,21 @@
+"""White-box attacks on models of the ventral stream, all on phosphene's one optimization engine.
+
+    r = attacks.pgd(model, images, labels, eps=["1/255", "2/255", "4/255"])   # an ε sweep in one call
+    r.accuracy, r.sheet("sheet.png"), r.plot("curve.png"), r.save("out/")
+    attacks.run("cw-l2", model, images, labels)           # foolbox's catalogue, same result type
+    attacks.minimal(model, images, labels)                # per-image smallest ε and the accuracy curve
+    attacks.site_attack(model, images, "IT:12", eps=["1/255", "4/255"])   # neural sites (Guo et al. 2022)
+    attacks.wormholes({"standard": m1, "robust": m2}, images, labels)    # Gaziv et al. 2023
+    attacks.check(model, images, labels, result)          # gradient-masking checks
+"""
+from .behavior import wormholes
+from .catalogue import CATALOGUE, available, run
+from .checks import GradientMaskingWarning, check
+from .common import StochasticModelWarning, parse_eps
+from .minimal import minimal
+from .pgd import pgd
+from .result import AttackResult
+from .sites import relative_change, site_attack
+
+__all__ = ["AttackResult", "CATALOGUE", "GradientMaskingWarning", "StochasticModelWarning", "available", "check",
+           "minimal", "parse_eps", "pgd", "relative_change", "run", "site_attack", "wormholes"]

@@ -134,6 +134,82 @@ def _batch(args: argparse.Namespace) -> None:
           f"{summary['images']} images and manifest.jsonl in {summary['out']}")
 
 
+def _load_images(paths: Sequence[str], size: int | None):
+    """Read image files into one N×3×H×W batch, resized to the model's input size when it has one; labels from a
+    metadata.csv beside them (``phosphene images`` writes one) where present."""
+    import csv
+    from pathlib import Path
+
+    import torch
+    import torch.nn.functional as F
+
+    from .errors import ImageError
+    from .results import read_png
+
+    if not paths:
+        raise ImageError("no images given")
+    images, categories = [], []
+    for path in paths:
+        img, meta = read_png(path)
+        if size is not None and img.shape[-2:] != (size, size):
+            img = F.interpolate(img[None], size=(size, size), mode="bilinear", antialias=True,
+                                align_corners=False)[0].clamp(0, 1)
+        images.append(img)
+        found = meta.get("category")
+        table = Path(path).parent / "metadata.csv"
+        if found is None and table.is_file():
+            with open(table, newline="") as f:
+                found = next((r.get("category") for r in csv.DictReader(f) if r.get("file") == Path(path).name), None)
+        categories.append(found)
+    shapes = {tuple(i.shape) for i in images}
+    if len(shapes) > 1:
+        raise ImageError(f"images differ in size ({', '.join(str(s) for s in sorted(shapes))}); the model has no "
+                         "input size to resize them to")
+    return torch.stack(images), categories
+
+
+def _attack(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    import attacks
+    from attacks.common import parse_eps
+
+    from .errors import ConfigError, UnknownNameError
+    from .models import load_model
+    from .readouts import Readout
+
+    model = load_model(args.model, weights=args.weights)
+    for name in args.readout:
+        model.add_readout(Readout.load(_readout_path(name)))
+    eps = parse_eps([e for text in args.eps for e in text.split(",")]) if args.eps else None
+    if args.attack not in attacks.CATALOGUE:
+        raise UnknownNameError("attack", args.attack, attacks.CATALOGUE)
+    if args.site and eps is None:
+        raise ConfigError("a site attack needs --eps")
+    images, categories = _load_images(args.images, model.input_size)
+    if args.site:
+        if args.target or args.label:
+            raise ConfigError("--target and --label are for class attacks; a site attack moves --site")
+        norm = "l2" if args.attack.endswith("l2") else "linf"
+        result = attacks.site_attack(model, images, args.site, eps, direction="down" if args.down else "up",
+                                     norm=norm, steps=args.steps or 20, step=args.step, seed=args.seed)
+    else:
+        labels = args.label or (categories if all(categories) else None)
+        options = {"steps": args.steps} if args.steps is not None else {}
+        if args.attack.startswith("pgd"):
+            options.update(restarts=args.restarts, seed=args.seed, step=args.step)
+        result = attacks.run(args.attack, model, images, labels, eps, target=args.target, **options)
+        if labels is None:
+            print("no labels given or found (metadata.csv): attacking the model's own predictions")
+    result.save(args.out)
+    out = Path(args.out)
+    result.sheet(out / "sheet.png")
+    if len(result.eps) > 1 or bool(result.eps.isinf().all()):
+        result.plot(out / "curve.png")
+    print(result.summary())
+    print(f"adversarial images, attack.json, sheet.png in {args.out}")
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser of the ``phosphene`` command."""
     from .data import CONTROLS, SPLITS, VARIATION
@@ -207,6 +283,32 @@ def parser() -> argparse.ArgumentParser:
     rf.add_argument("--seed", type=int, default=0)
     rf.add_argument("--name", default="readout", help="name (or path) to save under; others use it with --readout")
     rf.set_defaults(func=_readout)
+
+    a = sub.add_parser("attack", help="white-box attacks on class labels or neural sites",
+                       description="Attacks: pgd-linf, pgd-l2 (native, Auto-PGD steps; --step pgd for fixed ones); "
+                                   "fgsm, fgm-l2, "
+                                   "foolbox-pgd-linf, cw-l2, deepfool-linf, deepfool-l2, fmn-linf, fmn-l2, ddn-l2, "
+                                   "boundary, hsj-l2, noise-linf, noise-l2 (foolbox).  Several --eps (or a comma list) "
+                                   "make one sweep.  With --site, the attack raises (or --down lowers) one unit's or "
+                                   "readout site's response instead.")
+    a.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...); resized to the model's input size")
+    a.add_argument("--model", default="toy-standard")
+    a.add_argument("--weights", help="checkpoint file or torchvision weights name")
+    a.add_argument("--attack", default="pgd-linf", help="attack name (default pgd-linf)")
+    a.add_argument("--eps", action="append", default=None, help="budget(s), e.g. 4/255 or 1/255,2/255,4/255")
+    a.add_argument("--target", help="target class name (targeted attack)")
+    a.add_argument("--label", help="true class name of every image (default: metadata.csv beside the images, "
+                                   "else the model's own predictions)")
+    a.add_argument("--site", help="attack a neural site instead, e.g. IT:12 or IT:readout:site3")
+    a.add_argument("--down", action="store_true", help="with --site: lower the response instead of raising it")
+    a.add_argument("--steps", type=int, help="attack steps (default: the attack's own)")
+    a.add_argument("--restarts", type=int, default=1, help="random restarts of native PGD (default 1)")
+    a.add_argument("--step", choices=["apgd", "pgd"], default="apgd",
+                   help="native step rule: Auto-PGD (default) or Madry's fixed 2.5*eps/steps")
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--readout", action="append", default=[], help="attach a saved readout (name or path)")
+    a.add_argument("--out", required=True, help="output folder: adversarial PNGs with metadata, attack.json, sheet")
+    a.set_defaults(func=_attack)
 
     b = sub.add_parser("batch", help="run an experiment file of synthesis jobs (rerun to resume)")
     b.add_argument("experiment", help="experiment .toml (see examples/*.toml)")

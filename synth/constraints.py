@@ -68,9 +68,10 @@ class LpBall(Constraint):
         if eps.ndim == 1 and eps.shape[0] != center.shape[0]:
             raise ConfigError(f"{eps.shape[0]} eps values for {center.shape[0]} images: give one, or one per image")
         self.center, self.eps, self.p = center.detach(), eps, p
+        self._bounds: tuple[torch.Tensor, torch.Tensor] | None = None  # L-inf: center ∓ ε, made once
 
     def to(self, device: torch.device) -> LpBall:
-        self.center, self.eps = self.center.to(device), self.eps.to(device)
+        self.center, self.eps, self._bounds = self.center.to(device), self.eps.to(device), None
         return self
 
     def _radius(self, x: torch.Tensor) -> torch.Tensor:
@@ -84,14 +85,15 @@ class LpBall(Constraint):
         return d.abs().amax(1) if self.p == math.inf else d.norm(dim=1)
 
     def project_(self, x: torch.Tensor) -> None:
+        if self.p == math.inf:  # one clamp between precomputed bounds
+            if self._bounds is None or self._bounds[0].device != x.device:
+                eps = self._radius(self.center)
+                self._bounds = (self.center - eps, self.center + eps)
+            x.clamp_(min=self._bounds[0], max=self._bounds[1])
+            return
         delta = x - self.center
-        eps = self._radius(x)
-        if self.p == math.inf:
-            delta = torch.maximum(torch.minimum(delta, eps), -eps)
-        else:
-            norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (delta.ndim - 1))
-            delta = delta * (eps / norms).clamp(max=1.0)
-        x.copy_(self.center + delta)
+        norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (delta.ndim - 1))
+        x.copy_(self.center + delta * (self._radius(x) / norms).clamp(max=1.0))
 
     def sample(self, generator: torch.Generator) -> torch.Tensor:
         """A random point of the ball around each center: uniform in the cube for L-inf, uniform in the ball for L2

@@ -78,9 +78,10 @@ class SteepestDescent(torch.optim.Optimizer):
                 if p.grad is None:
                     continue
                 d = _direction(p.grad, self.norm)
-                if self.scale is not None:
-                    d = d * _shaped(self.scale, p)
-                p.add_(d, alpha=-group["lr"])
+                if self.scale is None:
+                    p.add_(d, alpha=-group["lr"])
+                else:
+                    p.addcmul_(d, _shaped(self.scale, p), value=-group["lr"])
 
 
 class APGD(torch.optim.Optimizer):
@@ -317,7 +318,7 @@ def optimize(model: ProbeModel, objective: Objective | str, param: Parametrizati
                 pixels.copy_(ball.sample(gen))
         if pixels is not None:
             project_(pixels)
-        first = render(param, constraints)
+        first = render(param, constraints).detach()
     check_images(first)
     n = first.shape[0]
     gradient_free = not isinstance(step, str)
@@ -419,12 +420,12 @@ def optimize(model: ProbeModel, objective: Objective | str, param: Parametrizati
 
 
 def _grad_norms(param: Parametrization, n: int, active: torch.Tensor) -> torch.Tensor:
-    """Per-image L2 norm of the gradient over every per-image parameter; NaN for images not in the batch (a zero
-    or non-finite norm is what gradient-masking checks look for)."""
+    """Per-image L2 norm of the gradient over every per-image parameter: NaN for images no longer in the batch,
+    ∞ for a non-finite gradient (zero and non-finite norms are what gradient-masking checks look for)."""
     total = torch.zeros(n, device=active.device)
     for p in param.parameters():
         if p.grad is not None and p.shape[0] == n:
-            total += p.grad.detach().flatten(1).float().pow(2).sum(1)
+            total += torch.linalg.vector_norm(p.grad.detach().flatten(1), dim=1).float().pow(2)
     out = torch.full((n,), math.nan, device=active.device)
-    out[active] = total[active].sqrt()
+    out[active] = torch.nan_to_num(total[active].sqrt(), nan=math.inf)
     return out

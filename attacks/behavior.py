@@ -1,0 +1,121 @@
+"""Behaviour attacks (Gaziv et al. 2023, "robustified" models): small targeted perturbations made on one model and
+judged by others.
+
+Gaziv et al. found that perturbations computed on adversarially trained ("robustified") networks at small L2
+budgets change human category reports toward the target ("wormholes" in perceptual space), while perturbations of
+the same size made on standard networks do not.  In silico, the judge is another model: perturbations made on a
+robust model should carry the target category to a standard model, and those made on a standard model should not
+carry to a robust one.  Every source model runs the same targeted L2 PGD (the whole step budget, no early stop,
+so each perturbation uses its budget as Gaziv's do); the sheet shows each image's original, the perturbed images
+from each source, their amplified differences and every model's verdict.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from synth.errors import ConfigError
+from synth.files import write_text
+from synth.probe import ProbeModel
+
+from .common import LabelsLike, as_labels, logits
+from .figures import image_grid
+from .pgd import pgd
+from .result import AttackResult
+
+
+def next_category(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """The target Gaziv-style experiments use when none is given: the next category (label + 1, wrapping)."""
+    return (labels + 1) % n_classes
+
+
+def wormholes(models: Mapping[str, ProbeModel], images: torch.Tensor, labels: LabelsLike, *,
+              target: LabelsLike | None = None, eps: float = 2.0, steps: int = 100, seed: int = 0,
+              progress: bool = True) -> dict:
+    """Make targeted L2 perturbations (budget ``eps``) on each model and let every other model judge them.
+
+    ``models``: name → model, all with the same classes (e.g. {'standard': ..., 'robust': ...}); ``target``: the
+    categories to move towards (default: the next category).  Returns ``{'results': {source: AttackResult},
+    'rates': {source: {judge: fraction of perturbed images the judge calls the target}}, 'clean': {judge: fraction
+    of clean images called the target}}``.
+    """
+    if len(models) < 2:
+        raise ConfigError("wormholes need at least two models: one makes the perturbation, the others judge it")
+    names = list(models)
+    classes = models[names[0]].classes
+    for name in names[1:]:
+        if models[name].classes != classes:
+            raise ConfigError(f"models {names[0]!r} and {name!r} have different classes; a judge must share them")
+    first = models[names[0]]
+    y = as_labels(first, labels, images.shape[0])
+    t = as_labels(first, target, images.shape[0]) if target is not None else next_category(y, len(classes))
+    if (t == y).any():
+        raise ConfigError("a target equals the image's own label; choose another category")
+    results: dict[str, AttackResult] = {}
+    rates: dict[str, dict[str, float]] = {}
+    for source in names:
+        model = models[source]
+        results[source] = pgd(model, images.to(model.device), y.to(model.device), eps, norm="l2",
+                              target=t.to(model.device), steps=steps, early_stop=False, seed=seed, progress=progress)
+        adv = results[source].adversarial[0]
+        rates[source] = {}
+        for judge in names:
+            verdict = logits(models[judge], adv.to(models[judge].device)).argmax(1).cpu()
+            rates[source][judge] = float((verdict == t.cpu()).float().mean())
+    clean = {judge: float((logits(models[judge], images.to(models[judge].device)).argmax(1).cpu() == t.cpu())
+                          .float().mean()) for judge in names}
+    return {"results": results, "rates": rates, "clean": clean, "eps": eps, "steps": steps,
+            "target": t.cpu(), "labels": y.cpu(), "classes": list(classes)}
+
+
+def sheet(run: dict, models: Mapping[str, ProbeModel], path: str | os.PathLike, n: int = 8) -> Path:
+    """Side by side for up to ``n`` images: the original, then for each source model the perturbed image and its
+    amplified difference, each captioned with every model's verdict."""
+    names = list(run["results"])
+    classes, y, t = run["classes"], run["labels"], run["target"]
+    verdicts = {}
+    for source in names:
+        adv = run["results"][source].adversarial[0]
+        verdicts[source] = {j: logits(models[j], adv[:n].to(models[j].device)).argmax(1).cpu() for j in names}
+    clean = run["results"][names[0]].images
+    clean_v = {j: logits(models[j], clean[:n].to(models[j].device)).argmax(1).cpu() for j in names}
+    rows = []
+    for i in range(min(n, len(clean))):
+        row = [(clean[i], f"{classes[y[i]]} → target {classes[t[i]]}\n"
+                          + ", ".join(f"{j}: {classes[clean_v[j][i]]}" for j in names))]
+        for source in names:
+            adv = run["results"][source].adversarial[0, i]
+            delta = adv - clean[i]
+            gain = 0.5 / max(float(delta.abs().max()), 1e-12)
+            said = ", ".join(f"{j}: {classes[verdicts[source][j][i]]}{' ✓' if verdicts[source][j][i] == t[i] else ''}"
+                             for j in names)
+            row += [(adv, f"made on {source}\n{said}"), ((0.5 + gain * delta).clamp(0, 1), f"δ ×{gain:.0f}")]
+        rows.append(row)
+    columns = ["original"] + [c for s in names for c in (f"perturbed on {s}", "difference")]
+    rate_text = "; ".join(f"made on {s}: " + ", ".join(f"{j} says target {r:.0%}" for j, r in run["rates"][s].items())
+                          for s in names)
+    return image_grid(rows, path, title=f"targeted L2 ε={run['eps']:g}, {run['steps']} steps — {rate_text}",
+                      columns=columns)
+
+
+def report(run: dict, folder: str | os.PathLike) -> Path:
+    """Write the target rates (JSON and a Markdown table) next to the sheet."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    names = list(run["rates"])
+    lines = [f"# Wormholes: targeted L2 ε = {run['eps']:g}, {run['steps']} steps, target = next category", "",
+             "Fraction of perturbed images each judge calls the target category (rows: model the perturbation was "
+             "made on).", "", "| made on \\ judged by | " + " | ".join(names) + " |",
+             "|---|" + "---|" * len(names)]
+    for s in names:
+        lines.append(f"| {s} | " + " | ".join(f"{run['rates'][s][j]:.2f}" for j in names) + " |")
+    lines.append("| (clean images) | " + " | ".join(f"{run['clean'][j]:.2f}" for j in names) + " |")
+    write_text(folder / "wormholes.md", "\n".join(lines) + "\n")
+    record = {"eps": run["eps"], "steps": run["steps"], "rates": run["rates"], "clean": run["clean"],
+              "n": len(run["labels"]), "metadata": {s: r.metadata for s, r in run["results"].items()}}
+    write_text(folder / "wormholes.json", json.dumps(record, indent=1, default=str))
+    return folder / "wormholes.md"

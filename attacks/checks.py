@@ -1,0 +1,118 @@
+"""Gradient-masking checks in the spirit of AutoAttack and Carlini et al.'s checklist ("On evaluating adversarial
+robustness", 2019): a robustness number is only trusted when
+
+- gradients are neither zero nor non-finite (a saturated softmax or a non-differentiable layer hides the way),
+- success grows with the budget, and a very large budget breaks (nearly) every image,
+- random search does not find adversarial images where the gradient attack failed.
+
+The first two come for free with every attack and are stored in ``AttackResult.checks``; ``check`` runs the
+unbounded attack and the random search.  A failed check sets ``flag`` with a message and is raised as a warning.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+
+import torch
+
+from synth.errors import ConfigError
+from synth.results import Result
+
+
+class GradientMaskingWarning(UserWarning):
+    """A robustness number that a gradient-masking check does not trust."""
+
+
+def _report(flag: bool, message: str, **values) -> dict:
+    if flag:
+        warnings.warn(message, GradientMaskingWarning, stacklevel=3)
+    return {"flag": bool(flag), "message": message, **values}
+
+
+def gradient_report(runs: Sequence[Result]) -> dict:
+    """Fraction of attacked images whose first gradient was exactly zero, and of those that met a non-finite one."""
+    first = [r.grad_norm[0] for r in runs if r.grad_norm is not None and len(r.grad_norm)]
+    if not first:
+        return {}
+    g0 = torch.cat(first)
+    nonfinite = sum(int(torch.isinf(r.grad_norm).any(0).sum()) for r in runs if r.grad_norm is not None)
+    n = len(g0)
+    zero = float((g0 == 0).float().mean())
+    bad = nonfinite / n
+    flag = zero > 0.05 or bad > 0
+    msg = (f"{zero:.0%} of attacked images had an all-zero gradient and {bad:.0%} a non-finite one, so the attack "
+           "cannot move them: a silent unit, a saturated softmax or a non-differentiable layer masks the gradient "
+           "(for class attacks try loss='margin'; confirm with attacks.check)"
+           if flag else f"gradients nonzero and finite ({n} attacks)")
+    return {"gradients": _report(flag, msg, zero=zero, nonfinite=bad, attacks=n)}
+
+
+def monotone_report(success: torch.Tensor, budgets: torch.Tensor) -> dict:
+    """Success must not fall as the budget grows (each budget attacked on its own), and must grow somewhere over a
+    range of budgets wider than 4x unless every image is already broken."""
+    rate = success.float().mean(1)
+    if len(budgets) < 2:
+        return {}
+    drops = int((success[:-1] & ~success[1:]).sum())
+    falls = bool((rate[1:] < rate[:-1] - 1.5 / success.shape[1]).any())
+    positive = budgets[budgets > 0]
+    wide = len(positive) >= 2 and float(positive[-1]) >= 4 * float(positive[0])
+    flat = wide and float(rate[-1]) <= float(rate[0]) and float(rate[-1]) < 1.0
+    flag = falls or flat
+    if falls:
+        msg = f"success fell as the budget grew ({drops} image-budget pairs): the attack is weak or gradients mislead"
+    elif flat:
+        msg = "success did not grow over a budget range wider than 4x: gradients may be masked"
+    else:
+        msg = "success grows with the budget"
+    return {"monotone": _report(flag, msg, drops=drops, success_rate=rate.tolist())}
+
+
+def unbounded_report(success_rate: float, eps: float) -> dict:
+    """A budget large enough to paint any image must break (nearly) all of them."""
+    flag = success_rate < 0.99
+    msg = (f"an attack with a budget of {eps:.3g} broke only {success_rate:.1%} of images: gradients are masked or the "
+           "attack is broken" if flag else f"an unbounded attack (eps {eps:.3g}) broke {success_rate:.1%} of images")
+    return {"unbounded": _report(flag, msg, success_rate=success_rate, eps=eps)}
+
+
+def blackbox_report(extra: int, n: int, eps: float) -> dict:
+    """Random search must not break images the gradient attack could not."""
+    flag = extra > 0
+    msg = (f"random search broke {extra} of {n} images that the gradient attack did not, at eps {eps:.3g}: gradients "
+           "are masked" if flag else f"random search broke nothing the gradient attack missed (eps {eps:.3g})")
+    return {"blackbox": _report(flag, msg, extra=extra, n=n, eps=eps)}
+
+
+def unbounded_eps(norm: str, shape: Sequence[int]) -> float:
+    """A budget that lets an attack reach any image: half the pixel range (L-inf), or its L2 equivalent."""
+    return 0.5 if norm == "linf" else 0.5 * math.sqrt(math.prod(shape))
+
+
+def check(model, images: torch.Tensor, labels=None, result=None, *, norm: str = "linf", eps: float | None = None,
+          steps: int = 20, repeats: int = 50, seed: int = 0) -> dict:
+    """Run the two costly checks on a model and a batch: an unbounded attack (a budget that can paint any image,
+    fixed PGD steps) must break nearly every image, and random search (foolbox's repeated additive noise, forward passes only) at
+    budget ``eps`` must break nothing that PGD at ``eps`` leaves intact.  With an AttackResult ``result`` its
+    norm, largest budget and verdicts are used, and the reports are added to ``result.checks``."""
+    from .catalogue import run
+    from .pgd import pgd
+
+    if result is not None:
+        norm, eps = result.norm, float(result.eps[torch.isfinite(result.eps)].max())
+        labels = result.labels if labels is None else labels
+    if eps is None:
+        raise ConfigError("check needs eps, or an AttackResult to take it from")
+    big = unbounded_eps(norm, images.shape[1:])
+    unbounded = pgd(model, images, labels, big, norm=norm, steps=steps, step="pgd", seed=seed, progress=False)
+    reports = unbounded_report(float(unbounded.success_rate[0]), big)
+    white = result if result is not None else pgd(model, images, labels, eps, norm=norm, steps=steps, seed=seed,
+                                                  progress=False)
+    k = int((white.eps - eps).abs().argmin())
+    noise = run(f"noise-{norm}", model, images, labels, eps, repeats=repeats)
+    extra = int((noise.success[0] & ~white.success[k]).sum())
+    reports.update(blackbox_report(extra, len(images), eps))
+    if result is not None:
+        result.checks.update(reports)
+    return reports

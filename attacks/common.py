@@ -1,0 +1,144 @@
+"""What every attack front-end shares: reading budgets, images and labels, the engine call for one round of an
+attack, and the final check of the images an attack returns."""
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from collections.abc import Sequence
+
+import torch
+
+from synth import Box, LpBall, optimize
+from synth.criteria import Misclassified, TargetClass
+from synth.errors import ConfigError, UnknownNameError
+from synth.objectives import CrossEntropy, Label, Labels, Margin, Objective
+from synth.params import Pixels
+from synth.probe import ProbeModel, check_images
+from synth.results import Result
+
+from .result import NORMS
+
+LOSSES = ("ce", "margin")
+Budget = float | str
+LabelsLike = torch.Tensor | Sequence[Label] | Label
+
+
+class StochasticModelWarning(UserWarning):
+    """An attack runs on a model whose output is noisy without averaging gradients over draws (EOT)."""
+
+
+def parse_eps(value: Budget | Sequence[Budget] | torch.Tensor) -> torch.Tensor:
+    """Budgets as a 1-D float tensor, sorted and without repeats: numbers, '4/255' fractions, or a list of them."""
+    if isinstance(value, torch.Tensor):
+        items = value.flatten().tolist()
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        items = [value]
+    out = []
+    for v in items:
+        if isinstance(v, str):
+            m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e-?\d+)?)\s*(?:/\s*([0-9]*\.?[0-9]+))?\s*", v)
+            if not m:
+                raise ConfigError(f"cannot read the budget {v!r}: write a number such as 0.03 or a fraction "
+                                  "such as 4/255")
+            v = float(m[1]) / (float(m[2]) if m[2] else 1.0)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise ConfigError(f"a budget eps must be a finite number >= 0, got {v!r}")
+        out.append(float(v))
+    if not out:
+        raise ConfigError("no budget eps given")
+    return torch.tensor(sorted(set(out)), dtype=torch.float32)
+
+
+def check_norm(norm: str) -> float:
+    """The p of a norm name ('linf' or 'l2')."""
+    if norm not in NORMS:
+        raise UnknownNameError("norm", norm, NORMS)
+    return NORMS[norm]
+
+
+def inputs(model: ProbeModel, images: torch.Tensor, labels: LabelsLike | None,
+           target: LabelsLike | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Images on the model's device and labels (and targets) as (N,) index tensors; names become indices.  Without
+    labels the model's own clean predictions are the labels (the attack moves it off its own verdict)."""
+    if isinstance(images, torch.Tensor) and images.ndim == 3:
+        images = images[None]
+    check_images(images)
+    x = images.detach().float().to(model.device)
+    n = x.shape[0]
+    if labels is None:
+        with torch.no_grad():
+            y = model(x).argmax(1)
+    else:
+        y = as_labels(model, labels, n)
+    t = as_labels(model, target, n) if target is not None else None
+    return x, y, t
+
+
+def as_labels(model: ProbeModel, labels: LabelsLike, n: int) -> torch.Tensor:
+    """(n,) class indices from indices, names, one for all or one per image."""
+    return Labels(labels).resolve(model.classes).tensor(n, len(model.classes), model.device).clone()
+
+
+def objective(loss: str, labels: torch.Tensor, target: torch.Tensor | None) -> Objective:
+    """The attack objective on the logits: cross-entropy or the CW margin, untargeted or targeted."""
+    if loss not in LOSSES:
+        raise UnknownNameError("attack loss", loss, LOSSES)
+    cls = Margin if loss == "margin" else CrossEntropy
+    return cls("logits", target=target) if target is not None else cls("logits", y=labels)
+
+
+def criterion(labels: torch.Tensor, target: torch.Tensor | None):
+    """Success: the top class is the target (targeted) or not the label (untargeted)."""
+    return TargetClass(target) if target is not None else Misclassified(labels)
+
+
+def warn_if_stochastic(model: ProbeModel, eot: int) -> None:
+    """Say so when the model is noisy and the attack does not average over draws."""
+    if eot < 1:
+        raise ConfigError(f"eot must be >= 1, got {eot}")
+    if eot == 1 and model.stochastic:
+        warnings.warn(f"{model.name} is stochastic (its output varies between passes): gradients from one draw are "
+                      "noisy and its accuracy under attack is overstated; pass eot=8 or more to average over draws",
+                      StochasticModelWarning, stacklevel=3)
+
+
+def attack_round(model: ProbeModel, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None,
+                 eps: torch.Tensor, start: torch.Tensor | None, *, steps: int, norm: str, step: str,
+                 step_size: float, loss: str, eot: int, seed: int, progress: bool, early_stop: bool = True) -> Result:
+    """One engine run: image i attacked inside its own ball ``eps[i]`` from ``start`` (warm) or a random start,
+    stopping as soon as it succeeds (or using every step, without ``early_stop``); ``success`` is checked on the
+    returned images either way."""
+    p = check_norm(norm)
+    if step == "apgd":
+        rule, lr = ("apgd" if p == math.inf else "apgd-l2"), 2 * eps
+    elif step == "pgd":
+        rule, lr = ("sign" if p == math.inf else "l2"), step_size * eps
+    else:
+        raise UnknownNameError("attack step rule", step, ("pgd", "apgd"))
+    res = optimize(model, objective(loss, y, target), Pixels(start if start is not None else x),
+                   constraints=[LpBall(x, eps, p), Box()], step=rule, lr=lr, steps=steps,
+                   stop=criterion(y, target) if early_stop else None, random_start=start is None, eot=eot, seed=seed,
+                   progress=progress, metadata={"attack_round": True})
+    if not early_stop:
+        res.success = success_of(logits(model, res.images, eot), y, target).cpu()
+    return res
+
+
+@torch.no_grad()
+def logits(model: ProbeModel, x: torch.Tensor, eot: int = 1, batch_size: int = 500) -> torch.Tensor:
+    """The model's class scores for a batch (averaged over ``eot`` passes of a noisy model)."""
+    out = []
+    for i in range(0, x.shape[0], batch_size):
+        chunk = x[i:i + batch_size].to(model.device)
+        out.append(torch.stack([model(chunk) for _ in range(eot)]).mean(0))
+    return torch.cat(out)
+
+
+def success_of(z: torch.Tensor, labels: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
+    """Which images the logits count as a successful attack."""
+    top = z.argmax(-1)
+    return top == target if target is not None else top != labels
+

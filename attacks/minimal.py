@@ -1,0 +1,92 @@
+"""The smallest perturbation that flips each image's decision, by bisection over PGD (Auto-PGD steps by default,
+at per-image budgets), and the curve of accuracy against ε that it gives.
+
+Each image keeps a bracket: the largest ε at which a full PGD attack failed (``lo``) and the norm of the smallest
+adversarial image found (``hi``, which shrinks to the image's actual perturbation, often inside its ball thanks to
+early stopping).  The first budget is 1.25× the first-order distance to the decision boundary (DeepFool's estimate,
+typically 1.2–1.8× too small for the embedded models); while no attack succeeds the budget doubles up to
+``eps_max``; then the bracket halves each round until it is narrower than ``tol`` × hi.  Every round is one engine
+batch, each image at its own ε, starting from its last iterate moved into the new ball.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from synth.errors import ConfigError
+from synth.probe import ProbeModel
+
+from .checks import gradient_report
+from .common import LabelsLike, check_norm, inputs, logits, success_of, warn_if_stochastic
+from .pgd import REL_STEP, _attack, finish, first_order_distance
+from .result import distances
+
+# L-inf budgets in pixel units ([0, 1]); the L2 default is the same per-pixel change over a 64×64×3 image.
+EPS_MAX = {"linf": 32 / 255, "l2": 32 / 255 * math.sqrt(3 * 64 * 64)}
+
+
+def minimal(model: ProbeModel, images: torch.Tensor, labels: LabelsLike | None = None, *, norm: str = "linf",
+            eps_max: float | None = None, tol: float = 0.05, rounds: int = 12, steps: int = 20,
+            target: LabelsLike | None = None, loss: str = "ce", step: str = "apgd", restarts: int = 1, eot: int = 1,
+            seed: int = 0, progress: bool = True):
+    """Per image, the smallest ε (up to ``tol`` relative precision, at most ``rounds`` rounds) at which PGD with
+    ``steps`` steps flips the decision (or reaches ``target``).  Returns an AttackResult with budget ∞: its
+    ``distance`` / ``min_eps`` are the per-image minimal norms (∞ where ``eps_max`` did not suffice), ``curve(eps)``
+    the accuracy at any budget, and ``metadata['robust_below']`` each image's largest failed budget."""
+    t0 = time.perf_counter()
+    check_norm(norm)
+    eps_max = float(eps_max if eps_max is not None else EPS_MAX[norm])
+    if not (eps_max > 0 and math.isfinite(eps_max)) or not 0 < tol < 1 or rounds < 1 or steps < 1:
+        raise ConfigError("need eps_max > 0, 0 < tol < 1, rounds >= 1 and steps >= 1")
+    x, y, tgt = inputs(model, images, labels, target)
+    warn_if_stochastic(model, eot)
+    n, device = x.shape[0], x.device
+    clean = logits(model, x, eot)
+    lo = torch.zeros(n, device=device)
+    hi = torch.full((n,), math.inf, device=device)
+    hi[success_of(clean, y, tgt)] = 0.0
+    guess = first_order_distance(model, x, y, tgt, norm, eot)
+    nxt = (1.25 * guess).clamp(min=eps_max / 256, max=eps_max)
+    found, at_lo, last = x.clone(), x.clone(), x.clone()
+    attacked = torch.zeros(n, dtype=torch.bool, device=device)
+    runs = []
+    kw = dict(norm=norm, step=step, step_size=REL_STEP / steps, loss=loss, eot=eot, progress=progress,
+              early_stop=True)
+    for r in range(rounds):
+        narrow = torch.isfinite(hi) & (hi - lo <= tol * hi)
+        hopeless = torch.isinf(hi) & (lo >= eps_max)  # a full attack failed at eps_max
+        open_ = (hi > 0) & ~narrow & ~hopeless
+        todo = torch.nonzero(open_)[:, 0]
+        if not len(todo):
+            break
+        eps = torch.where(torch.isinf(hi[todo]), nxt[todo], (lo[todo] + hi[todo]) / 2)
+        warmed = attacked[todo]
+        for warm in (False, True):
+            group, e = todo[warmed == warm], eps[warmed == warm]
+            if not len(group):
+                continue
+            ok, adv, best, group_runs = _attack(model, x, y, tgt, group, e, last[group] if warm else None,
+                                                steps=steps, full_steps=steps, restarts=restarts, seed=seed + 7919 * r,
+                                                **kw)
+            runs += group_runs
+            norms = distances(adv, x[group], norm)
+            hi[group[ok]] = torch.minimum(norms[ok], e[ok])
+            found[group[ok]] = adv[ok]
+            lo[group[~ok]] = e[~ok]
+            at_lo[group[~ok]] = best[~ok]
+            nxt[group[~ok]] = (2 * e[~ok]).clamp(max=eps_max)
+            last[group] = torch.where(ok.view(-1, 1, 1, 1), adv, best)
+            attacked[group] = True
+    broken = torch.isfinite(hi)
+    adversarial = torch.where(broken.view(-1, 1, 1, 1), found, at_lo)[None]
+    result = finish(model, x, y, tgt, torch.tensor([math.inf]), adversarial, clean, norm, eot, loss)
+    result.metadata.update({
+        "attack": f"minimal-{norm}", "method": f"bisection over {'APGD' if step == 'apgd' else 'PGD'}-{steps}",
+        "eps_max": eps_max, "tol": tol, "rounds": rounds, "restarts": restarts, "loss": loss, "eot": eot,
+        "seed": seed, "robust_below": lo.cpu().tolist(), "gradients": sum(r.metadata["evaluations"] for r in runs),
+        "seconds": round(time.perf_counter() - t0, 3)})
+    result.checks.update(gradient_report(runs))
+    return result
+

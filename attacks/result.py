@@ -1,0 +1,226 @@
+"""AttackResult: what an attack produced for K budgets × N images, the same type for every attack.
+
+Adversarial images are held per budget (a sweep over ε is one result), with the per-image verdicts checked on the
+returned images, the perturbation norm, the model's predictions and the attack objective's value.  Minimal-
+perturbation attacks hold one set of images (budget ∞) whose norms are the per-image minimal ε.  Results save as
+PNGs with the recipe in text chunks plus ``attack.json`` / ``attack.pt``, load back, and draw themselves: a sheet
+of clean, adversarial and amplified perturbation images with verdicts, and the accuracy-against-ε curve.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from synth.errors import ConfigError
+from synth.files import atomic, write_text
+from synth.results import write_png
+
+FORMAT_VERSION = 1
+NORMS = {"linf": math.inf, "l2": 2.0}
+
+
+def distances(adversarial: torch.Tensor, images: torch.Tensor, norm: str) -> torch.Tensor:
+    """Per-image perturbation norms (L-inf or L2) of a K×N or N batch of adversarial images."""
+    d = (adversarial - images).flatten(adversarial.ndim - 3)
+    return d.abs().amax(-1) if NORMS[norm] == math.inf else d.norm(dim=-1)
+
+
+@dataclass
+class AttackResult:
+    """Adversarial images (K×N×3×H×W) for budgets ``eps`` (K), with success, norms and predictions (K×N)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    eps: torch.Tensor
+    adversarial: torch.Tensor
+    success: torch.Tensor
+    distance: torch.Tensor
+    predictions: torch.Tensor
+    clean_predictions: torch.Tensor
+    norm: str
+    target: torch.Tensor | None = None
+    scores: torch.Tensor | None = None
+    clean_scores: torch.Tensor | None = None
+    classes: list[str] = field(default_factory=list)
+    metadata: dict = field(default_factory=dict)
+    checks: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def accuracy(self) -> torch.Tensor:
+        """Per budget, the fraction of images the model still labels correctly (robust accuracy)."""
+        return (self.predictions == self.labels).float().mean(1)
+
+    @property
+    def clean_accuracy(self) -> float:
+        """The fraction of clean images the model labels correctly."""
+        return float((self.clean_predictions == self.labels).float().mean())
+
+    @property
+    def success_rate(self) -> torch.Tensor:
+        """Per budget, the fraction of images the attack succeeded on (for targeted attacks: reached the target)."""
+        return self.success.float().mean(1)
+
+    @property
+    def min_eps(self) -> torch.Tensor:
+        """Per image, the smallest perturbation norm that succeeded (∞ where none did)."""
+        d = torch.where(self.success, self.distance, torch.full_like(self.distance, math.inf))
+        return d.amin(0)
+
+    def curve(self, eps: torch.Tensor | list[float]) -> torch.Tensor:
+        """Accuracy at any budgets, from the per-image minimal successful norms (a clean mistake counts at 0)."""
+        eps = torch.as_tensor(eps, dtype=torch.float32)
+        broken = self.min_eps[None, :] <= eps[:, None]
+        if self.target is None:
+            broken |= (self.clean_predictions != self.labels)[None, :]
+        return (~broken).float().mean(1)
+
+    def at(self, eps: float) -> int:
+        """Index of the budget closest to ``eps``."""
+        return int((self.eps - eps).abs().argmin())
+
+    def summary(self) -> str:
+        """One line per budget: accuracy, success rate and median norm of the successes."""
+        name = self.metadata.get("attack", "attack")
+        lines = [f"{name} on {self.metadata.get('model', '?')} ({len(self)} images, {self.norm}): clean accuracy "
+                 f"{self.clean_accuracy:.1%}"]
+        for k, e in enumerate(self.eps.tolist()):
+            ok = self.success[k]
+            med = float(self.distance[k][ok].median()) if ok.any() else math.nan
+            budget = "minimal" if math.isinf(e) else _eps_text(e, self.norm)
+            lines.append(f"  eps {budget:>9}: accuracy {float(self.accuracy[k]):6.1%}, success "
+                         f"{float(self.success_rate[k]):6.1%}, median norm of successes {med:.4g}")
+        flagged = [k for k, v in self.checks.items() if isinstance(v, dict) and v.get("flag")]
+        if flagged:
+            lines.append("  gradient-masking checks flagged: " + "; ".join(self.checks[k]["message"] for k in flagged))
+        return "\n".join(lines)
+
+    @classmethod
+    def concat(cls, parts: list[AttackResult]) -> AttackResult:
+        """One result from results on consecutive chunks of the same images (same budgets); counts add up."""
+        first = parts[0]
+
+        def cat(name: str, dim: int):
+            values = [getattr(p, name) for p in parts]
+            return None if values[0] is None else torch.cat(values, dim)
+
+        meta = dict(first.metadata)
+        for key in ("gradients", "seconds"):
+            if key in meta:
+                meta[key] = sum(p.metadata[key] for p in parts)
+        checks = {}
+        for p in parts:
+            for key, value in p.checks.items():
+                checks[key] = value if not checks.get(key, {}).get("flag") else checks[key]
+        return cls(cat("images", 0), cat("labels", 0), first.eps, cat("adversarial", 1), cat("success", 1),
+                   cat("distance", 1), cat("predictions", 1), cat("clean_predictions", 0), first.norm,
+                   target=cat("target", 0), scores=cat("scores", 1), clean_scores=cat("clean_scores", 0),
+                   classes=first.classes, metadata=meta, checks=checks)
+
+    # ------------------------------------------------------------------------------------------ save / load
+    def save(self, folder: str | os.PathLike) -> list[Path]:
+        """Write each adversarial image as a PNG with its recipe in text chunks, ``attack.json`` and ``attack.pt``."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for k, e in enumerate(self.eps.tolist()):
+            sub = folder / ("minimal" if math.isinf(e) else f"eps_{k}")
+            sub.mkdir(exist_ok=True)
+            for i in range(len(self)):
+                meta = {**self.metadata, "eps": e, "norm": self.norm, "index": i,
+                        "label": self._name(int(self.labels[i])),
+                        "prediction": self._name(int(self.predictions[k, i])), "success": bool(self.success[k, i]),
+                        "distance": float(self.distance[k, i])}
+                if self.target is not None:
+                    meta["target"] = self._name(int(self.target[i]))
+                path = sub / f"adv_{i:03d}.png"
+                write_png(self.adversarial[k, i], path, meta)
+                paths.append(path)
+        record = {"format": FORMAT_VERSION, "metadata": self.metadata, "norm": self.norm, "eps": self.eps.tolist(),
+                  "classes": self.classes, "accuracy": self.accuracy.tolist(), "clean_accuracy": self.clean_accuracy,
+                  "success_rate": self.success_rate.tolist(), "checks": self.checks,
+                  "files": [str(p.relative_to(folder)) for p in paths]}
+        write_text(folder / "attack.json", json.dumps(record, indent=1, default=_json))
+        tensors = {k: getattr(self, k) for k in ("images", "labels", "eps", "adversarial", "success", "distance",
+                                                 "predictions", "clean_predictions", "target", "scores",
+                                                 "clean_scores")}
+        with atomic(folder / "attack.pt") as tmp:
+            torch.save({"format": FORMAT_VERSION, **tensors}, tmp)
+        return paths
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> AttackResult:
+        """Read a saved result back."""
+        folder = Path(folder)
+        record = json.loads((folder / "attack.json").read_text())
+        t = torch.load(folder / "attack.pt", map_location="cpu", weights_only=True)
+        if t.get("format") != FORMAT_VERSION:
+            raise ConfigError(f"{folder}: attack result format {t.get('format')} is not {FORMAT_VERSION}")
+        return cls(t["images"], t["labels"], t["eps"], t["adversarial"], t["success"], t["distance"], t["predictions"],
+                   t["clean_predictions"], record["norm"], target=t["target"], scores=t["scores"],
+                   clean_scores=t["clean_scores"], classes=record["classes"], metadata=record["metadata"],
+                   checks=record["checks"])
+
+    # ------------------------------------------------------------------------------------------ pictures
+    def sheet(self, path: str | os.PathLike, budget: int = -1, n: int = 8, amplify: float | None = None) -> Path:
+        """A PNG sheet: for up to ``n`` images, the clean image, the adversarial one at budget index ``budget`` and
+        the perturbation amplified to fill the grey range (or by ``amplify``), with the model's verdicts."""
+        from .figures import image_grid
+
+        k = budget % len(self.eps)
+        rows = []
+        for i in range(min(n, len(self))):
+            delta = self.adversarial[k, i] - self.images[i]
+            peak = float(delta.abs().max())
+            gain = amplify or (0.5 / peak if peak > 0 else 1.0)
+            mark = "✓" if bool(self.success[k, i]) else "✗"
+            rows.append([
+                (self.images[i], f"{self._name(int(self.labels[i]))} → {self._name(int(self.clean_predictions[i]))}"),
+                (self.adversarial[k, i], f"{mark} {self._name(int(self.predictions[k, i]))}"
+                                         + (f" (target {self._name(int(self.target[i]))})" if self.target is not None
+                                            else "")),
+                ((0.5 + gain * delta).clamp(0, 1), f"δ ×{gain:.0f}, {self.norm} {float(self.distance[k, i]):.3g}"
+                 if peak > 0 else "no perturbation needed"),
+            ])
+        e = float(self.eps[k])
+        title = (f"{self.metadata.get('attack', 'attack')} on {self.metadata.get('model', '?')}, "
+                 f"{'minimal' if math.isinf(e) else 'eps ' + _eps_text(e, self.norm)}")
+        return image_grid(rows, path, title=title, columns=["clean (label → prediction)", "adversarial", "perturbation"])
+
+    def plot(self, path: str | os.PathLike) -> Path:
+        """A PNG of accuracy against ε (the sweep's budgets, or the curve of per-image minimal ε)."""
+        from .figures import accuracy_plot
+
+        if torch.isinf(self.eps).all():
+            finite = self.min_eps[torch.isfinite(self.min_eps)]
+            top = float(finite.max()) * 1.1 if len(finite) else 1.0
+            grid = torch.linspace(0, top, 64)
+            curves = {self.metadata.get("model", "model"): (grid, self.curve(grid))}
+        else:
+            grid = torch.cat([torch.zeros(1), self.eps])
+            acc = torch.cat([torch.tensor([self.clean_accuracy]), self.accuracy])
+            curves = {self.metadata.get("model", "model"): (grid, acc)}
+        return accuracy_plot(curves, path, norm=self.norm, title=self.metadata.get("attack", "attack"))
+
+    def _name(self, index: int) -> str:
+        return self.classes[index] if 0 <= index < len(self.classes) else str(index)
+
+
+def _eps_text(e: float, norm: str) -> str:
+    """An L-inf budget as n/255 when it is one, anything else as a number."""
+    if norm == "linf" and e > 0 and abs(e * 255 * 4 - round(e * 255 * 4)) < 1e-4:
+        return f"{e * 255:g}/255"
+    return f"{e:.4g}"
+
+
+def _json(o):
+    if isinstance(o, torch.Tensor):
+        return o.tolist()
+    return str(o)
