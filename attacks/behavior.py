@@ -3,11 +3,13 @@ judged by others.
 
 Gaziv et al. found that perturbations computed on adversarially trained ("robustified") networks at small L2
 budgets change human category reports toward the target ("wormholes" in perceptual space), while perturbations of
-the same size made on standard networks do not.  In silico, the judge is another model: perturbations made on a
+the same budget made on standard networks do not.  In silico, the judge is another model: perturbations made on a
 robust model should carry the target category to a standard model, and those made on a standard model should not
-carry to a robust one.  Every source model runs the same targeted L2 PGD (the whole step budget, no early stop,
-so each perturbation uses its budget as Gaziv's do); the sheet shows each image's original, the perturbed images
-from each source, their amplified differences and every model's verdict.
+carry to a robust one.  Every source model runs the same targeted L2 PGD under the same budget; by default with
+Madry's fixed steps from the clean image, stopping when the source model reports the target — so each
+perturbation is what that model needs to change its verdict, and a robust model needs a larger, visible one.
+``early_stop=False`` spends every step instead (perturbations that fill the budget).  The sheet shows each image's
+original, the perturbed images from each source, their amplified differences and every model's verdict.
 """
 from __future__ import annotations
 
@@ -34,14 +36,15 @@ def next_category(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
 
 
 def wormholes(models: Mapping[str, ProbeModel], images: torch.Tensor, labels: LabelsLike, *,
-              target: LabelsLike | None = None, eps: float = 2.0, steps: int = 100, seed: int = 0,
-              progress: bool = True) -> dict:
+              target: LabelsLike | None = None, eps: float = 2.0, steps: int = 100, step: str = "pgd",
+              early_stop: bool = True, seed: int = 0, progress: bool = True) -> dict:
     """Make targeted L2 perturbations (budget ``eps``) on each model and let every other model judge them.
 
     ``models``: name → model, all with the same classes (e.g. {'standard': ..., 'robust': ...}); ``target``: the
-    categories to move towards (default: the next category).  Returns ``{'results': {source: AttackResult},
-    'rates': {source: {judge: fraction of perturbed images the judge calls the target}}, 'clean': {judge: fraction
-    of clean images called the target}}``.
+    categories to move towards (default: the next category); ``step`` and ``early_stop`` as in ``attacks.pgd``.
+    Returns ``{'results': {source: AttackResult}, 'rates': {source: {judge: fraction of perturbed images the judge
+    calls the target}}, 'clean': {judge: fraction of clean images called the target}, 'norms': {source: median
+    L2 norm of its perturbations}}``.
     """
     if len(models) < 2:
         raise ConfigError("wormholes need at least two models: one makes the perturbation, the others judge it")
@@ -60,7 +63,8 @@ def wormholes(models: Mapping[str, ProbeModel], images: torch.Tensor, labels: La
     for source in names:
         model = models[source]
         results[source] = pgd(model, images.to(model.device), y.to(model.device), eps, norm="l2",
-                              target=t.to(model.device), steps=steps, early_stop=False, seed=seed, progress=progress)
+                              target=t.to(model.device), steps=steps, step=step, warm_steps=steps,
+                              random_start=False, early_stop=early_stop, seed=seed, progress=progress)
         adv = results[source].adversarial[0]
         rates[source] = {}
         for judge in names:
@@ -68,8 +72,15 @@ def wormholes(models: Mapping[str, ProbeModel], images: torch.Tensor, labels: La
             rates[source][judge] = float((verdict == t.cpu()).float().mean())
     clean = {judge: float((logits(models[judge], images.to(models[judge].device)).argmax(1).cpu() == t.cpu())
                           .float().mean()) for judge in names}
-    return {"results": results, "rates": rates, "clean": clean, "eps": eps, "steps": steps,
-            "target": t.cpu(), "labels": y.cpu(), "classes": list(classes)}
+    norms = {source: float(r.distance[0].median()) for source, r in results.items()}
+    return {"results": results, "rates": rates, "clean": clean, "norms": norms, "eps": eps, "steps": steps,
+            "step": step, "early_stop": early_stop, "target": t.cpu(), "labels": y.cpu(), "classes": list(classes)}
+
+
+def _setting(run: dict) -> str:
+    stop = "stopping when the source model reports the target" if run["early_stop"] else "every step used"
+    return f"targeted L2 ε = {run['eps']:g}, {run['steps']} {'fixed' if run['step'] == 'pgd' else 'Auto-PGD'} " \
+           f"PGD steps from the clean image, {stop}"
 
 
 def sheet(run: dict, models: Mapping[str, ProbeModel], path: str | os.PathLike, n: int = 8) -> Path:
@@ -98,24 +109,32 @@ def sheet(run: dict, models: Mapping[str, ProbeModel], path: str | os.PathLike, 
     columns = ["original"] + [c for s in names for c in (f"perturbed on {s}", "difference")]
     rate_text = "; ".join(f"made on {s}: " + ", ".join(f"{j} says target {r:.0%}" for j, r in run["rates"][s].items())
                           for s in names)
-    return image_grid(rows, path, title=f"targeted L2 ε={run['eps']:g}, {run['steps']} steps — {rate_text}",
-                      columns=columns)
+    return image_grid(rows, path, title=f"{_setting(run)}\n{rate_text}", columns=columns)
 
 
-def report(run: dict, folder: str | os.PathLike) -> Path:
-    """Write the target rates (JSON and a Markdown table) next to the sheet."""
+def table(run: dict) -> list[str]:
+    """Markdown lines: the target rates (rows: the model a perturbation was made on) and median norms."""
+    names = list(run["rates"])
+    lines = [f"{_setting(run)}; target = next category; {len(run['labels'])} held-out images.", "",
+             "| made on \\ judged by | " + " | ".join(names) + " | median L2 norm |", "|---|" + "---|" * (len(names) + 1)]
+    for s in names:
+        lines.append(f"| {s} | " + " | ".join(f"{run['rates'][s][j]:.2f}" for j in names)
+                     + f" | {run['norms'][s]:.2f} |")
+    lines.append("| (clean images) | " + " | ".join(f"{run['clean'][j]:.2f}" for j in names) + " | 0 |")
+    return lines
+
+
+def report(runs: Mapping[str, dict], folder: str | os.PathLike, name: str = "wormholes") -> Path:
+    """Write the target rates of one or more runs (titled by ``runs``' keys) as Markdown and JSON."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    names = list(run["rates"])
-    lines = [f"# Wormholes: targeted L2 ε = {run['eps']:g}, {run['steps']} steps, target = next category", "",
-             "Fraction of perturbed images each judge calls the target category (rows: model the perturbation was "
-             "made on).", "", "| made on \\ judged by | " + " | ".join(names) + " |",
-             "|---|" + "---|" * len(names)]
-    for s in names:
-        lines.append(f"| {s} | " + " | ".join(f"{run['rates'][s][j]:.2f}" for j in names) + " |")
-    lines.append("| (clean images) | " + " | ".join(f"{run['clean'][j]:.2f}" for j in names) + " |")
-    write_text(folder / "wormholes.md", "\n".join(lines) + "\n")
-    record = {"eps": run["eps"], "steps": run["steps"], "rates": run["rates"], "clean": run["clean"],
-              "n": len(run["labels"]), "metadata": {s: r.metadata for s, r in run["results"].items()}}
-    write_text(folder / "wormholes.json", json.dumps(record, indent=1, default=str))
-    return folder / "wormholes.md"
+    lines = ["# Wormholes: perturbations made on one model, judged by the others", "",
+             "Each cell: the fraction of perturbed images the judge (column) calls the target category."]
+    for title, run in runs.items():
+        lines += ["", f"## {title}", "", *table(run)]
+    write_text(folder / f"{name}.md", "\n".join(lines) + "\n")
+    record = {title: {"eps": r["eps"], "steps": r["steps"], "step": r["step"], "early_stop": r["early_stop"],
+                      "rates": r["rates"], "clean": r["clean"], "norms": r["norms"], "n": len(r["labels"]),
+                      "metadata": {s: res.metadata for s, res in r["results"].items()}} for title, r in runs.items()}
+    write_text(folder / f"{name}.json", json.dumps(record, indent=1, default=str))
+    return folder / f"{name}.md"

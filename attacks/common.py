@@ -107,10 +107,11 @@ def warn_if_stochastic(model: ProbeModel, eot: int) -> None:
 
 def attack_round(model: ProbeModel, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None,
                  eps: torch.Tensor, start: torch.Tensor | None, *, steps: int, norm: str, step: str,
-                 step_size: float, loss: str, eot: int, seed: int, progress: bool, early_stop: bool = True) -> Result:
-    """One engine run: image i attacked inside its own ball ``eps[i]`` from ``start`` (warm) or a random start,
-    stopping as soon as it succeeds (or using every step, without ``early_stop``); ``success`` is checked on the
-    returned images either way."""
+                 step_size: float, loss: str, eot: int, seed: int, progress: bool, early_stop: bool = True,
+                 random_start: bool = True) -> Result:
+    """One engine run: image i attacked inside its own ball ``eps[i]`` from ``start`` (warm), a random start, or
+    the clean image (``random_start=False``), stopping as soon as it succeeds (or using every step, without
+    ``early_stop``); ``success`` is checked on the returned images either way."""
     p = check_norm(norm)
     if step == "apgd":
         rule, lr = ("apgd" if p == math.inf else "apgd-l2"), 2 * eps
@@ -120,7 +121,8 @@ def attack_round(model: ProbeModel, x: torch.Tensor, y: torch.Tensor, target: to
         raise UnknownNameError("attack step rule", step, ("pgd", "apgd"))
     res = optimize(model, objective(loss, y, target), Pixels(start if start is not None else x),
                    constraints=[LpBall(x, eps, p), Box()], step=rule, lr=lr, steps=steps,
-                   stop=criterion(y, target) if early_stop else None, random_start=start is None, eot=eot, seed=seed,
+                   stop=criterion(y, target) if early_stop else None, random_start=start is None and random_start,
+                   eot=eot, seed=seed,
                    progress=progress, metadata={"attack_round": True})
     if not early_stop:
         res.success = success_of(logits(model, res.images, eot), y, target).cpu()

@@ -45,8 +45,8 @@ REL_STEP = 2.5
 def pgd(model: ProbeModel, images: torch.Tensor, labels: LabelsLike | None = None,
         eps: Budget | list[Budget] | torch.Tensor = 8 / 255, *, steps: int = 20, norm: str = "linf",
         target: LabelsLike | None = None, restarts: int = 1, step_size: float | None = None, loss: str = "ce",
-        step: str = "apgd", warm_steps: int | None = None, early_stop: bool = True, eot: int = 1, seed: int = 0,
-        batch_size: int | None = None, progress: bool = True) -> AttackResult:
+        step: str = "apgd", warm_steps: int | None = None, random_start: bool = True, early_stop: bool = True,
+        eot: int = 1, seed: int = 0, batch_size: int | None = None, progress: bool = True) -> AttackResult:
     """White-box PGD against class labels at one budget or a sweep of budgets, in one call.
 
     ``images``: N×3×H×W in [0, 1]; ``labels``: class indices or names, one per image or one for all (default: the
@@ -56,8 +56,9 @@ def pgd(model: ProbeModel, images: torch.Tensor, labels: LabelsLike | None = Non
     Hein's step-size schedule, the default; it needs about 10 steps or more to adapt) or 'pgd' (fixed steps of
     ``step_size`` × ε, default 2.5/steps);
     ``warm_steps``: steps of the later rounds of a sweep, which start from an earlier iterate (default half of
-    ``steps``); ``eot``: forward passes averaged per step, for stochastic models; ``early_stop=False`` spends every
-    step on every image (perturbations that use their whole budget, e.g. to transfer to other models);
+    ``steps``); ``random_start=False`` starts from the clean images (restarts stay random); ``eot``: forward passes
+    averaged per step, for stochastic models; ``early_stop=False`` spends every step on every image (perturbations
+    that use their whole budget, e.g. to transfer to other models);
     ``batch_size``: images per engine batch.
     """
     if batch_size is not None and batch_size < 1:
@@ -68,8 +69,8 @@ def pgd(model: ProbeModel, images: torch.Tensor, labels: LabelsLike | None = Non
             sub = slice(i, i + batch_size)
             parts.append(pgd(model, images[sub], _slice(labels, sub), eps, steps=steps, norm=norm,
                              target=_slice(target, sub), restarts=restarts, step_size=step_size, loss=loss, step=step,
-                             warm_steps=warm_steps, early_stop=early_stop, eot=eot, seed=seed + i,
-                             progress=progress))
+                             warm_steps=warm_steps, random_start=random_start, early_stop=early_stop, eot=eot,
+                             seed=seed + i, progress=progress))
         return AttackResult.concat(parts)
     t0 = time.perf_counter()
     check_norm(norm)
@@ -93,7 +94,8 @@ def pgd(model: ProbeModel, images: torch.Tensor, labels: LabelsLike | None = Non
     found, at_lo, last = x.clone(), x.clone(), x.clone()
     attacked = torch.zeros(n, dtype=torch.bool, device=device)
     runs, rounds = [], 0
-    kw = dict(norm=norm, step=step, step_size=rel, loss=loss, eot=eot, progress=progress, early_stop=early_stop)
+    kw = dict(norm=norm, step=step, step_size=rel, loss=loss, eot=eot, progress=progress, early_stop=early_stop,
+              random_start=random_start)
     while True:
         todo = torch.nonzero(hi - lo > 1)[:, 0]
         if not len(todo):
@@ -122,7 +124,8 @@ def pgd(model: ProbeModel, images: torch.Tensor, labels: LabelsLike | None = Non
     result.metadata.update({
         "attack": f"pgd-{norm}", "step_rule": "Auto-PGD" if step == "apgd" else "fixed", "steps": steps,
         "warm_steps": warm_steps, "step_size": f"{rel:g}*eps" if step == "pgd" else "2*eps, halved (APGD)",
-        "restarts": restarts, "loss": loss, "early_stop": early_stop, "eot": eot, "seed": seed, "rounds": rounds,
+        "restarts": restarts, "loss": loss, "random_start": random_start, "early_stop": early_stop, "eot": eot,
+        "seed": seed, "rounds": rounds,
         "gradients": sum(r.metadata["evaluations"] for r in runs), "seconds": round(time.perf_counter() - t0, 3)})
     result.checks.update(gradient_report(runs))
     return result
@@ -155,7 +158,7 @@ def _attack(model, x, y, tgt, group, eps, start, *, steps, full_steps, restarts,
             break
         sub = group[failed]
         again = attack_round(model, x[sub], y[sub], tgt[sub] if tgt is not None else None, eps[failed], None,
-                             steps=full_steps, seed=seed + r, **kw)
+                             steps=full_steps, seed=seed + r, **{**kw, "random_start": True})
         runs.append(again)
         won = again.success.to(x.device)
         ok[failed[won]] = True

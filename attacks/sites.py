@@ -10,7 +10,9 @@ standard deviation over the clean images (a scale that compares units, models an
 from __future__ import annotations
 
 import math
+import os
 import time
+from pathlib import Path
 
 import torch
 
@@ -101,6 +103,16 @@ def relative_change(result: AttackResult) -> torch.Tensor:
     sign = -1.0 if result.metadata.get("direction") in ("down", "toward") else 1.0
     sd = result.metadata.get("response_sd") or float(result.clean_scores.std())
     return sign * (result.scores - result.clean_scores[None]) / max(sd, 1e-12)
+
+
+def plot_changes(results: dict[str, AttackResult], path: str | os.PathLike) -> Path:
+    """A PNG of the median change (SD units, attacked direction) against ε, one line per model or condition."""
+    from .figures import accuracy_plot
+
+    first = next(iter(results.values()))
+    curves = {name: (r.eps, relative_change(r).median(1).values) for name, r in results.items()}
+    return accuracy_plot(curves, path, norm=first.norm, title=f"{first.metadata.get('site', 'site')}: median change",
+                         ylabel="response change (SD over clean images)")
 
 
 class _SiteResponse:

@@ -19,15 +19,18 @@ import sys
 import time
 from pathlib import Path
 
-import torch
+HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]  # this file is not the attacks package
 
-import attacks
-import synth
-from synth import Box, LpBall, optimize
-from synth.objectives import CrossEntropy
-from synth.params import Pixels
+import torch  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).parent))
+import attacks  # noqa: E402
+import synth  # noqa: E402
+from synth import Box, LpBall, optimize  # noqa: E402
+from synth.objectives import CrossEntropy  # noqa: E402
+from synth.params import Pixels  # noqa: E402
+
+sys.path.append(str(HERE))
 from engine import CLOCK, per_step  # noqa: E402
 
 EPS = [0.5 / 255, 1 / 255, 2 / 255, 4 / 255, 8 / 255]

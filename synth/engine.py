@@ -287,8 +287,8 @@ def optimize(model: ProbeModel, objective: Objective | str, param: Parametrizati
     stochastic model's noise) are drawn ``eot`` times per step, each draw scored, the scores averaged.  ``lr`` may
     be one step size per image.  An image stops once its score reaches ``target`` or it meets the ``stop``
     criterion: it keeps the image that did, and leaves the batch, so it costs no more compute.  The returned
-    images are projected once more and checked: ``Result.success`` is the criterion on them, ``Result.best`` the
-    best-scoring iterate.  ``relu_override`` steps of Lucid's redirected ReLU gradient start the run.
+    images are projected once more and checked: ``Result.success`` is the criterion on them, ``Result.distance``
+    their distance from the (first) ball's center, ``Result.best`` the best-scoring iterate.  ``relu_override`` steps of Lucid's redirected ReLU gradient start the run.
     """
     objective = parse(objective).resolve(model)
     if steps < 0 or eot < 1:
@@ -413,10 +413,12 @@ def optimize(model: ProbeModel, objective: Objective | str, param: Parametrizati
     }
     hist = torch.stack(history).cpu() if history else torch.zeros(0, n)
     grads = torch.stack(grad_norms).cpu() if grad_norms else torch.zeros(0, n)
+    balls = [c for c in projections if isinstance(c, LpBall)]
     return Result(final.detach().cpu(), hist, final_scores.cpu(),
                   {k: population(v).cpu() for k, v in final_acts.items()}, meta,
                   success=success.cpu() if success is not None else None, best=best.cpu(),
-                  best_scores=best_scores.cpu(), grad_norm=grads)
+                  best_scores=best_scores.cpu(), grad_norm=grads,
+                  distance=balls[0].distance(final).cpu() if balls else None)
 
 
 def _grad_norms(param: Parametrization, n: int, active: torch.Tensor) -> torch.Tensor:

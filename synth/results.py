@@ -24,7 +24,8 @@ FORMAT_VERSION = 2
 class Result:
     """Images (N×3×H×W, CPU, [0,1]), per-step scores (steps×N), final scores (N), activations, metadata; with a
     stopping rule, which returned images meet it (``success``); the best-scoring iterate of each image (``best``,
-    ``best_scores``); and the per-image gradient norm at every step (``grad_norm``, NaN once an image stopped)."""
+    ``best_scores``); the per-image gradient norm at every step (``grad_norm``, NaN once an image stopped); and,
+    under an Lp ball, each returned image's distance from its center (``distance``)."""
 
     images: torch.Tensor
     history: torch.Tensor
@@ -35,6 +36,7 @@ class Result:
     best: torch.Tensor | None = None
     best_scores: torch.Tensor | None = None
     grad_norm: torch.Tensor | None = None
+    distance: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -56,7 +58,8 @@ class Result:
         with atomic(folder / "result.pt") as tmp:
             torch.save({"format": FORMAT_VERSION, "images": self.images, "history": self.history,
                         "scores": self.scores, "activations": self.activations, "success": self.success,
-                        "best": self.best, "best_scores": self.best_scores, "grad_norm": self.grad_norm}, tmp)
+                        "best": self.best, "best_scores": self.best_scores, "grad_norm": self.grad_norm,
+                        "distance": self.distance}, tmp)
         return paths
 
     @classmethod
@@ -68,7 +71,8 @@ class Result:
         tensors = torch.load(folder / "result.pt", map_location="cpu", weights_only=True)
         return cls(tensors["images"], tensors["history"], tensors["scores"], tensors["activations"],
                    sidecar["metadata"], success=tensors.get("success"), best=tensors.get("best"),
-                   best_scores=tensors.get("best_scores"), grad_norm=tensors.get("grad_norm"))
+                   best_scores=tensors.get("best_scores"), grad_norm=tensors.get("grad_norm"),
+                   distance=tensors.get("distance"))
 
 
 def write_png(image: torch.Tensor, path: str | os.PathLike, metadata: dict) -> None:

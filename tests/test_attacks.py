@@ -171,16 +171,21 @@ def test_population_attack_moves_towards_the_reference(toy_standard, sample):
     assert r.metadata["direction"] == "toward"
 
 
-def test_robust_made_perturbations_carry_to_the_standard_model(toy_standard, toy_robust, sample):
+def test_robust_made_perturbations_carry_to_the_standard_model(toy_standard, toy_robust, sample, tmp_path):
     from attacks.behavior import report, sheet
 
     x, y = sample[0][::4], sample[1][::4]
     models = {"standard": toy_standard, "robust": toy_robust}
-    run = attacks.wormholes(models, x, y, eps=2.0, steps=30, progress=False)
+    run = attacks.wormholes(models, x, y, eps=2.0, steps=40, progress=False)
     assert run["rates"]["standard"]["standard"] > 0.9 and run["rates"]["robust"]["robust"] > 0.7
     assert run["rates"]["robust"]["standard"] > run["rates"]["standard"]["robust"] + 0.2
+    assert run["norms"]["robust"] > 1.5 * run["norms"]["standard"]  # a robust model needs a larger change
     for result in run["results"].values():
-        assert (result.distance <= 2.0 + 1e-4).all() and result.metadata["early_stop"] is False
+        assert (result.distance <= 2.0 + 1e-4).all() and result.metadata["random_start"] is False
+    path = sheet(run, models, tmp_path / "sheet.png", n=3)
+    assert Image.open(path).size[0] > Image.open(path).size[1]  # 3 rows of 5 columns
+    text = report({"matched budget": run}, tmp_path).read_text()
+    assert "| robust | " in text and f"{run['rates']['robust']['standard']:.2f}" in text
 
 
 def test_stochastic_models_warn_without_eot_and_average_with_it(tiny):

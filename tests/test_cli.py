@@ -72,3 +72,51 @@ def test_readout_fit_then_synthesize_through_it(tmp_path, capsys, toy_standard):
     assert "stretch(V4:readout:b2)" in capsys.readouterr().out
     assert main(["readout", "fit", str(tmp_path / "missing.npz"), "--model", "toy-standard", "--layer", "V4"]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_attack_command_attacks_images_and_writes_what_it_did(tmp_path, capsys):
+    from attacks import AttackResult
+
+    assert main(["images", "--out", str(tmp_path / "imgs"), "--n", "8", "--workers", "1"]) == 0
+    files = sorted(str(p) for p in (tmp_path / "imgs").glob("*.png"))
+    categories = [r["category"] for r in sorted(csv.DictReader(open(tmp_path / "imgs" / "metadata.csv")),
+                                                key=lambda r: r["file"])]
+    capsys.readouterr()
+    assert main(["attack", *files, "--eps", "1/255,4/255", "--steps", "10", "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "pgd-linf on toy-standard (8 images, linf)" in out and "4/255" in out
+    result = AttackResult.load(tmp_path / "out")
+    assert [result.classes[i] for i in result.labels] == categories  # labels read from metadata.csv
+    from synth.results import read_png
+    _, meta = read_png(tmp_path / "out" / "eps_1" / "adv_003.png")
+    assert meta["attack"] == "pgd-linf" and meta["label"] == categories[3] and meta["steps"] == 10
+    assert (tmp_path / "out" / "sheet.png").stat().st_size > 10_000 and (tmp_path / "out" / "curve.png").is_file()
+    assert main(["attack", *files[:4], "--site", "IT:12", "--eps", "2/255", "--steps", "10",
+                 "--out", str(tmp_path / "site")]) == 0
+    site = AttackResult.load(tmp_path / "site")
+    assert site.metadata["site"] == "IT:12" and (site.scores[0] > site.clean_scores).all()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--attack", "cw-l3"], "unknown attack 'cw-l3'; did you mean 'cw-l2'"),
+    (["--target", "chiars", "--eps", "1/255"], "unknown class 'chiars'; did you mean 'chairs'"),
+    (["--eps", "4//255"], "cannot read the budget"),
+    (["--site", "IT:12"], "needs --eps"),
+    (["--attack", "deepfool-l2", "--restarts", "2", "--steps", "5", "--eps", "1/255", "--label", "cars",
+      "--site", "IT:1"], "--target and --label are for class attacks"),
+])
+def test_attack_errors_are_one_line(tmp_path, capsys, args, message):
+    from PIL import Image
+
+    Image.new("RGB", (64, 64), (120, 90, 60)).save(tmp_path / "a.png")
+    assert main(["attack", str(tmp_path / "a.png"), "--out", str(tmp_path / "out"), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("phosphene: error: ") and message in err and err.count("\n") == 1
+
+
+def test_attack_refuses_unreadable_images(tmp_path, capsys):
+    (tmp_path / "notes.png").write_text("not an image")
+    assert main(["attack", str(tmp_path / "notes.png"), "--eps", "1/255", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("phosphene: error: cannot read image") and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()

@@ -256,6 +256,7 @@ def test_the_returned_images_are_projected_and_checked_whatever_the_step_rule_do
     r = optimize(tiny, "norm(IT)", p, constraints=[ball, Box()], step=Wild(p.x), steps=5,
                  stop=ScoreAtLeast(1e9), progress=False)
     assert (ball.distance(r.images) <= 4 / 255 + 1e-6).all() and 0 <= r.images.min() and r.images.max() <= 1
+    torch.testing.assert_close(r.distance, ball.distance(r.images))
     with torch.no_grad():
         rescored = tiny.activations(r.images, "IT")["IT"].pow(2).flatten(1).mean(1)
     torch.testing.assert_close(r.scores, rescored)
