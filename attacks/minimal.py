@@ -20,7 +20,7 @@ from synth.probe import ProbeModel
 
 from .checks import gradient_report
 from .common import LabelsLike, check_norm, inputs, logits, success_of, warn_if_stochastic
-from .pgd import REL_STEP, _attack, finish, first_order_distance
+from .pgd import REL_STEP, attack_with_restarts, finish, first_order_distance
 from .result import distances
 
 # L-inf budgets in pixel units ([0, 1]); the L2 default is the same per-pixel change over a 64×64×3 image.
@@ -67,9 +67,10 @@ def minimal(model: ProbeModel, images: torch.Tensor, labels: LabelsLike | None =
             group, e = todo[warmed == warm], eps[warmed == warm]
             if not len(group):
                 continue
-            ok, adv, best, group_runs = _attack(model, x, y, tgt, group, e, last[group] if warm else None,
-                                                steps=steps, full_steps=steps, restarts=restarts, seed=seed + 7919 * r,
-                                                **kw)
+            ok, adv, best, group_runs = attack_with_restarts(model, x, y, tgt, group, e,
+                                                             last[group] if warm else None, steps=steps,
+                                                             full_steps=steps, restarts=restarts,
+                                                             seed=seed + 7919 * r, **kw)
             runs += group_runs
             norms = distances(adv, x[group], norm)
             hi[group[ok]] = torch.minimum(norms[ok], e[ok])
@@ -85,7 +86,8 @@ def minimal(model: ProbeModel, images: torch.Tensor, labels: LabelsLike | None =
     result.metadata.update({
         "attack": f"minimal-{norm}", "method": f"bisection over {'APGD' if step == 'apgd' else 'PGD'}-{steps}",
         "eps_max": eps_max, "tol": tol, "rounds": rounds, "restarts": restarts, "loss": loss, "eot": eot,
-        "seed": seed, "robust_below": lo.cpu().tolist(), "gradients": sum(r.metadata["evaluations"] for r in runs),
+        "seed": seed, "robust_below": lo.cpu().tolist(),
+        "gradients": sum(r.metadata["evaluations"] for r in runs) + n * eot,
         "seconds": round(time.perf_counter() - t0, 3)})
     result.checks.update(gradient_report(runs))
     return result

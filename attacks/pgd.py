@@ -63,7 +63,7 @@ def pgd(model: ProbeModel, images: torch.Tensor, labels: LabelsLike | None = Non
     """
     if batch_size is not None and batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-    if batch_size is not None and images.shape[0] > batch_size:
+    if batch_size is not None and images.ndim == 4 and images.shape[0] > batch_size:
         parts = []
         for i in range(0, images.shape[0], batch_size):
             sub = slice(i, i + batch_size)
@@ -90,7 +90,9 @@ def pgd(model: ProbeModel, images: torch.Tensor, labels: LabelsLike | None = Non
     lo = torch.full((n,), int((levels == 0).sum()) - 1, device=device)  # a zero budget is the clean image
     hi = torch.full((n,), k, device=device)
     hi[success_of(clean, y, tgt)] = 0
-    nxt = torch.bucketize(first_order_distance(model, x, y, tgt, norm, eot), levels).clamp(max=k - 1)
+    nxt = torch.zeros(n, dtype=torch.long, device=device)
+    if k > 1:  # where to attack each image first: the budget just above its first-order distance
+        nxt = torch.bucketize(first_order_distance(model, x, y, tgt, norm, eot), levels).clamp(max=k - 1)
     found, at_lo, last = x.clone(), x.clone(), x.clone()
     attacked = torch.zeros(n, dtype=torch.bool, device=device)
     runs, rounds = [], 0
@@ -106,11 +108,11 @@ def pgd(model: ProbeModel, images: torch.Tensor, labels: LabelsLike | None = Non
             group, at = todo[warmed == warm], level[warmed == warm]
             if not len(group):
                 continue
-            ok, images_ok, best, group_runs = _attack(model, x, y, tgt, group, levels[at],
-                                                      last[group] if warm else None,
-                                                      steps=warm_steps if warm else steps,
-                                                      full_steps=steps, restarts=restarts,
-                                                      seed=seed + 7919 * rounds, **kw)
+            ok, images_ok, best, group_runs = attack_with_restarts(model, x, y, tgt, group, levels[at],
+                                                                   last[group] if warm else None,
+                                                                   steps=warm_steps if warm else steps,
+                                                                   full_steps=steps, restarts=restarts,
+                                                                   seed=seed + 7919 * rounds, **kw)
             runs += group_runs
             hi[group[ok]], found[group[ok]] = at[ok], images_ok[ok]
             lo[group[~ok]], at_lo[group[~ok]] = at[~ok], best[~ok]
@@ -126,7 +128,8 @@ def pgd(model: ProbeModel, images: torch.Tensor, labels: LabelsLike | None = Non
         "warm_steps": warm_steps, "step_size": f"{rel:g}*eps" if step == "pgd" else "2*eps, halved (APGD)",
         "restarts": restarts, "loss": loss, "random_start": random_start, "early_stop": early_stop, "eot": eot,
         "seed": seed, "rounds": rounds,
-        "gradients": sum(r.metadata["evaluations"] for r in runs), "seconds": round(time.perf_counter() - t0, 3)})
+        "gradients": sum(r.metadata["evaluations"] for r in runs) + (n * eot if k > 1 else 0),
+        "seconds": round(time.perf_counter() - t0, 3)})
     result.checks.update(gradient_report(runs))
     return result
 
@@ -145,7 +148,9 @@ def first_order_distance(model: ProbeModel, x: torch.Tensor, y: torch.Tensor, tg
     return (-m.detach()).clamp_min(0) / dual.clamp_min(1e-12)
 
 
-def _attack(model, x, y, tgt, group, eps, start, *, steps, full_steps, restarts, seed, **kw):
+def attack_with_restarts(model: ProbeModel, x: torch.Tensor, y: torch.Tensor, tgt: torch.Tensor | None,
+                         group: torch.Tensor, eps: torch.Tensor, start: torch.Tensor | None, *, steps: int,
+                         full_steps: int, restarts: int, seed: int, **kw):
     """Attack the images ``group`` at budgets ``eps``; images still unbroken get ``restarts - 1`` further random
     starts.  Returns success, the successful images, the best iterates and the engine results."""
     res = attack_round(model, x[group], y[group], tgt[group] if tgt is not None else None, eps, start, steps=steps,
