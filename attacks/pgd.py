@@ -19,7 +19,7 @@ checked by a forward pass: a robust image gets its best iterate from the largest
 the smaller ball, and is counted broken if that happens to fool the model.
 
 Measured on the embedded models (256 test images, 5 budgets 0.5–8/255, 20 steps): robust accuracy at or below
-foolbox's LinfPGD at every budget, with 7–8.5× fewer gradient evaluations (benchmarks/attacks.py times it).
+foolbox's LinfPGD at every budget, with 6.7–7.9× fewer gradient evaluations (benchmarks/attacks.py times it).
 """
 from __future__ import annotations
 

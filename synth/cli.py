@@ -287,7 +287,8 @@ def parser() -> argparse.ArgumentParser:
     a = sub.add_parser("attack", help="white-box attacks on class labels or neural sites",
                        description="Attacks: pgd-linf, pgd-l2 (native, Auto-PGD steps; --step pgd for fixed ones); "
                                    "fgsm, fgm-l2, "
-                                   "foolbox-pgd-linf, cw-l2, deepfool-linf, deepfool-l2, fmn-linf, fmn-l2, ddn-l2, "
+                                   "foolbox-pgd-linf, foolbox-pgd-l2, cw-l2, deepfool-linf, deepfool-l2, fmn-linf, "
+                                   "fmn-l2, ddn-l2, "
                                    "boundary, hsj-l2, noise-linf, noise-l2 (foolbox).  Several --eps (or a comma list) "
                                    "make one sweep.  With --site, the attack raises (or --down lowers) one unit's or "
                                    "readout site's response instead.")

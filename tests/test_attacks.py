@@ -228,3 +228,14 @@ def test_gradient_masking_is_reported_never_ignored(toy_standard, sample):
     assert not clean.checks["gradients"]["flag"]
     honest = attacks.check(toy_standard, x, y, clean, steps=5, repeats=20)
     assert not honest["unbounded"]["flag"] and not honest["blackbox"]["flag"]
+
+
+def test_large_sets_run_in_chunks_with_one_result(tiny):
+    x = torch.rand(7, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    whole = attacks.pgd(tiny, x, None, ["1/255", "8/255"], steps=4, step="pgd", progress=False)
+    chunked = attacks.pgd(tiny, x, None, ["1/255", "8/255"], steps=4, step="pgd", batch_size=3, progress=False)
+    assert chunked.adversarial.shape == whole.adversarial.shape == (2, 7, 3, 32, 32)
+    assert torch.equal(chunked.labels, whole.labels) and torch.equal(chunked.clean_predictions, whole.clean_predictions)
+    assert (chunked.distance <= torch.tensor([1 / 255, 8 / 255])[:, None] + 1e-6).all()
+    with torch.no_grad():
+        assert torch.equal(torch.stack([tiny(a).argmax(1) for a in chunked.adversarial]), chunked.predictions)

@@ -120,3 +120,12 @@ def test_attack_refuses_unreadable_images(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("phosphene: error: cannot read image") and err.count("\n") == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_attack_help_names_every_catalogue_attack(capsys):
+    import attacks
+
+    with pytest.raises(SystemExit):
+        main(["attack", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert all(name in text for name in attacks.CATALOGUE)
