@@ -148,19 +148,20 @@ def _load_images(paths: Sequence[str], size: int | None):
 
     if not paths:
         raise ImageError("no images given")
-    images, categories = [], []
+    images, categories, tables = [], [], {}
     for path in paths:
         img, meta = read_png(path)
         if size is not None and img.shape[-2:] != (size, size):
             img = F.interpolate(img[None], size=(size, size), mode="bilinear", antialias=True,
                                 align_corners=False)[0].clamp(0, 1)
         images.append(img)
-        found = meta.get("category")
-        table = Path(path).parent / "metadata.csv"
-        if found is None and table.is_file():
-            with open(table, newline="") as f:
-                found = next((r.get("category") for r in csv.DictReader(f) if r.get("file") == Path(path).name), None)
-        categories.append(found)
+        folder = Path(path).parent
+        if folder not in tables:  # file name -> category, from the folder's metadata.csv
+            table, tables[folder] = folder / "metadata.csv", {}
+            if table.is_file():
+                with open(table, newline="") as f:
+                    tables[folder] = {r.get("file"): r.get("category") for r in csv.DictReader(f)}
+        categories.append(meta.get("category") or tables[folder].get(Path(path).name))
     shapes = {tuple(i.shape) for i in images}
     if len(shapes) > 1:
         raise ImageError(f"images differ in size ({', '.join(str(s) for s in sorted(shapes))}); the model has no "
