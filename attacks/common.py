@@ -122,8 +122,7 @@ def attack_round(model: ProbeModel, x: torch.Tensor, y: torch.Tensor, target: to
     res = optimize(model, objective(loss, y, target), Pixels(start if start is not None else x),
                    constraints=[LpBall(x, eps, p), Box()], step=rule, lr=lr, steps=steps,
                    stop=criterion(y, target) if early_stop else None, random_start=start is None and random_start,
-                   eot=eot, seed=seed,
-                   progress=progress, metadata={"attack_round": True})
+                   eot=eot, seed=seed, progress=progress, metadata={"attack_round": True})
     if not early_stop:
         res.success = success_of(logits(model, res.images, eot), y, target).cpu()
     return res

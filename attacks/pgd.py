@@ -28,7 +28,7 @@ import time
 
 import torch
 
-from synth import __version__
+from synth import Box, LpBall, __version__
 from synth.errors import ConfigError
 from synth.objectives import Margin
 from synth.probe import ProbeModel
@@ -174,14 +174,12 @@ def attack_with_restarts(model: ProbeModel, x: torch.Tensor, y: torch.Tensor, tg
 
 
 def _into_ball(adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
-    """Images moved into the ball of radius ``eps`` around ``x`` (clipped for L-inf, scaled for L2)."""
-    delta = adv - x
-    if check_norm(norm) == math.inf:
-        delta = delta.clamp(-eps, eps)
-    else:
-        norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
-        delta = delta * (eps / norms).clamp(max=1.0)
-    return (x + delta).clamp(0, 1)
+    """Images moved into the ball of radius ``eps`` around ``x`` and the pixel box (clipped for L-inf, scaled
+    for L2)."""
+    out = adv.clone()
+    for c in (LpBall(x, eps, check_norm(norm)), Box()):
+        c.project_(out)
+    return out
 
 
 def finish(model: ProbeModel, x: torch.Tensor, y: torch.Tensor, tgt: torch.Tensor | None, budgets: torch.Tensor,
@@ -203,7 +201,9 @@ def finish(model: ProbeModel, x: torch.Tensor, y: torch.Tensor, tgt: torch.Tenso
         clean_predictions=clean.argmax(-1).cpu(), norm=norm, target=tgt.cpu() if tgt is not None else None,
         scores=scores.cpu(), clean_scores=obj.score({"logits": clean}).cpu(), classes=list(model.classes),
         metadata={"model": model.name, "weights_sha256": model.info.get("sha256", model.info.get("weights", "")),
-                  "objective": str(obj) if n <= 16 else str(type(obj).__name__), "targeted": tgt is not None,
+                  "objective": f"{'margin' if loss == 'margin' else 'xent'}(logits, "
+                               f"{'target' if tgt is not None else 'y'}=<labels in attack.pt>)",
+                  "targeted": tgt is not None,
                   "device": str(x.device), "phosphene": __version__, "torch": torch.__version__})
     result.checks.update(monotone_report(raw, budgets))
     return result

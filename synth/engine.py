@@ -260,16 +260,18 @@ def _draws(acts: dict[str, torch.Tensor], eot: int) -> list[dict[str, torch.Tens
 
 
 def _evaluate(model: ProbeModel, objective: Objective, x: torch.Tensor, layers: tuple[str, ...], eot: int,
-              transforms: Sequence[Transform], gen: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+              transforms: Sequence[Transform], gen: torch.Generator,
+              mean: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Scores of images ``x``, each averaged over ``eot`` draws of the transforms (and of the model's own noise):
     every draw is scored on its own, so per-image objectives see one copy of each image.  Also returns the
-    activations averaged over draws (for stopping criteria)."""
+    activations averaged over draws when ``mean`` (for stopping criteria), else those of the first draw."""
     seen = x if eot == 1 and not transforms else \
         torch.cat([apply_transforms(transforms, x, gen) for _ in range(eot)])
     acts = model.activations(seen, layers, check=False)
     draws = _draws(acts, eot)
     scores = torch.stack([objective(d) for d in draws]).mean(0)
-    mean_acts = draws[0] if eot == 1 else {k: v.view(eot, -1, *v.shape[1:]).mean(0) for k, v in acts.items()}
+    mean_acts = draws[0] if eot == 1 or not mean else \
+        {k: v.view(eot, -1, *v.shape[1:]).mean(0) for k, v in acts.items()}
     return scores, mean_acts
 
 
@@ -288,7 +290,8 @@ def optimize(model: ProbeModel, objective: Objective | str, param: Parametrizati
     be one step size per image.  An image stops once its score reaches ``target`` or it meets the ``stop``
     criterion: it keeps the image that did, and leaves the batch, so it costs no more compute.  The returned
     images are projected once more and checked: ``Result.success`` is the criterion on them, ``Result.distance``
-    their distance from the (first) ball's center, ``Result.best`` the best-scoring iterate.  ``relu_override`` steps of Lucid's redirected ReLU gradient start the run.
+    their distance from the (first) ball's center, ``Result.best`` the best-scoring iterate.  ``relu_override``
+    steps of Lucid's redirected ReLU gradient start the run.
     """
     objective = parse(objective).resolve(model)
     if steps < 0 or eot < 1:
@@ -347,7 +350,7 @@ def optimize(model: ProbeModel, objective: Objective | str, param: Parametrizati
             with torch.set_grad_enabled(not gradient_free):
                 x = render(param, constraints)
                 xa = x if len(active) == n else x[active]
-                scores, acts = _evaluate(model, obj, xa, layers, eot, transforms, gen)
+                scores, acts = _evaluate(model, obj, xa, layers, eot, transforms, gen, mean=crit is not None)
                 if not gradient_free:
                     opt.zero_grad(set_to_none=True)
                     (-scores.sum()).backward()

@@ -152,13 +152,10 @@ class ProbeModel(nn.Module):
         """The whole forward pass to the logits, keeping the requested inner layers on the way."""
         if not targets:
             return {LOGITS: self.net(x)}
-        if self._traceable and self._output_node is not None and self._output_node not in targets:
-            out = self._traced(x, (*targets, self._output_node))
-            out[LOGITS] = out.pop(self._output_node)
-            return out
-        if self._traceable:
-            out = self._traced(x, targets)
-            out[LOGITS] = out[self._output_node]
+        if self._traceable and self._output_node is not None:
+            keep = self._output_node in targets
+            out = self._traced(x, targets if keep else (*targets, self._output_node))
+            out[LOGITS] = out[self._output_node] if keep else out.pop(self._output_node)
             return out
         return self._hooked(x, targets, stop=False)
 
@@ -186,8 +183,7 @@ class ProbeModel(nn.Module):
 
         handles = [modules[t].register_forward_hook(hook(t)) for t in targets]
         try:
-            logits = self.net(x)
-            captured[LOGITS] = logits
+            captured[LOGITS] = self.net(x)
         except _Stop:
             pass
         finally:
