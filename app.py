@@ -48,12 +48,12 @@ with st.sidebar:
 st.header("Models")
 rows = [{"model": n, "description": c["description"], "test top-1": f"{c['metrics']['test_top1']:.1%}",
          f"Linf PGD-{c['metrics']['pgd_linf']['steps']} @ {c['metrics']['pgd_linf']['eps_255']:g}/255":
-             f"{c['metrics']['pgd_linf']['accuracy']:.1%}",
+             f"{c['metrics']['pgd_linf']['accuracy']:.1%} (foolbox {c['metrics']['pgd_linf']['foolbox']:.1%})",
          "areas": ", ".join(f"{a}={l}" for a, l in c["areas"].items())} for n, c in cards.items()]
 st.dataframe(rows, hide_index=True, width="stretch")
 st.caption(f"Also loadable from local weights: {', '.join(CORNETS)} and {len(torchvision_models())} torchvision "
            f"architectures (Brain-Score area maps for {', '.join(BRAIN_SCORE_AREAS)}); MadryLab robust "
-           "checkpoints are recognized automatically.")
+           "and VOneNet checkpoints are recognized automatically.")
 model = get_model(model_name)
 st.write(f"**{model_name}** areas: " + " · ".join(f"`{a}` → `{l}`" for a, l in model.areas.items()))
 

@@ -7,6 +7,7 @@
     attacks.site_attack(model, images, "IT:12", eps=["1/255", "4/255"])   # neural sites (Guo et al. 2022)
     attacks.wormholes({"standard": m1, "robust": m2}, images, labels)    # Gaziv et al. 2023
     attacks.check(model, images, labels, result)          # gradient-masking checks
+    attacks.robustness_table(["toy-standard", "toy-vone"]).save("out/")   # clean / white-box / corruption table
 """
 from .behavior import wormholes
 from .catalogue import CATALOGUE, available, run
@@ -15,7 +16,10 @@ from .common import StochasticModelWarning, parse_eps
 from .minimal import minimal
 from .pgd import pgd
 from .result import AttackResult
+from .robustness import RobustnessTable, image_folder
+from .robustness import robustness_table
 from .sites import relative_change, site_attack
 
 __all__ = ["AttackResult", "CATALOGUE", "GradientMaskingWarning", "StochasticModelWarning", "available", "check",
-           "minimal", "parse_eps", "pgd", "relative_change", "run", "site_attack", "wormholes"]
+           "RobustnessTable", "image_folder", "minimal", "parse_eps", "pgd", "relative_change", "robustness_table", "run",
+           "site_attack", "wormholes"]

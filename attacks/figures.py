@@ -37,7 +37,7 @@ def image_grid(rows: Sequence[Sequence[Cell]], path: str | os.PathLike, title: s
         top = 1 - 0.45 / fig.get_figheight()
         fig.suptitle(title, fontsize=10, y=0.995)
     fig.tight_layout(rect=(0, 0, 1, top))
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def accuracy_plot(curves: Mapping[str, tuple[torch.Tensor, torch.Tensor]], path: str | os.PathLike, norm: str,
@@ -56,10 +56,10 @@ def accuracy_plot(curves: Mapping[str, tuple[torch.Tensor, torch.Tensor]], path:
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _save(fig, path: str | os.PathLike) -> Path:
+def save_figure(fig, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic(path) as tmp:

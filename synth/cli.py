@@ -16,9 +16,9 @@ def _models(args: argparse.Namespace) -> None:
     if args.name is None:
         print("embedded (trained on the embedded object set; weights ship with phosphene):")
         for name, card in embedded_models().items():
-            m = card["metrics"]
-            print(f"  {name:<16} test top-1 {m['test_top1']:.1%}, Linf PGD-{m['pgd_linf']['steps']} "
-                  f"at {m['pgd_linf']['eps_255']:g}/255 {m['pgd_linf']['accuracy']:.1%}   areas {card['areas']}")
+            m, r = card["metrics"], card["metrics"]["pgd_linf"]
+            print(f"  {name:<16} test top-1 {m['test_top1']:.1%}, Linf PGD-{r['steps']} at {r['eps_255']:g}/255 "
+                  f"{r['accuracy']:.1%} (foolbox {r['foolbox']:.1%}){', stochastic' if m.get('stochastic') else ''}")
         print("CORnet (architecture in phosphene; weights from a local file via --weights):")
         for name in CORNETS:
             print(f"  {name}")
@@ -65,12 +65,15 @@ def _images(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from .training import train
+    from .training import remeasure, train
 
-    card = train(args.name, out_dir=args.out, workers=args.workers, epochs=args.epochs)
-    m = card["metrics"]
-    print(f"{card['name']}: test top-1 {m['test_top1']:.1%}, Linf PGD-{m['pgd_linf']['steps']} at "
-          f"{m['pgd_linf']['eps_255']:g}/255 {m['pgd_linf']['accuracy']:.1%}; card in {args.out}")
+    if args.card_only:
+        card = remeasure(args.name, out_dir=args.out, workers=args.workers)
+    else:
+        card = train(args.name, out_dir=args.out, workers=args.workers, epochs=args.epochs)
+    m, r = card["metrics"], card["metrics"]["pgd_linf"]
+    print(f"{card['name']}: test top-1 {m['test_top1']:.1%}, Linf PGD-{r['steps']} at {r['eps_255']:g}/255 "
+          f"{r['accuracy']:.1%} (foolbox {r['foolbox']:.1%}); card in {args.out}")
 
 
 def _readout_path(name: str) -> str:
@@ -211,6 +214,32 @@ def _attack(args: argparse.Namespace) -> None:
     print(f"adversarial images, attack.json, sheet.png in {args.out}")
 
 
+def _robustness(args: argparse.Namespace) -> None:
+    import attacks
+    from attacks.robustness import image_folder
+
+    from .errors import ConfigError
+    from .models import load_model
+
+    names = [m.strip() for m in args.models.split(",") if m.strip()]
+    weights = {}
+    for item in args.weights:
+        model, sep, path = item.partition("=")
+        if not sep or model not in names:
+            raise ConfigError(f"--weights takes MODEL=PATH for one of --models ({', '.join(names)}), got {item!r}")
+        weights[model] = path
+    models = {n: load_model(n, weights=weights.get(n)) for n in names}  # unknown names fail before any work
+    data = image_folder(args.data, limit=args.per_class) if args.data else None
+    table = attacks.robustness_table(models, data, linf=args.linf, l2=args.l2, steps=args.steps, eot=args.eot,
+                                     corruptions=args.corruptions,
+                                     severities=[int(s) for s in args.severities.split(",")], n=args.n,
+                                     seed=args.seed, workers=args.workers)
+    paths = table.save(args.out)
+    print(table.markdown())
+    print(f"{len(names)} model(s) in {table.settings['seconds']:.0f} s; "
+          f"{', '.join(p.name for p in paths.values())} in {args.out}")
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser of the ``phosphene`` command."""
     from .data import CONTROLS, SPLITS, VARIATION
@@ -243,6 +272,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default=str(WEIGHTS_DIR), help="where to write NAME.pt and its card")
     t.add_argument("--epochs", type=int, help="override the recipe's epoch count")
     t.add_argument("--workers", type=int, default=2)
+    t.add_argument("--card-only", action="store_true",
+                   help="re-measure the card of the weights in --out without training")
     t.set_defaults(func=_train)
 
     s = sub.add_parser("synth", help="synthesize images that drive a neural state",
@@ -311,6 +342,29 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--readout", action="append", default=[], help="attach a saved readout (name or path)")
     a.add_argument("--out", required=True, help="output folder: adversarial PNGs with metadata, attack.json, sheet")
     a.set_defaults(func=_attack)
+
+    rb = sub.add_parser("robustness", help="clean / white-box / corruption / mean accuracy of models (VOneNet table)",
+                        description="White-box: attacks.pgd at each --linf and --l2 budget (EOT for stochastic models). "
+                                    "Corruptions: the ImageNet-C families (imagecorruptions) at 5 severities.  Writes "
+                                    "robustness.csv (one row per model), conditions.csv, robustness.md, "
+                                    "robustness.png and robustness.json to --out.")
+    rb.add_argument("--models", default="toy-standard,toy-robust,toy-vone", help="comma-separated zoo names")
+    rb.add_argument("--weights", action="append", default=[], help="MODEL=PATH: weights for a zoo architecture")
+    rb.add_argument("--data", help="ImageFolder directory: one sub-folder per category, named as the model's classes "
+                                   "(default: the embedded test split)")
+    rb.add_argument("--per-class", type=int, help="with --data: at most this many images per sub-folder")
+    rb.add_argument("--n", type=int, default=256, help="embedded test images when no --data (default 256)")
+    rb.add_argument("--linf", default="1/1020,1/255,4/255", help="L-inf budgets (default VOneNet's 1/1020,1/255,4/255)")
+    rb.add_argument("--l2", help="L2 budgets (default VOneNet's 0.15,0.6,2.4 scaled by input size/224)")
+    rb.add_argument("--steps", type=int, default=20, help="PGD steps (default 20)")
+    rb.add_argument("--eot", type=int, default=8, help="noise draws per step and verdict for stochastic models")
+    rb.add_argument("--corruptions", default="common",
+                    help="common (ImageNet-C's 15), all (19), a family (noise, blur, weather, digital) or a name")
+    rb.add_argument("--severities", default="1,2,3,4,5")
+    rb.add_argument("--seed", type=int, default=0)
+    rb.add_argument("--workers", type=int, default=2, help="processes that make the corrupted images")
+    rb.add_argument("--out", required=True, help="output folder")
+    rb.set_defaults(func=_robustness)
 
     b = sub.add_parser("batch", help="run an experiment file of synthesis jobs (rerun to resume)")
     b.add_argument("experiment", help="experiment .toml (see examples/*.toml)")

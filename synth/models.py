@@ -1,4 +1,5 @@
-"""``load_model``: the model zoo (embedded toys, torchvision, CORnet, MadryLab checkpoints, any nn.Module).
+"""``load_model``: the model zoo (embedded toys, torchvision, CORnet, VOneNet and MadryLab checkpoints, any
+nn.Module).
 
 Everything comes back as a ``ProbeModel`` in eval mode with frozen weights on the chosen device.  Nothing is
 ever downloaded: torchvision weight names resolve to torch's hub cache, and a missing file is an error that
@@ -24,10 +25,13 @@ from .errors import CheckpointError, UnknownNameError
 from .files import sha256
 from .probe import ProbeModel
 from .ventral import VentralNet
+from .vone import MEAN as VONE_MEAN, STD as VONE_STD, VONENET_AREAS, VOneVentralNet, is_vonenet, vonenet, \
+    vonenet_tensors
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CORNETS = {"cornet_z": cornet_z, "cornet_s": cornet_s}
+VONENETS = ("vonenet_resnet50", "vonenet_alexnet", "vonenet_cornets")  # dicarlolab/vonenet layouts
 
 # Brain-Score's published region commitments for torchvision ImageNet models (brain-score/vision,
 # brainscore_vision/models/<model>/region_layer_map/*.json; behaviour = the model's last listed layer).
@@ -80,7 +84,7 @@ def torchvision_models() -> tuple[str, ...]:
 
 def available_models() -> list[str]:
     """Every name ``load_model`` accepts (besides file paths and modules)."""
-    return [*embedded_models(), *CORNETS, *torchvision_models()]
+    return [*embedded_models(), *CORNETS, *VONENETS, *torchvision_models()]
 
 
 def load_model(model: str | os.PathLike | nn.Module, weights: str | os.PathLike | None = None,
@@ -105,6 +109,8 @@ def load_model(model: str | os.PathLike | nn.Module, weights: str | os.PathLike 
             probe = _embedded(Path(key), weights)
         elif canon in CORNETS:
             probe = _cornet(canon, weights)
+        elif canon in VONENETS:
+            probe = _vonenet(canon.removeprefix("vonenet_"), weights)
         elif canon in torchvision_models():
             probe = _torchvision(canon, weights)
         elif Path(key).is_file():
@@ -134,12 +140,25 @@ def _wrap(net: nn.Module, name, classes, mean, std, areas) -> ProbeModel:
                       areas=areas, info={"family": "module", "weights": "as passed"})
 
 
+EMBEDDED_FAMILIES = ("ventralnet", "vone")
+
+
+def embedded_net(arch: Mapping) -> tuple[nn.Module, tuple[float, ...], tuple[float, ...]]:
+    """The untrained network an embedded card's ``architecture`` describes, with its input mean and std."""
+    family = arch.get("family")
+    if family == "vone":
+        return VOneVentralNet(arch["n_classes"], tuple(arch["widths"]), arch.get("vone")), VONE_MEAN, VONE_STD
+    if family == "ventralnet":
+        return VentralNet(arch["n_classes"], tuple(arch["widths"])), IMAGENET_MEAN, IMAGENET_STD
+    raise UnknownNameError("embedded architecture family", str(family), EMBEDDED_FAMILIES)
+
+
 def _embedded(card_path: Path, weights: str | os.PathLike | None) -> ProbeModel:
     card = json.loads(card_path.read_text())
     arch = card["architecture"]
-    if arch.get("family") != "ventralnet":
+    if arch.get("family") not in EMBEDDED_FAMILIES:
         raise CheckpointError(f"{card_path}: unknown architecture family {arch.get('family')!r}")
-    net = VentralNet(arch["n_classes"], tuple(arch["widths"]))
+    net, _, _ = embedded_net(arch)
     path = Path(weights) if weights is not None else card_path.parent / card["weights"]
     checkpoints.load_into(net, checkpoints.state_dict(checkpoints.read(path)), source=str(path))
     digest = sha256(path)
@@ -188,6 +207,39 @@ def _torchvision(name: str, weights: str | os.PathLike | None) -> ProbeModel:
                       input_size=meta_weights.transforms().crop_size[0], info=info)
 
 
+def _vonenet(arch: str | None, weights: str | os.PathLike | None, raw: Mapping | None = None) -> ProbeModel:
+    """A VOneNet (VOneBlock, bottleneck, back-end) from a dicarlolab/vonenet checkpoint, its hyper-parameters
+    read from the checkpoint's ``flags`` (or its tensor shapes), or with random back-end weights."""
+    flags: dict = {}
+    tensors = None
+    if weights is not None:
+        raw = raw if raw is not None else checkpoints.read(weights)
+        if not is_vonenet(raw):
+            raise CheckpointError(f"{weights} holds no VOneBlock (no vone_block.simple_conv_q0 tensors); "
+                                  "is it a VOneNet checkpoint?")
+        tensors = vonenet_tensors(raw)
+        flags = dict(raw["flags"]) if isinstance(raw.get("flags"), Mapping) else {}
+        gabor = tensors["vone_block.simple_conv_q0.weight"]
+        flags.setdefault("simple_channels", gabor.shape[0] // 2)
+        flags.setdefault("complex_channels", gabor.shape[0] - gabor.shape[0] // 2)
+        flags.setdefault("ksize", gabor.shape[-1])
+        inferred = next((b for key, b in (("model.layer1.", "resnet50"), ("model.features.", "alexnet"),
+                                          ("model.V2.", "cornets")) if any(k.startswith(key) for k in tensors)), None)
+        stated = str(flags.get("arch", "")).replace("_", "").lower() or None
+        arch = arch or inferred or stated
+        if arch is None:
+            raise CheckpointError(f"cannot tell which VOneNet back-end {weights} holds; name it: "
+                                  f"load_model('vonenet_resnet50', weights='{weights}')")
+    net, back_end = vonenet(arch, flags)
+    info = {"family": "vonenet", "weights": "random init", "flags": {k: v for k, v in flags.items()
+                                                                      if isinstance(v, (str, int, float, bool))}}
+    if tensors is not None:
+        checkpoints.load_into(net, tensors, source=str(weights))
+        info.update(weights=str(weights), sha256=sha256(weights))
+    return ProbeModel(net, name=f"vonenet_{back_end}", classes=imagenet_classes(), mean=VONE_MEAN, std=VONE_STD,
+                      areas=VONENET_AREAS[back_end], input_size=224, info=info)
+
+
 def _weights_file(enum, weights: str) -> Path:
     """A local weights file, or the hub-cache file of a torchvision weights name; never a download."""
     if Path(weights).is_file():
@@ -231,6 +283,8 @@ def _from_checkpoint_file(path: Path) -> ProbeModel:
     arch = raw.get("arch")
     if isinstance(arch, str) and arch.lower().replace("-", "_") in CORNETS:
         return _cornet(arch.lower().replace("-", "_"), path)
+    if is_vonenet(raw):
+        return _vonenet(None, path, raw)
     madry = _madry_parts(raw)
     tensors = madry[0] if madry else checkpoints.state_dict(raw)
     name = _match_architecture(tensors)

@@ -15,12 +15,14 @@ from torchvision.models.feature_extraction import create_feature_extractor, get_
 
 from .errors import ConfigError, ImageError, UnknownNameError
 from .ventral import Identity
+from .vone import GaborBank
 
 AREA_NAMES: tuple[str, ...] = ("V1", "V2", "V4", "IT", "behavior")
 # Layers every model has: the [0,1] pixels it is shown and the network's output (class scores).
 INPUT, LOGITS = "input", "logits"
-# Named no-op modules that mark an area's output: kept as nodes so that 'V1.output' (CORnet's name) exists.
-_TRACER = {"leaf_modules": [Identity]}
+# Named no-op modules that mark an area's output: kept as nodes so that 'V1.output' (CORnet's name) exists;
+# VOneNet's Gabor banks run eagerly (their colour grouping is planned from the weights).
+_TRACER = {"leaf_modules": [Identity, GaborBank]}
 
 
 class _Stop(Exception):
