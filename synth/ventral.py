@@ -30,6 +30,16 @@ class Area(nn.Sequential):
         ]))
 
 
+def init_weights(net: nn.Module) -> None:
+    """He-initialized convolutions and a small-normal linear read-out, as VentralNet trains from."""
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0, 0.01)
+            nn.init.zeros_(m.bias)
+
+
 class VentralNet(nn.Sequential):
     """V1 → V2 → V4 → IT → decoder over ``n_classes`` categories; expects normalized input."""
 
@@ -47,12 +57,7 @@ class VentralNet(nn.Sequential):
                 ("output", Identity()),
             ]))),
         ]))
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_weights(self)
 
 
 # Layers that stand for each brain area; ``behavior`` is the pooled feature vector the decoder reads.

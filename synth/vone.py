@@ -23,7 +23,7 @@ from torch import nn
 
 from .cornet import CORblockS, _decoder
 from .errors import CheckpointError
-from .ventral import Area, Identity
+from .ventral import Area, Identity, init_weights
 
 # VOneNet's defaults (vonenet/vonenet.py): neuronal noise, its scale and level, and the excitation gain.
 NOISE_SCALE, NOISE_LEVEL, K_EXC = 0.35, 0.07, 25.0
@@ -186,12 +186,7 @@ class VOneVentralNet(nn.Sequential):
             ("IT", Area(w4, wit)),
             ("decoder", _decoder(wit, n_classes)),
         ]))
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_weights(self)
 
 
 # ------------------------------------------------------------------------------------------ published VOneNets
