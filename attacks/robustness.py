@@ -358,6 +358,10 @@ def robustness_table(models: Sequence[str | ProbeModel] | Mapping[str, ProbeMode
         raise ConfigError("no models to evaluate")
     probes = {k: m if isinstance(m, ProbeModel) else load_model(m) for k, m in named.items()}
     linf_eps, notes = read_budgets("linf", linf)
+    l2_given = None
+    if l2 is not None:
+        l2_given, l2_notes = read_budgets("l2", l2)
+        notes += l2_notes
     for line in notes:
         log(line)
     names = corruption_names(corruptions)
@@ -371,10 +375,7 @@ def robustness_table(models: Sequence[str | ProbeModel] | Mapping[str, ProbeMode
                 "(no class of that name)")
         size = model.input_size
         x = data.at(size)[idx]
-        l2_eps = l2_budgets(x.shape[-1]) if l2 is None else read_budgets("l2", l2)[0]
-        if l2 is not None and key == next(iter(probes)):
-            for line in read_budgets("l2", l2)[1]:
-                log(line)
+        l2_eps = l2_budgets(x.shape[-1]) if l2_given is None else l2_given
         draws = eot if model.stochastic else 1
         if draws > 1:
             stochastic.append(key)

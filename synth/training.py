@@ -76,17 +76,13 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
-
 def build(recipe: Recipe) -> ProbeModel:
-    """An untrained embedded model with the recipe's architecture."""
+    """An untrained embedded model with the recipe's architecture (family, widths, world)."""
     world = World(**{k: tuple(v) if isinstance(v, list) else v for k, v in recipe.world.items()})
-    return architecture(recipe.name, recipe.family, world.categories, recipe.widths, world.size)
-
-
-def architecture(name: str, family: str, classes, widths, input_size: int) -> ProbeModel:
-    """An embedded network of a family ('ventralnet' or 'vone'), wrapped with its normalization and areas."""
-    net, mean, std = embedded_net({"family": family, "n_classes": len(classes), "widths": list(widths)})
-    return ProbeModel(net, name=name, classes=classes, mean=mean, std=std, areas=AREAS, input_size=input_size)
+    net, mean, std = embedded_net({"family": recipe.family, "n_classes": len(world.categories),
+                                   "widths": list(recipe.widths)})
+    return ProbeModel(net, name=recipe.name, classes=world.categories, mean=mean, std=std, areas=AREAS,
+                      input_size=world.size)
 
 
 class MeanOverDraws(nn.Module):
