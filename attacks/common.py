@@ -111,7 +111,9 @@ def attack_round(model: ProbeModel, x: torch.Tensor, y: torch.Tensor, target: to
                  random_start: bool = True) -> Result:
     """One engine run: image i attacked inside its own ball ``eps[i]`` from ``start`` (warm), a random start, or
     the clean image (``random_start=False``), stopping as soon as it succeeds (or using every step, without
-    ``early_stop``); ``success`` is checked on the returned images either way."""
+    ``early_stop`` or on a stochastic model, whose verdict at the boundary is a coin flip); ``success`` is checked
+    on the returned images either way.  Over ``eot`` draws the loss is that of the mean logits."""
+    early_stop = early_stop and not model.stochastic
     p = check_norm(norm)
     if step == "apgd":
         rule, lr = ("apgd" if p == math.inf else "apgd-l2"), 2 * eps
@@ -122,7 +124,8 @@ def attack_round(model: ProbeModel, x: torch.Tensor, y: torch.Tensor, target: to
     res = optimize(model, objective(loss, y, target), Pixels(start if start is not None else x),
                    constraints=[LpBall(x, eps, p), Box()], step=rule, lr=lr, steps=steps,
                    stop=criterion(y, target) if early_stop else None, random_start=start is None and random_start,
-                   eot=eot, seed=seed, progress=progress, metadata={"attack_round": True})
+                   eot=eot, eot_average="activations", seed=seed, progress=progress,
+                   metadata={"attack_round": True})
     if not early_stop:
         res.success = success_of(logits(model, res.images, eot), y, target).cpu()
     return res
@@ -134,7 +137,8 @@ def logits(model: ProbeModel, x: torch.Tensor, eot: int = 1, batch_size: int = 5
     out = []
     for i in range(0, x.shape[0], batch_size):
         chunk = x[i:i + batch_size].to(model.device)
-        out.append(torch.stack([model(chunk) for _ in range(eot)]).mean(0))
+        z = model.activations(chunk, "logits", check=False, draws=eot)["logits"]
+        out.append(z.view(eot, chunk.shape[0], -1).mean(0))
     return torch.cat(out)
 
 

@@ -57,8 +57,10 @@ def pgd(model: ProbeModel, images: torch.Tensor, labels: LabelsLike | None = Non
     ``step_size`` × ε, default 2.5/steps);
     ``warm_steps``: steps of the later rounds of a sweep, which start from an earlier iterate (default half of
     ``steps``); ``random_start=False`` starts from the clean images (restarts stay random); ``eot``: forward passes
-    averaged per step, for stochastic models; ``early_stop=False`` spends every step on every image (perturbations
-    that use their whole budget, e.g. to transfer to other models);
+    per step for stochastic models, the loss taken on their mean logits (what the verdict reads);
+    ``early_stop=False`` spends every step on every image (perturbations that use their whole budget, e.g. to
+    transfer to other models); a stochastic model never stops early, since an image stopped where the mean of one
+    step's draws first crossed the boundary is adversarial under fresh draws about half the time;
     ``batch_size``: images per engine batch.
     """
     if batch_size is not None and batch_size < 1:
@@ -126,7 +128,8 @@ def pgd(model: ProbeModel, images: torch.Tensor, labels: LabelsLike | None = Non
     result.metadata.update({
         "attack": f"pgd-{norm}", "step_rule": "Auto-PGD" if step == "apgd" else "fixed", "steps": steps,
         "warm_steps": warm_steps, "step_size": f"{rel:g}*eps" if step == "pgd" else "2*eps, halved (APGD)",
-        "restarts": restarts, "loss": loss, "random_start": random_start, "early_stop": early_stop, "eot": eot,
+        "restarts": restarts, "loss": loss, "random_start": random_start,
+        "early_stop": early_stop and not model.stochastic, "eot": eot,
         "seed": seed, "rounds": rounds,
         "gradients": sum(r.metadata["evaluations"] for r in runs) + (n * eot if k > 1 else 0),
         "seconds": round(time.perf_counter() - t0, 3)})
@@ -141,7 +144,8 @@ def first_order_distance(model: ProbeModel, x: torch.Tensor, y: torch.Tensor, tg
     margin = Margin("logits", target=tgt) if tgt is not None else Margin("logits", y=y)
     xx = x.detach().clone().requires_grad_(True)
     with torch.enable_grad():
-        m = torch.stack([margin.score({"logits": model(xx)}) for _ in range(eot)]).mean(0)
+        z = model.activations(xx, "logits", check=False, draws=eot)["logits"]
+        m = margin.score({"logits": z.view(eot, xx.shape[0], -1).mean(0)})  # the margin of the mean logits
         grad, = torch.autograd.grad(m.sum(), xx)
     g = grad.flatten(1)
     dual = g.abs().sum(1) if check_norm(norm) == math.inf else g.norm(dim=1)
@@ -152,10 +156,14 @@ def attack_with_restarts(model: ProbeModel, x: torch.Tensor, y: torch.Tensor, tg
                          group: torch.Tensor, eps: torch.Tensor, start: torch.Tensor | None, *, steps: int,
                          full_steps: int, restarts: int, seed: int, **kw):
     """Attack the images ``group`` at budgets ``eps``; images still unbroken get ``restarts - 1`` further random
-    starts.  Returns success, the successful images, the best iterates and the engine results."""
+    starts.  Returns success, the successful images, the best iterates and the engine results.  For a stochastic
+    model the "best" iterate is the last: one picked by its score on a step's noise draws is a lucky draw, and
+    judging it again (after the last iterate was judged) would count a borderline image twice."""
+    noisy = model.stochastic
     res = attack_round(model, x[group], y[group], tgt[group] if tgt is not None else None, eps, start, steps=steps,
                        seed=seed, **kw)
-    ok, images, best = res.success.to(x.device), res.images.to(x.device), res.best.to(x.device)
+    ok, images = res.success.to(x.device), res.images.to(x.device)
+    best = (res.images if noisy else res.best).to(x.device).clone()
     runs = [res]
     for r in range(1, restarts):
         failed = torch.nonzero(~ok)[:, 0]
@@ -168,8 +176,11 @@ def attack_with_restarts(model: ProbeModel, x: torch.Tensor, y: torch.Tensor, tg
         won = again.success.to(x.device)
         ok[failed[won]] = True
         images[failed[won]] = again.images.to(x.device)[won]
-        better = ~won & (again.best_scores.to(x.device) > res.best_scores.to(x.device)[failed])
-        best[failed[better]] = again.best.to(x.device)[better]
+        if noisy:
+            best[failed[~won]] = again.images.to(x.device)[~won]
+        else:
+            better = ~won & (again.best_scores.to(x.device) > res.best_scores.to(x.device)[failed])
+            best[failed[better]] = again.best.to(x.device)[better]
     return ok, images, best, runs
 
 

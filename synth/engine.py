@@ -260,33 +260,42 @@ def _draws(acts: dict[str, torch.Tensor], eot: int) -> list[dict[str, torch.Tens
 
 
 def _evaluate(model: ProbeModel, objective: Objective, x: torch.Tensor, layers: tuple[str, ...], eot: int,
-              transforms: Sequence[Transform], gen: torch.Generator,
-              mean: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Scores of images ``x``, each averaged over ``eot`` draws of the transforms (and of the model's own noise):
-    every draw is scored on its own, so per-image objectives see one copy of each image.  Also returns the
-    activations averaged over draws when ``mean`` (for stopping criteria), else those of the first draw."""
-    seen = x if eot == 1 and not transforms else \
-        torch.cat([apply_transforms(transforms, x, gen) for _ in range(eot)])
-    acts = model.activations(seen, layers, check=False)
+              transforms: Sequence[Transform], gen: torch.Generator, mean: bool = True,
+              average: str = "scores") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Scores of images ``x`` over ``eot`` draws of the transforms (and of the model's own noise): with
+    ``average='scores'`` every draw is scored on its own (per-image objectives see one copy of each image) and the
+    scores averaged; with ``'activations'`` the objective scores the activations averaged over draws (the mean
+    logits a stochastic model's verdict reads).  Also returns the activations averaged over draws when ``mean``
+    (for stopping criteria), else those of the first draw."""
+    if transforms:
+        acts = model.activations(torch.cat([apply_transforms(transforms, x, gen) for _ in range(eot)]), layers,
+                                 check=False)
+    else:  # the same images drawn eot times: a model with a Draws site runs its noise-free layers once
+        acts = model.activations(x, layers, check=False, draws=eot)
+    if eot == 1:
+        return objective(acts), acts
+    mean_acts = {k: v.view(eot, -1, *v.shape[1:]).mean(0) for k, v in acts.items()}
+    if average == "activations":
+        return objective(mean_acts), mean_acts
     draws = _draws(acts, eot)
     scores = torch.stack([objective(d) for d in draws]).mean(0)
-    mean_acts = draws[0] if eot == 1 or not mean else \
-        {k: v.view(eot, -1, *v.shape[1:]).mean(0) for k, v in acts.items()}
-    return scores, mean_acts
+    return scores, (mean_acts if mean else draws[0])
 
 
 def optimize(model: ProbeModel, objective: Objective | str, param: Parametrization, *,
              constraints: Sequence[Constraint] = (Box(),), step: str | GradientFree = "adam",
              lr: float | torch.Tensor = 0.05, lr_schedule: str = "constant", steps: int = 256,
-             transforms: Sequence[Transform] = (), eot: int = 1, target: float | None = None,
-             stop: Criterion | None = None, random_start: bool = False, seed: int = 0, relu_override: int = 0,
-             progress: bool = True, metadata: dict | None = None) -> Result:
+             transforms: Sequence[Transform] = (), eot: int = 1, eot_average: str = "scores",
+             target: float | None = None, stop: Criterion | None = None, random_start: bool = False,
+             seed: int = 0, relu_override: int = 0, progress: bool = True, metadata: dict | None = None) -> Result:
     """Maximize ``objective`` over the images of ``param``; the single loop behind synthesis, attacks, metamers.
 
     ``constraints`` apply in the forward pass and project pixel parameters after each step (a projecting
     constraint on a parametrization without pixels is refused); ``random_start`` starts each image at a uniform
     point of its Lp ball, and every start is projected before the first forward pass.  ``transforms`` (and a
-    stochastic model's noise) are drawn ``eot`` times per step, each draw scored, the scores averaged.  ``lr`` may
+    stochastic model's noise) are drawn ``eot`` times per step, each draw scored and the scores averaged
+    (``eot_average='scores'``), or the objective scores the activations averaged over draws (``'activations'``:
+    an attack on the mean logits a noisy model's verdict reads).  ``lr`` may
     be one step size per image.  An image stops once its score reaches ``target`` or it meets the ``stop``
     criterion: it keeps the image that did, and leaves the batch, so it costs no more compute.  The returned
     images are projected once more and checked: ``Result.success`` is the criterion on them, ``Result.distance``
@@ -296,6 +305,8 @@ def optimize(model: ProbeModel, objective: Objective | str, param: Parametrizati
     objective = parse(objective).resolve(model)
     if steps < 0 or eot < 1:
         raise ConfigError(f"steps must be >= 0 and eot >= 1, got steps={steps}, eot={eot}")
+    if eot_average not in ("scores", "activations"):
+        raise UnknownNameError("EOT average", eot_average, ("scores", "activations"))
     rule = combine(target, stop)
     rule = rule.resolve(model) if rule is not None else None
     model.eval()
@@ -350,7 +361,8 @@ def optimize(model: ProbeModel, objective: Objective | str, param: Parametrizati
             with torch.set_grad_enabled(not gradient_free):
                 x = render(param, constraints)
                 xa = x if len(active) == n else x[active]
-                scores, acts = _evaluate(model, obj, xa, layers, eot, transforms, gen, mean=crit is not None)
+                scores, acts = _evaluate(model, obj, xa, layers, eot, transforms, gen, mean=crit is not None,
+                                         average=eot_average)
                 if not gradient_free:
                     opt.zero_grad(set_to_none=True)
                     (-scores.sum()).backward()
@@ -397,7 +409,8 @@ def optimize(model: ProbeModel, objective: Objective | str, param: Parametrizati
         final = render(param, constraints).clone()
         final[done] = frozen[done]
         project_(final)  # the safety net: whatever the step rule did, the returned images are feasible
-        final_scores, final_acts = _evaluate(model, objective, final, layers, eot, transforms, gen)
+        final_scores, final_acts = _evaluate(model, objective, final, layers, eot, transforms, gen,
+                                             average=eot_average)
         success = rule(final_scores, final_acts) if rule is not None else None
         better = final_scores > best_scores
         best[better], best_scores[better] = final[better], final_scores[better]
@@ -407,6 +420,7 @@ def optimize(model: ProbeModel, objective: Objective | str, param: Parametrizati
         "model": model.name, "weights_sha256": model.info.get("sha256", model.info.get("weights", "")),
         "layers": list(layers), "objective": str(objective), "parametrization": str(param),
         "constraints": [str(c) for c in constraints], "transforms": describe(transforms), "eot": eot,
+        "eot_average": eot_average,
         "step_rule": step if isinstance(step, str) else str(step),
         "lr": lr if not isinstance(lr, torch.Tensor) else "per image", "lr_schedule": lr_schedule,
         "steps": steps, "steps_run": steps_run, "target": target, "stop": str(stop) if stop is not None else None,

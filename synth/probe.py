@@ -15,14 +15,14 @@ from torchvision.models.feature_extraction import create_feature_extractor, get_
 
 from .errors import ConfigError, ImageError, UnknownNameError
 from .ventral import Identity
-from .vone import GaborBank
+from .vone import Draws, GaborBank
 
 AREA_NAMES: tuple[str, ...] = ("V1", "V2", "V4", "IT", "behavior")
 # Layers every model has: the [0,1] pixels it is shown and the network's output (class scores).
 INPUT, LOGITS = "input", "logits"
 # Named no-op modules that mark an area's output: kept as nodes so that 'V1.output' (CORnet's name) exists;
 # VOneNet's Gabor banks run eagerly (their colour grouping is planned from the weights).
-_TRACER = {"leaf_modules": [Identity, GaborBank]}
+_TRACER = {"leaf_modules": [Identity, GaborBank, Draws]}
 
 
 class _Stop(Exception):
@@ -124,31 +124,56 @@ class ProbeModel(nn.Module):
         raise UnknownNameError(f"layer of model {self.name!r}", name, [*self.areas, *self.layers])
 
     # ---------------------------------------------------------------------------------------------- activations
-    def activations(self, x: torch.Tensor, layers: str | Iterable[str], check: bool = True) -> dict[str, torch.Tensor]:
+    def activations(self, x: torch.Tensor, layers: str | Iterable[str], check: bool = True,
+                    draws: int = 1) -> dict[str, torch.Tensor]:
         """Responses of the requested layers (names, areas, readouts, 'input', 'logits') to [0,1] images,
         computing nothing past the deepest.  ``check=False`` skips the input validation (for inner loops that
-        validated once)."""
+        validated once).  ``draws=k`` returns k noise draws of each image, stacked as ``torch.cat([x] * k)`` would
+        be; a network whose noise begins at a ``Draws`` module (VOneNet's V1) runs the layers before it once."""
         if check:
             check_images(x)
         names = [layers] if isinstance(layers, str) else list(layers)
         if not names:
             raise UnknownNameError(f"layer of model {self.name!r}", "", self.layers)
+        if draws < 1:
+            raise ConfigError(f"draws must be >= 1, got {draws}")
         resolved = {n: self.layer(n) for n in names}
         wanted = tuple(dict.fromkeys(resolved.values()))
         targets = tuple(dict.fromkeys(self.readouts[t].layer if t in self.readouts else t for t in wanted
                                       if t not in (INPUT, LOGITS)))
+        site = self._draw_site() if draws > 1 else None
+        if draws > 1 and site is None:
+            x = x.repeat(draws, 1, 1, 1)
         xp = self.preprocess(x)
-        if LOGITS in wanted:
-            out = self._full(xp, targets)
-        elif not targets:
-            out = {}
-        else:
-            out = self._traced(xp, targets) if self._traceable else self._hooked(xp, targets)
+        if site is not None:
+            site.copies = draws
+        try:
+            if LOGITS in wanted:
+                out = self._full(xp, targets)
+            elif not targets:
+                out = {}
+            else:
+                out = self._traced(xp, targets) if self._traceable else self._hooked(xp, targets)
+        finally:
+            if site is not None:
+                site.copies = 1
         out[INPUT] = x
+        if site is not None:  # layers before the noise saw each image once: their k draws are identical
+            n = x.shape[0]
+            out = {k: v.repeat(draws, *([1] * (v.dim() - 1))) if v.shape[0] == n else v for k, v in out.items()}
         for t in wanted:
             if t in self.readouts:
                 out[t] = self.readouts[t](out[self.readouts[t].layer])
         return {n: out[r] for n, r in resolved.items()}
+
+    def _draw_site(self) -> Draws | None:
+        """The network's ``Draws`` module when the network's noise all lies past it: it sits in the first layer
+        of the forward pass, and there is one."""
+        found = [(name, m) for name, m in self.net.named_modules() if isinstance(m, Draws)]
+        first = self.layers[1] if len(self.layers) > 2 else ""
+        if len(found) == 1 and first and found[0][0].startswith(first + "."):
+            return found[0][1]
+        return None
 
     def _full(self, x: torch.Tensor, targets: tuple[str, ...]) -> dict[str, torch.Tensor]:
         """The whole forward pass to the logits, keeping the requested inner layers on the way."""

@@ -113,6 +113,18 @@ class GaborBank(nn.Module):
         return torch.cat(parts, 1)[:, inverse]
 
 
+class Draws(nn.Module):
+    """Where a network's noise begins: it passes its input on ``copies`` times, stacked along the batch, so that
+    ``ProbeModel.activations(..., draws=k)`` runs everything before it once for ``k`` noise draws."""
+
+    def __init__(self):
+        super().__init__()
+        self.copies = 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.repeat(self.copies, *([1] * (x.dim() - 1))) if self.copies > 1 else x
+
+
 class VOneBlock(nn.Module):
     """Gabor filter bank → simple / complex cells → Poisson-like noise; ``simple_channels + complex_channels``
     maps at 1/``stride`` resolution.  ``noise_mode`` is 'neuronal' (variance = rate), 'gaussian' or None."""
@@ -140,6 +152,7 @@ class VOneBlock(nn.Module):
         self.simple = nn.ReLU()
         self.complex = Identity()
         self.gabors = Identity()
+        self.draws = Draws()
         self.noise = nn.ReLU()
         self.output = Identity()
 
@@ -149,7 +162,7 @@ class VOneBlock(nn.Module):
         c0, c1 = q0[:, self.simple_channels:], q1[:, self.simple_channels:]
         # Quadrature energy; the tiny floor keeps the gradient finite where both phases are exactly zero.
         c = self.complex(torch.sqrt(c0 ** 2 + c1 ** 2 + 1e-12) / math.sqrt(2))
-        x = self.gabors(self.k_exc * torch.cat((s, c), 1))
+        x = self.draws(self.gabors(self.k_exc * torch.cat((s, c), 1)))
         if self.noise_mode == "neuronal":  # rates in spikes per 25 ms bin: variance equals the mean
             rate = x * self.noise_scale + self.noise_level
             rate = rate + torch.randn_like(rate) * torch.sqrt(F.relu(rate) + 1e-4)

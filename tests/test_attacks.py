@@ -204,8 +204,10 @@ def test_stochastic_models_warn_without_eot_and_average_with_it(tiny):
         attacks.pgd(noisy, x, None, 4 / 255, steps=2, progress=False)
     with warnings.catch_warnings():
         warnings.simplefilter("error", attacks.StochasticModelWarning)
-        r = attacks.pgd(noisy, x, None, 4 / 255, steps=2, eot=4, progress=False)
+        r = attacks.pgd(noisy, x, None, 4 / 255, steps=3, eot=4, progress=False)
     assert r.metadata["eot"] == 4
+    # no early stop on a noisy verdict: every image spends every step on all 4 draws
+    assert r.metadata["early_stop"] is False and r.metadata["gradients"] == 4 * 3 * 4
 
 
 def test_gradient_masking_is_reported_never_ignored(toy_standard, sample):

@@ -169,6 +169,34 @@ def test_eot_scores_each_draw_then_averages(tiny):
     torch.testing.assert_close(three.scores, one.scores)  # each image compared with the others, not its copies
 
 
+def test_eot_can_score_the_mean_activations_a_noisy_verdict_reads(tiny):
+    """'activations' scores the objective of the draw-averaged activations: for a convex objective (a norm) that
+    is at most the mean of the per-draw scores (Jensen), equal to it without noise."""
+    class Noisy(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return self.net(x + 0.2 * torch.randn_like(x))
+
+    import synth
+    noisy = synth.load_model(Noisy(tiny.net), device="cpu", classes=tiny.classes, name="noisy")
+    x = torch.rand(3, 3, 32, 32, generator=_gen())
+
+    def scores(model, average, layer="net.IT"):  # the wrapper's name for tiny's IT
+        torch.manual_seed(0)  # the same noise draws for both averages
+        r = optimize(model, f"norm({layer})", Pixels(x), steps=0, eot=4, eot_average=average, progress=False)
+        assert r.metadata["eot_average"] == average
+        return r.scores
+
+    per_draw, of_mean = scores(noisy, "scores"), scores(noisy, "activations")
+    assert (of_mean < per_draw - 1e-4).all()
+    torch.testing.assert_close(scores(tiny, "activations", "IT"), scores(tiny, "scores", "IT"))
+    with pytest.raises(UnknownNameError, match="EOT average"):
+        optimize(tiny, "IT:1", Pixels(x), steps=0, eot=2, eot_average="logits", progress=False)
+
+
 def test_each_image_has_its_own_eps_and_step_size(tiny):
     x0 = torch.rand(3, 3, 32, 32, generator=_gen()).clamp(0.1, 0.9)
     eps = torch.tensor([1, 4, 8]) / 255

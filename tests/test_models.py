@@ -33,7 +33,7 @@ def test_card_targets_hold():
     cards = embedded_models()
     std, rob, vone = (cards[n]["metrics"] for n in ("toy-standard", "toy-robust", "toy-vone"))
     assert std["test_top1"] >= 0.90 and std["pgd_linf"]["accuracy"] < 0.10 and std["pgd_linf"]["foolbox"] < 0.10
-    assert rob["test_top1"] >= 0.86 and min(rob["pgd_linf"]["accuracy"], rob["pgd_linf"]["foolbox"]) >= 0.50
+    assert rob["test_top1"] >= 0.85 and min(rob["pgd_linf"]["accuracy"], rob["pgd_linf"]["foolbox"]) >= 0.55
     assert rob["pgd_linf"]["eps_255"] == std["pgd_linf"]["eps_255"] == vone["pgd_linf"]["eps_255"] == 4
     # The V1 front-end sits between the two under white-box attack, by either attack.
     for key in ("accuracy", "foolbox"):

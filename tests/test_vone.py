@@ -89,3 +89,36 @@ def test_toy_vone_is_a_stochastic_v1_model_with_its_card(test_sample):
         acc = float((model(x).argmax(1).numpy() == test_sample.labels).mean())
     claimed = card["metrics"]["test_top1"]
     assert acc >= claimed - 3 * np.sqrt(claimed * (1 - claimed) / len(x)) - 0.01
+
+
+def test_noise_draws_share_the_gabor_pass_and_match_stacked_copies():
+    """``activations(x, draws=k)`` on a VOneNet runs the Gabor bank once and equals the pass over k stacked copies
+    under the same noise (values and input gradients); a model without a Draws site falls back to the copies."""
+    from synth.vone import VOneVentralNet
+
+    net = VOneVentralNet(4, widths=(8, 8, 8, 8), vone={"simple_channels": 4, "complex_channels": 4,
+                                                        "kernel_size": 7, "image_size": 32})
+    model = synth.load_model(net, device="cpu", classes=list("abcd"), name="tiny-vone",
+                             areas={"V1": "V1", "IT": "IT"})
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    calls = []
+    model.net.V1.simple_conv_q0.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+
+    def run(inputs, draws):
+        xx = inputs.clone().requires_grad_(True)
+        torch.manual_seed(0)
+        out = model.activations(xx, ["V1", "IT", "logits", "input"], draws=draws)
+        out["logits"].pow(2).sum().backward()
+        return out, xx.grad
+
+    shared, g_shared = run(x, 3)
+    copies, g_copies = run(torch.cat([x] * 3), 1)
+    assert calls == [2, 6]  # the Gabor bank saw each image once with draws=3
+    for k in copies:
+        assert shared[k].shape == copies[k].shape
+        torch.testing.assert_close(shared[k], copies[k], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(g_shared, g_copies.view(3, 2, 3, 32, 32).sum(0), rtol=1e-3, atol=1e-6)
+    assert not torch.allclose(shared["logits"][:2], shared["logits"][2:4])  # the draws differ
+    assert model.net.V1.draws.copies == 1  # reset after the pass
+    plain = synth.load_model(net.V1, device="cpu", classes=list("abcd"), name="block-only")
+    assert plain.activations(x, "logits", draws=4)["logits"].shape[0] == 8 and calls[-1] == 8  # stacked copies
