@@ -34,3 +34,20 @@ def tiny() -> synth.ProbeModel:
     net = VentralNet(8, (8, 16, 16, 32))
     return synth.load_model(net, device="cpu", name="tiny", classes=list(synth.CATEGORIES), areas=AREAS,
                             mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+
+
+class _InputNoise(torch.nn.Module):
+    """A network seen through Gaussian pixel noise: a stochastic model whose output varies between passes."""
+
+    def __init__(self, net: torch.nn.Module, sigma: float):
+        super().__init__()
+        self.net, self.sigma = net, sigma
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x + self.sigma * torch.randn_like(x))
+
+
+@pytest.fixture(scope="session")
+def noisy(tiny) -> synth.ProbeModel:
+    """``tiny`` behind input noise (σ = 0.1): for expectation over transformation (EOT); its IT is 'net.IT'."""
+    return synth.load_model(_InputNoise(tiny.net, 0.1), device="cpu", classes=tiny.classes, name="noisy")

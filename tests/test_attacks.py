@@ -188,16 +188,7 @@ def test_robust_made_perturbations_carry_to_the_standard_model(toy_standard, toy
     assert "| robust | " in text and f"{run['rates']['robust']['standard']:.2f}" in text
 
 
-def test_stochastic_models_warn_without_eot_and_average_with_it(tiny):
-    class Noisy(nn.Module):
-        def __init__(self, net):
-            super().__init__()
-            self.net = net
-
-        def forward(self, x):
-            return self.net(x + 0.05 * torch.randn_like(x))
-
-    noisy = synth.load_model(Noisy(tiny.net), device="cpu", classes=tiny.classes, name="noisy")
+def test_stochastic_models_warn_without_eot_and_average_with_it(tiny, noisy):
     assert noisy.stochastic and not tiny.stochastic
     x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with pytest.warns(attacks.StochasticModelWarning, match="eot"):

@@ -169,19 +169,9 @@ def test_eot_scores_each_draw_then_averages(tiny):
     torch.testing.assert_close(three.scores, one.scores)  # each image compared with the others, not its copies
 
 
-def test_eot_can_score_the_mean_activations_a_noisy_verdict_reads(tiny):
+def test_eot_can_score_the_mean_activations_a_noisy_verdict_reads(tiny, noisy):
     """'activations' scores the objective of the draw-averaged activations: for a convex objective (a norm) that
     is at most the mean of the per-draw scores (Jensen), equal to it without noise."""
-    class Noisy(torch.nn.Module):
-        def __init__(self, net):
-            super().__init__()
-            self.net = net
-
-        def forward(self, x):
-            return self.net(x + 0.2 * torch.randn_like(x))
-
-    import synth
-    noisy = synth.load_model(Noisy(tiny.net), device="cpu", classes=tiny.classes, name="noisy")
     x = torch.rand(3, 3, 32, 32, generator=_gen())
 
     def scores(model, average, layer="net.IT"):  # the wrapper's name for tiny's IT
