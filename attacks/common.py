@@ -137,9 +137,14 @@ def logits(model: ProbeModel, x: torch.Tensor, eot: int = 1, batch_size: int = 5
     out = []
     for i in range(0, x.shape[0], batch_size):
         chunk = x[i:i + batch_size].to(model.device)
-        z = model.activations(chunk, "logits", check=False, draws=eot)["logits"]
-        out.append(z.view(eot, chunk.shape[0], -1).mean(0))
+        out.append(mean_logits(model, chunk, eot))
     return torch.cat(out)
+
+
+def mean_logits(model: ProbeModel, x: torch.Tensor, eot: int = 1) -> torch.Tensor:
+    """The mean of a model's class scores over ``eot`` noise draws of each image (differentiable)."""
+    z = model.activations(x, "logits", check=False, draws=eot)["logits"]
+    return z.view(eot, x.shape[0], -1).mean(0)
 
 
 def success_of(z: torch.Tensor, labels: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:

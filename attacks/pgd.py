@@ -34,8 +34,8 @@ from synth.objectives import Margin
 from synth.probe import ProbeModel
 
 from .checks import gradient_report, monotone_report
-from .common import (Budget, LabelsLike, attack_round, check_norm, inputs, logits, objective, parse_eps,
-                     success_of, warn_if_stochastic)
+from .common import (Budget, LabelsLike, attack_round, check_norm, inputs, logits, mean_logits, objective,
+                     parse_eps, success_of, warn_if_stochastic)
 from .result import AttackResult, distances
 
 # Madry et al. (2018) use a step of 2.5·ε/steps, so that a walk from the ball's edge reaches the other side.
@@ -144,8 +144,7 @@ def first_order_distance(model: ProbeModel, x: torch.Tensor, y: torch.Tensor, tg
     margin = Margin("logits", target=tgt) if tgt is not None else Margin("logits", y=y)
     xx = x.detach().clone().requires_grad_(True)
     with torch.enable_grad():
-        z = model.activations(xx, "logits", check=False, draws=eot)["logits"]
-        m = margin.score({"logits": z.view(eot, xx.shape[0], -1).mean(0)})  # the margin of the mean logits
+        m = margin.score({"logits": mean_logits(model, xx, eot)})
         grad, = torch.autograd.grad(m.sum(), xx)
     g = grad.flatten(1)
     dual = g.abs().sum(1) if check_norm(norm) == math.inf else g.norm(dim=1)

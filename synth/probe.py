@@ -49,6 +49,7 @@ class ProbeModel(nn.Module):
         self._layers: list[str] | None = None
         self._output_node: str | None = None
         self._stochastic: bool | None = None
+        self._site: tuple[Draws | None] | None = None  # the Draws site, found once
         self.areas = {}
         for area, layer in (areas or {}).items():
             if area not in AREA_NAMES:
@@ -169,11 +170,12 @@ class ProbeModel(nn.Module):
     def _draw_site(self) -> Draws | None:
         """The network's ``Draws`` module when the network's noise all lies past it: it sits in the first layer
         of the forward pass, and there is one."""
-        found = [(name, m) for name, m in self.net.named_modules() if isinstance(m, Draws)]
-        first = self.layers[1] if len(self.layers) > 2 else ""
-        if len(found) == 1 and first and found[0][0].startswith(first + "."):
-            return found[0][1]
-        return None
+        if self._site is None:
+            found = [(name, m) for name, m in self.net.named_modules() if isinstance(m, Draws)]
+            first = self.layers[1] if len(self.layers) > 2 else ""
+            ok = len(found) == 1 and first and found[0][0].startswith(first + ".")
+            self._site = (found[0][1] if ok else None,)
+        return self._site[0]
 
     def _full(self, x: torch.Tensor, targets: tuple[str, ...]) -> dict[str, torch.Tensor]:
         """The whole forward pass to the logits, keeping the requested inner layers on the way."""
