@@ -2,13 +2,16 @@
 
 The engine checks a criterion on every forward pass and on the images it returns; an image that meets it stops
 changing and stops costing compute (foolbox's criteria, plenoptic's stopping rules).  Criteria hold one value per
-image where needed and follow the batch as it shrinks (``select``); ``a | b`` is met when either is.
+image where needed and follow the batch as it shrinks (``select``); ``a | b`` is met when either is, ``a & b``
+when both are.  Besides class and score targets there are a relative-error target on a layer
+(``RelativeError``), a plateau rule (``Plateau``, which keeps per-image state that a checkpoint saves), and any
+callable ``fn(scores, acts) -> bool tensor`` (``Where``).
 """
 from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -33,8 +36,22 @@ class Criterion(ABC):
         """The criterion for the images ``index`` of the batch."""
         return self
 
+    def final(self, scores: torch.Tensor, acts: Acts) -> torch.Tensor:
+        """Which returned images meet the criterion (a stateful rule reports its state without updating it)."""
+        return self(scores, acts)
+
+    def state_dict(self) -> dict:
+        """Per-image state that a checkpoint must keep (none for most criteria)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what ``state_dict`` returned."""
+
     def __or__(self, other: Criterion) -> Criterion:
         return AnyOf([self, other])
+
+    def __and__(self, other: Criterion) -> Criterion:
+        return AllOf([self, other])
 
 
 class ScoreAtLeast(Criterion):
@@ -100,38 +117,181 @@ class TargetClass(_ClassCriterion):
         return f"classified({self.layer}, target={self.labels})"
 
 
-class AnyOf(Criterion):
-    """Met when any of several criteria is."""
+class _Combined(Criterion):
+    """Several criteria joined by a logical operator."""
+
+    joiner = " or "
+    op = staticmethod(torch.logical_or)
 
     def __init__(self, parts: Sequence[Criterion]):
         flat: list[Criterion] = []
         for p in parts:
             if not isinstance(p, Criterion):
                 raise ConfigError(f"criteria combine with criteria, not {type(p).__name__}")
-            flat += p.parts if isinstance(p, AnyOf) else [p]
+            flat += p.parts if type(p) is type(self) else [p]
         self.parts = flat
         self.layers = tuple(dict.fromkeys(layer for p in flat for layer in p.layers))
 
-    def resolve(self, model) -> AnyOf:
-        return AnyOf([p.resolve(model) for p in self.parts])
+    def resolve(self, model) -> Criterion:
+        return type(self)([p.resolve(model) for p in self.parts])
 
-    def select(self, index: torch.Tensor) -> AnyOf:
-        return AnyOf([p.select(index) for p in self.parts])
+    def select(self, index: torch.Tensor) -> Criterion:
+        return type(self)([p.select(index) for p in self.parts])
+
+    def _each(self, method: str, scores: torch.Tensor, acts: Acts) -> torch.Tensor:
+        out = getattr(self.parts[0], method)(scores, acts)
+        for p in self.parts[1:]:
+            out = self.op(out, getattr(p, method)(scores, acts))
+        return out
 
     def __call__(self, scores: torch.Tensor, acts: Acts) -> torch.Tensor:
-        out = self.parts[0](scores, acts)
-        for p in self.parts[1:]:
-            out = out | p(scores, acts)
+        return self._each("__call__", scores, acts)
+
+    def final(self, scores: torch.Tensor, acts: Acts) -> torch.Tensor:
+        return self._each("final", scores, acts)
+
+    def state_dict(self) -> dict:
+        return {str(i): p.state_dict() for i, p in enumerate(self.parts)}
+
+    def load_state_dict(self, state: dict) -> None:
+        for i, p in enumerate(self.parts):
+            p.load_state_dict(state.get(str(i), {}))
+
+    def __str__(self) -> str:
+        return self.joiner.join(f"({p})" if isinstance(p, _Combined) else str(p) for p in self.parts)
+
+
+class AnyOf(_Combined):
+    """Met when any of several criteria is."""
+
+
+class AllOf(_Combined):
+    """Met when all of several criteria are (e.g. a match-quality target and a statistical criterion)."""
+
+    joiner = " and "
+    op = staticmethod(torch.logical_and)
+
+
+class RelativeError(Criterion):
+    """A layer's response is within ``threshold`` of a target in relative error, ‖a − a*‖ / ‖a*‖ (one target for
+    all images, or one per image), whatever the objective being optimized (it may carry penalties too)."""
+
+    def __init__(self, layer: str, target: torch.Tensor, threshold: float = 0.05):
+        if not (threshold > 0 and math.isfinite(threshold)):
+            raise ConfigError(f"a relative-error threshold must be a positive number, got {threshold}")
+        target = torch.as_tensor(target, dtype=torch.float32).detach()
+        if not torch.isfinite(target).all():
+            raise ConfigError("the relative-error target contains NaN or infinite values")
+        self.layer, self.target, self.threshold = layer, target, float(threshold)
+        self.layers = (layer,)
+        self.rows: torch.Tensor | None = None
+        self._on: dict[torch.device, torch.Tensor] = {}
+
+    def resolve(self, model) -> RelativeError:
+        return RelativeError(model.layer(self.layer), self.target, self.threshold)
+
+    def select(self, index: torch.Tensor) -> RelativeError:
+        clone = RelativeError(self.layer, self.target, self.threshold)
+        clone.rows = index.cpu() if self.rows is None else self.rows[index.cpu()]
+        clone._on = self._on
+        return clone
+
+    def errors(self, acts: Acts) -> torch.Tensor:
+        """‖a − a*‖ / ‖a*‖ per image."""
+        a = acts[self.layer].flatten(1)
+        t = self._on.get(a.device)
+        if t is None:
+            per_image = self.target.ndim == acts[self.layer].ndim
+            t = self._on[a.device] = (self.target.flatten(1) if per_image else self.target.flatten()[None]).to(a.device)
+        if t.shape[0] > 1:
+            t = t[self.rows.to(a.device)] if self.rows is not None else t
+        if t.shape[1] != a.shape[1] or t.shape[0] not in (1, a.shape[0]):
+            raise ConfigError(f"relative-error target of shape {tuple(self.target.shape)} does not fit layer "
+                              f"{self.layer!r} of shape {tuple(acts[self.layer].shape)}")
+        t = t.to(a.dtype)
+        return (a - t).norm(dim=1) / t.norm(dim=1).clamp_min(1e-12)
+
+    def __call__(self, scores: torch.Tensor, acts: Acts) -> torch.Tensor:
+        return self.errors(acts) <= self.threshold
+
+    def __str__(self) -> str:
+        return f"relative error of {self.layer} <= {self.threshold:g}"
+
+
+class Plateau(Criterion):
+    """An image's score has not improved on its best by more than ``min_delta`` (relative to the best's size when
+    ``relative``) for ``patience`` consecutive steps."""
+
+    def __init__(self, patience: int = 200, min_delta: float = 1e-3, relative: bool = True):
+        if patience < 1 or not (min_delta >= 0 and math.isfinite(min_delta)):
+            raise ConfigError(f"a plateau needs patience >= 1 and min_delta >= 0, got {patience} and {min_delta}")
+        self.patience, self.min_delta, self.relative = int(patience), float(min_delta), bool(relative)
+        self.state: dict[str, torch.Tensor] = {}  # best score and steps since it improved, for every image
+        self.rows: torch.Tensor | None = None
+
+    def resolve(self, model) -> Plateau:
+        return Plateau(self.patience, self.min_delta, self.relative)  # a fresh run starts with no history
+
+    def select(self, index: torch.Tensor) -> Plateau:
+        clone = object.__new__(Plateau)
+        clone.__dict__.update(self.__dict__, rows=index.cpu() if self.rows is None else self.rows[index.cpu()])
+        return clone  # shares ``state``: the full-batch tensors, indexed by ``rows``
+
+    def _index(self, n: int, device: torch.device) -> torch.Tensor:
+        if not self.state:
+            self.state["best"] = torch.full((n,), -math.inf, device=device)
+            self.state["since"] = torch.zeros(n, dtype=torch.long, device=device)
+        return (self.rows if self.rows is not None else torch.arange(n)).to(self.state["best"].device)
+
+    def __call__(self, scores: torch.Tensor, acts: Acts) -> torch.Tensor:
+        rows = self._index(scores.shape[0], scores.device)
+        best, since = self.state["best"][rows], self.state["since"][rows]
+        margin = self.min_delta * (best.abs() if self.relative else torch.ones_like(best))
+        improved = ~torch.isfinite(best) | (scores.to(best) > best + margin)
+        self.state["best"][rows] = torch.where(improved, torch.maximum(scores.to(best), best), best)
+        self.state["since"][rows] = torch.where(improved, torch.zeros_like(since), since + 1)
+        return self.state["since"][rows] >= self.patience
+
+    def final(self, scores: torch.Tensor, acts: Acts) -> torch.Tensor:
+        if not self.state:
+            return torch.zeros(scores.shape[0], dtype=torch.bool, device=scores.device)
+        return (self.state["since"][self._index(scores.shape[0], scores.device)] >= self.patience).to(scores.device)
+
+    def state_dict(self) -> dict:
+        return {k: v.cpu() for k, v in self.state.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.state = {k: v.clone() for k, v in state.items()}
+
+    def __str__(self) -> str:
+        return f"plateau(patience={self.patience}, min_delta={self.min_delta:g}{', relative' if self.relative else ''})"
+
+
+class Where(Criterion):
+    """Any callable ``fn(scores, acts) -> (N,) bool`` as a stopping rule (it sees the images still running)."""
+
+    def __init__(self, fn: Callable[[torch.Tensor, Acts], torch.Tensor], name: str | None = None):
+        if not callable(fn):
+            raise ConfigError(f"a stopping rule must be a Criterion or a callable, got {type(fn).__name__}")
+        self.fn, self.name = fn, name or getattr(fn, "__name__", type(fn).__name__)
+
+    def __call__(self, scores: torch.Tensor, acts: Acts) -> torch.Tensor:
+        out = torch.as_tensor(self.fn(scores, acts), device=scores.device)
+        if out.dtype != torch.bool or out.shape != scores.shape:
+            raise ConfigError(f"stopping rule {self.name} must return one bool per image ({tuple(scores.shape)}), "
+                              f"got {out.dtype} of shape {tuple(out.shape)}")
         return out
 
     def __str__(self) -> str:
-        return " or ".join(str(p) for p in self.parts)
+        return f"where({self.name})"
 
 
-def combine(target: float | None, stop: Criterion | None) -> Criterion | None:
-    """The engine's stopping rule from a target score and/or a criterion."""
+def combine(target: float | None, stop: Criterion | Callable | None) -> Criterion | None:
+    """The engine's stopping rule from a target score and/or a criterion (a plain callable becomes ``Where``)."""
     if target is not None and not math.isfinite(target):
         raise ConfigError(f"target must be a finite number, got {target}")
+    if stop is not None and not isinstance(stop, Criterion):
+        stop = Where(stop)
     parts = ([ScoreAtLeast(target)] if target is not None else []) + ([stop] if stop is not None else [])
     if not parts:
         return None

@@ -5,14 +5,23 @@ parametrization of the image, constraints (differentiable maps and projections),
 random transforms averaged per step, and a stopping target.  The loop runs the model only as far as the
 deepest layer the objective reads.  Gradient-free step rules (``synth.evolve``) plug into the same loop: they
 receive the scores instead of gradients.
+
+A run can be long and interrupted: with ``checkpoint=PATH`` the state that defines it (parameters, step rule and
+schedule state, random generators, step count, which images stopped, history) is written every
+``checkpoint_every`` steps and at the end, and a later call with the same arguments continues from it, giving
+the same images as an uninterrupted run (bit for bit on a CPU); a call with more ``steps`` goes on from there
+(plenoptic's ``synthesize()`` again).
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
+import os
 import platform
 import time
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -22,15 +31,17 @@ from tqdm.auto import tqdm
 from . import __version__
 from .constraints import Box, Constraint, LpBall
 from .criteria import Criterion, combine
-from .errors import ConfigError, UnknownNameError
-from .objectives import Objective, parse, population
+from .errors import CheckpointError, ConfigError, UnknownNameError
+from .files import atomic
+from .objectives import Objective, parse
 from .params import Parametrization
 from .probe import ProbeModel, check_images
 from .results import Result
 from .transforms import Transform, apply as apply_transforms, describe
 
 STEP_RULES = ("adam", "sgd", "sign", "l2", "apgd", "apgd-l2")
-SCHEDULES = ("constant", "cosine", "linear")
+SCHEDULES = ("constant", "cosine", "linear", "step")
+CHECKPOINT_FORMAT = 1
 
 
 def _per_image(lr: float | torch.Tensor) -> tuple[float, torch.Tensor | None]:
@@ -145,6 +156,23 @@ class APGD(torch.optim.Optimizer):
         self.since = 0
         self.gap = max(self.gap - self.shrink, self.min_gap)
 
+    _STATE = ("eta", "prev", "best", "best_grad", "best_f", "last_f", "rises", "best_at_check", "halved_at_check")
+
+    def state_dict(self) -> dict:
+        """The optimizer's state plus Auto-PGD's per-image step sizes, best points and checkpoint counters."""
+        out = super().state_dict()
+        out["apgd"] = {**{k: getattr(self, k).clone() for k in self._STATE},
+                       "gap": self.gap, "t": self.t, "since": self.since}
+        return out
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state_dict = dict(state_dict)
+        mine = state_dict.pop("apgd")
+        super().load_state_dict(state_dict)
+        for k in self._STATE:
+            getattr(self, k).copy_(mine[k])
+        self.gap, self.t, self.since = mine["gap"], mine["t"], mine["since"]
+
     @torch.no_grad()
     def step(self, closure=None):
         p = self.p
@@ -163,10 +191,15 @@ class APGD(torch.optim.Optimizer):
 
 
 class GradientFree(Protocol):
-    """A step rule that updates the parametrization from scores alone (e.g. a genetic algorithm)."""
+    """A step rule that updates the parametrization from scores alone (e.g. a genetic algorithm); to checkpoint,
+    it also has ``state_dict()`` and ``load_state_dict()``."""
 
     def update(self, scores: torch.Tensor) -> None:
         """Replace the population in the parametrization given this generation's scores."""
+
+
+OptimizerFactory = Callable[[list[torch.Tensor]], torch.optim.Optimizer]
+ScheduleFactory = Callable[[torch.optim.Optimizer, int], torch.optim.lr_scheduler.LRScheduler]
 
 
 def step_rule(name: str, params: Sequence[torch.Tensor], lr: float | torch.Tensor, steps: int = 1,
@@ -186,14 +219,42 @@ def step_rule(name: str, params: Sequence[torch.Tensor], lr: float | torch.Tenso
     return APGD(params, lr, math.inf if name == "apgd" else 2, steps, project or (lambda x: None))
 
 
-def schedule(name: str, opt: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LRScheduler:
-    """Step-size schedule over the run: 'constant', 'cosine' (to zero) or 'linear' (to zero)."""
+class StepDecay:
+    """Step decay: the step size is multiplied by ``gamma`` at the start of each of ``stages`` equal parts of the
+    run.  The default is Feather et al. (2023)'s metamer schedule: 8 stages, each halving the step."""
+
+    def __init__(self, stages: int = 8, gamma: float = 0.5):
+        if stages < 1 or not 0 < gamma <= 1:
+            raise ConfigError(f"step decay needs stages >= 1 and 0 < gamma <= 1, got {stages} and {gamma}")
+        self.stages, self.gamma = int(stages), float(gamma)
+
+    def __call__(self, opt: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+        every = max(1, math.ceil(steps / self.stages))
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda t: self.gamma ** min(t // every, self.stages - 1))
+
+    def __str__(self) -> str:
+        return f"step(stages={self.stages}, gamma={self.gamma:g})"
+
+
+def schedule(name: str | ScheduleFactory, opt: torch.optim.Optimizer,
+             steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """Step-size schedule over the run: 'constant', 'cosine' (to zero), 'linear' (to zero), 'step' (halved at
+    each eighth, Feather et al.'s), or a callable ``(optimizer, steps) -> scheduler`` (e.g. ``StepDecay(4)``).
+    Each is a closed form of the step index, so a run continued for more steps keeps its shape."""
+    total = max(1, steps)
+    if callable(name):
+        out = name(opt, steps)
+        if not isinstance(out, torch.optim.lr_scheduler.LRScheduler):
+            raise ConfigError(f"schedule {name} returned {type(out).__name__}, not a torch LRScheduler")
+        return out
     if name == "constant":
         return torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0)
     if name == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps))
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 * (1 + math.cos(math.pi * min(t, total) / total)))
     if name == "linear":
-        return torch.optim.lr_scheduler.LambdaLR(opt, lambda t: max(0.0, 1 - t / max(1, steps)))
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda t: max(0.0, 1 - t / total))
+    if name == "step":
+        return StepDecay()(opt, steps)
     raise UnknownNameError("schedule", name, SCHEDULES)
 
 
@@ -228,6 +289,42 @@ def redirected_relu(net: nn.Module) -> Iterator[None]:
         for m, inplace in saved:
             del m.forward
             m.inplace = inplace
+
+
+class _FakeReLU(torch.autograd.Function):
+    """ReLU forward, identity backward: gradient reaches units whose input is negative (Feather et al. 2023)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clamp_min(0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
+def last_relu(net: nn.Module, module: str) -> str | None:
+    """The name of the last ``nn.ReLU`` inside module ``module`` of ``net`` (or the module itself), or None."""
+    names = [n for n, m in net.named_modules() if isinstance(m, nn.ReLU) and (n == module or n.startswith(module + "."))]
+    return names[-1] if names else None
+
+
+@contextlib.contextmanager
+def fake_relu(net: nn.Module, module: str | None) -> Iterator[str | None]:
+    """Temporarily give the last ReLU of ``module`` an identity gradient (the 'fake ReLU' of Feather et al.'s
+    metamers, so a matched stage's silent units still pass gradient); yields the ReLU's name, None if none."""
+    name = last_relu(net, module) if module else None
+    relu = dict(net.named_modules())[name] if name else None
+    inplace = relu.inplace if relu is not None else False
+    if relu is not None:
+        relu.inplace = False
+        relu.forward = _FakeReLU.apply
+    try:
+        yield name
+    finally:
+        if relu is not None:
+            del relu.forward
+            relu.inplace = inplace
 
 
 def render(param: Parametrization, constraints: Sequence[Constraint]) -> torch.Tensor:
@@ -283,11 +380,12 @@ def _evaluate(model: ProbeModel, objective: Objective, x: torch.Tensor, layers: 
 
 
 def optimize(model: ProbeModel, objective: Objective | str, param: Parametrization, *,
-             constraints: Sequence[Constraint] = (Box(),), step: str | GradientFree = "adam",
-             lr: float | torch.Tensor = 0.05, lr_schedule: str = "constant", steps: int = 256,
+             constraints: Sequence[Constraint] = (Box(),), step: str | GradientFree | OptimizerFactory = "adam",
+             lr: float | torch.Tensor = 0.05, lr_schedule: str | ScheduleFactory = "constant", steps: int = 256,
              transforms: Sequence[Transform] = (), eot: int = 1, eot_average: str = "scores",
-             target: float | None = None, stop: Criterion | None = None, random_start: bool = False,
-             seed: int = 0, relu_override: int = 0, progress: bool = True, metadata: dict | None = None) -> Result:
+             target: float | None = None, stop: Criterion | Callable | None = None, random_start: bool = False,
+             seed: int = 0, relu_override: int = 0, checkpoint: str | os.PathLike | None = None,
+             checkpoint_every: int = 100, progress: bool = True, metadata: dict | None = None) -> Result:
     """Maximize ``objective`` over the images of ``param``; the single loop behind synthesis, attacks, metamers.
 
     ``constraints`` apply in the forward pass and project pixel parameters after each step (a projecting
@@ -295,18 +393,23 @@ def optimize(model: ProbeModel, objective: Objective | str, param: Parametrizati
     point of its Lp ball, and every start is projected before the first forward pass.  ``transforms`` (and a
     stochastic model's noise) are drawn ``eot`` times per step, each draw scored and the scores averaged
     (``eot_average='scores'``), or the objective scores the activations averaged over draws (``'activations'``:
-    an attack on the mean logits a noisy model's verdict reads).  ``lr`` may
-    be one step size per image.  An image stops once its score reaches ``target`` or it meets the ``stop``
-    criterion: it keeps the image that did, and leaves the batch, so it costs no more compute.  The returned
-    images are projected once more and checked: ``Result.success`` is the criterion on them, ``Result.distance``
-    their distance from the (first) ball's center, ``Result.best`` the best-scoring iterate.  ``relu_override``
-    steps of Lucid's redirected ReLU gradient start the run.
+    an attack on the mean logits a noisy model's verdict reads).  ``step`` is a step rule's name, a gradient-free
+    rule, or a factory ``params -> torch.optim.Optimizer`` (it sets its own step size); ``lr`` may be one step size
+    per image; ``lr_schedule`` a name or a factory (``schedule``).  An image stops once its score reaches
+    ``target`` or it meets the ``stop`` rule (a ``Criterion`` or any callable ``fn(scores, acts)``): it keeps the
+    image that did, and leaves the batch, so it costs no more compute.  The returned images are projected once more
+    and checked: ``Result.success`` is the rule on them, ``Result.distance`` their distance from the (first) ball's
+    center, ``Result.best`` the best-scoring iterate.  ``relu_override`` steps of Lucid's redirected ReLU gradient
+    start the run.  ``checkpoint``: a file the run's state is written to every ``checkpoint_every`` steps and at
+    the end, and continued from when it exists (see the module docstring).
     """
     objective = parse(objective).resolve(model)
     if steps < 0 or eot < 1:
         raise ConfigError(f"steps must be >= 0 and eot >= 1, got steps={steps}, eot={eot}")
     if eot_average not in ("scores", "activations"):
         raise UnknownNameError("EOT average", eot_average, ("scores", "activations"))
+    if checkpoint_every < 1:
+        raise ConfigError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
     rule = combine(target, stop)
     rule = rule.resolve(model) if rule is not None else None
     model.eval()
@@ -335,27 +438,49 @@ def optimize(model: ProbeModel, objective: Objective | str, param: Parametrizati
         first = render(param, constraints).detach()
     check_images(first)
     n = first.shape[0]
-    gradient_free = not isinstance(step, str)
+    gradient_free = not isinstance(step, str) and hasattr(step, "update")
     opt = sched = None
     if not gradient_free:
-        opt = step_rule(step, list(param.parameters()), lr, steps, project_)
+        opt = _optimizer(step, list(param.parameters()), lr, steps, project_)
         sched = schedule(lr_schedule, opt, steps)
     elif isinstance(lr, torch.Tensor):
         raise ConfigError("per-image step sizes need a gradient step rule")
     layers = tuple(dict.fromkeys((*objective.layers, *(rule.layers if rule is not None else ()))))
-    done = torch.zeros(n, dtype=torch.bool, device=device)
-    frozen = first.clone()
-    last = torch.full((n,), math.nan, device=device)
-    best = first.clone()
-    best_scores = torch.full((n,), -math.inf, device=device)
-    history: list[torch.Tensor] = []
-    grad_norms: list[torch.Tensor] = []
-    evaluations = 0
-    active = torch.arange(n, device=device)
+    recipe = {
+        "model": model.name, "weights_sha256": model.info.get("sha256", model.info.get("weights", "")),
+        "layers": list(layers), "objective": str(objective), "parametrization": str(param),
+        "constraints": [str(c) for c in constraints], "transforms": describe(transforms), "eot": eot,
+        "eot_average": eot_average, "step_rule": _describe(step),
+        "lr": lr if not isinstance(lr, torch.Tensor) else "per image", "lr_schedule": _describe(lr_schedule),
+        "target": target, "stop": None if stop is None else str(combine(None, stop)), "random_start": random_start,
+        "relu_override": relu_override, "seed": seed,
+    }
+    state = {"t": 0, "done": torch.zeros(n, dtype=torch.bool, device=device), "frozen": first.clone(),
+             "last": torch.full((n,), math.nan, device=device), "best": first.clone(),
+             "best_scores": torch.full((n,), -math.inf, device=device), "history": [], "grad_norms": [],
+             "evaluations": 0, "active": torch.arange(n, device=device), "seconds": 0.0}
+    path = Path(checkpoint) if checkpoint is not None else None
+    if path is not None and path.is_file():
+        _resume(path, state, recipe, param, opt, sched, step if gradient_free else None, rule, gen, device, n)
+    done, frozen, last, best, best_scores = (state[k] for k in ("done", "frozen", "last", "best", "best_scores"))
+    history, grad_norms, active = state["history"], state["grad_norms"], state["active"]
+    evaluations = state["evaluations"]
     obj, crit = objective, rule
-    t0 = time.perf_counter()
-    bar = tqdm(range(steps), desc=str(objective)[:40], unit="step", disable=not progress, leave=False)
-    for t in bar:
+    if len(active) < n:
+        obj, crit = objective.select(active), rule.select(active)
+
+    def save(t_next: int, seconds: float) -> None:
+        _save_checkpoint(path, recipe, t_next, param, opt, sched, step if gradient_free else None, rule, gen,
+                         {"done": done, "frozen": frozen, "last": last, "best": best, "best_scores": best_scores,
+                          "history": history, "grad_norms": grad_norms, "active": active,
+                          "evaluations": evaluations, "seconds": seconds})
+
+    start = min(state["t"], steps)
+    t0 = time.perf_counter() - state["seconds"]
+    bar = tqdm(range(start, steps), desc=str(objective)[:40], unit="step", disable=not progress, leave=False,
+               initial=start, total=steps)
+    t_next = start
+    for t in bar if not bool(done.all()) else ():
         param.schedule(t / max(1, steps))
         with redirected_relu(model.net) if t < relu_override else contextlib.nullcontext():
             with torch.set_grad_enabled(not gradient_free):
@@ -375,6 +500,7 @@ def optimize(model: ProbeModel, objective: Objective | str, param: Parametrizati
         best_scores[active[better]] = scores[better]
         if not gradient_free:
             grad_norms.append(_grad_norms(param, n, active))
+        t_next = t + 1
         reached = None
         if crit is not None:
             reached = crit(scores, {k: v.detach() for k, v in acts.items()})
@@ -401,41 +527,119 @@ def optimize(model: ProbeModel, objective: Objective | str, param: Parametrizati
         if reached is not None and not gradient_free:  # finished images leave the batch
             active = active[~reached]
             obj, crit = objective.select(active), rule.select(active)
+        if path is not None and t_next % checkpoint_every == 0 and t_next < steps:
+            save(t_next, time.perf_counter() - t0)
         if progress and t % 8 == 0:
             bar.set_postfix(score=f"{float(scores.mean()):.3g}", done=f"{int(done.sum())}/{n}")
     bar.close()
     elapsed = time.perf_counter() - t0
+    if path is not None:
+        save(max(t_next, start), elapsed)
     with torch.no_grad():
         final = render(param, constraints).clone()
         final[done] = frozen[done]
         project_(final)  # the safety net: whatever the step rule did, the returned images are feasible
         final_scores, final_acts = _evaluate(model, objective, final, layers, eot, transforms, gen,
                                              average=eot_average)
-        success = rule(final_scores, final_acts) if rule is not None else None
+        success = rule.final(final_scores, final_acts) if rule is not None else None
         better = final_scores > best_scores
         best[better], best_scores[better] = final[better], final_scores[better]
         project_(best)
-    steps_run = len(history)
-    meta = {
-        "model": model.name, "weights_sha256": model.info.get("sha256", model.info.get("weights", "")),
-        "layers": list(layers), "objective": str(objective), "parametrization": str(param),
-        "constraints": [str(c) for c in constraints], "transforms": describe(transforms), "eot": eot,
-        "eot_average": eot_average,
-        "step_rule": step if isinstance(step, str) else str(step),
-        "lr": lr if not isinstance(lr, torch.Tensor) else "per image", "lr_schedule": lr_schedule,
-        "steps": steps, "steps_run": steps_run, "target": target, "stop": str(stop) if stop is not None else None,
-        "random_start": random_start, "relu_override": relu_override, "seed": seed, "evaluations": evaluations,
-        "seconds": round(elapsed, 3), "device": str(device), "phosphene": __version__, "torch": torch.__version__,
-        "machine": platform.machine(), **(metadata or {}),
-    }
+    meta = {**recipe, "steps": steps, "steps_run": len(history), "evaluations": evaluations,
+            "seconds": round(elapsed, 3), "device": str(device), "phosphene": __version__, "torch": torch.__version__,
+            "machine": platform.machine(), **({"checkpoint": str(path)} if path is not None else {}),
+            **(metadata or {})}
     hist = torch.stack(history).cpu() if history else torch.zeros(0, n)
     grads = torch.stack(grad_norms).cpu() if grad_norms else torch.zeros(0, n)
     balls = [c for c in projections if isinstance(c, LpBall)]
     return Result(final.detach().cpu(), hist, final_scores.cpu(),
-                  {k: population(v).cpu() for k, v in final_acts.items()}, meta,
+                  {k: v.detach().cpu() for k, v in final_acts.items() if k != "input"}, meta,
                   success=success.cpu() if success is not None else None, best=best.cpu(),
                   best_scores=best_scores.cpu(), grad_norm=grads,
-                  distance=balls[0].distance(final).cpu() if balls else None)
+                  distance=balls[0].distance(final).cpu() if balls else None, targets=objective.tensors())
+
+
+def _describe(thing: object) -> str:
+    """A name for a step rule or schedule that is the same in every process (no object addresses)."""
+    if isinstance(thing, functools.partial):
+        args = [repr(a) for a in thing.args] + [f"{k}={v!r}" for k, v in thing.keywords.items()]
+        return f"{_describe(thing.func)}({', '.join(args)})"
+    if isinstance(thing, str) or type(thing).__str__ is not object.__str__:
+        return str(thing)
+    return getattr(thing, "__qualname__", type(thing).__qualname__)
+
+
+def _optimizer(step: str | OptimizerFactory, params: list[torch.Tensor], lr: float | torch.Tensor, steps: int,
+               project: Callable[[torch.Tensor], None]) -> torch.optim.Optimizer:
+    """The gradient step rule: by name, or built by the caller's factory."""
+    if isinstance(step, str):
+        return step_rule(step, params, lr, steps, project)
+    if not callable(step):
+        raise ConfigError(f"step must be a step rule's name ({', '.join(STEP_RULES)}), a gradient-free rule, or a "
+                          f"factory params -> torch.optim.Optimizer; got {type(step).__name__}")
+    opt = step(params)
+    if not isinstance(opt, torch.optim.Optimizer):
+        raise ConfigError(f"the step factory returned {type(opt).__name__}, not a torch.optim.Optimizer")
+    return opt
+
+
+# What must agree between a checkpoint and the call continuing it (more steps are allowed: the run goes on).
+_FINGERPRINT = ("model", "weights_sha256", "objective", "parametrization", "constraints", "transforms", "eot",
+                "eot_average", "step_rule", "lr", "lr_schedule", "target", "stop", "random_start", "relu_override",
+                "seed")
+
+
+def _save_checkpoint(path: Path, recipe: dict, t_next: int, param: Parametrization, opt, sched, free, rule,
+                     gen: torch.Generator, state: dict) -> None:
+    """Write the run's state atomically, so that a run killed while saving keeps the previous checkpoint."""
+    blob = {"format": CHECKPOINT_FORMAT, "recipe": {k: recipe[k] for k in _FINGERPRINT}, "t": t_next,
+            "param": param.state_dict(), "optimizer": opt.state_dict() if opt is not None else None,
+            "schedule": sched.state_dict() if sched is not None else None,
+            "free": free.state_dict() if free is not None else None,
+            "rule": rule.state_dict() if rule is not None else None,
+            "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            **{k: v for k, v in state.items() if k not in ("history", "grad_norms")},
+            "history": torch.stack(state["history"]) if state["history"] else None,
+            "grad_norms": torch.stack(state["grad_norms"]) if state["grad_norms"] else None}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic(path) as tmp:
+        torch.save(blob, tmp)
+
+
+def _resume(path: Path, state: dict, recipe: dict, param: Parametrization, opt, sched, free, rule,
+            gen: torch.Generator, device: torch.device, n: int) -> None:
+    """Load a checkpoint into the run's state, after checking that it belongs to this run."""
+    try:
+        blob = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same clear message
+        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from None
+    if blob.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a phosphene run checkpoint (format {blob.get('format')!r})")
+    differ = [k for k in _FINGERPRINT if blob["recipe"].get(k) != recipe[k]]
+    if differ or blob["done"].shape[0] != n:
+        what = "; ".join(f"{k} was {blob['recipe'].get(k)!r}, now {recipe[k]!r}" for k in differ[:3]) or \
+            f"it holds {blob['done'].shape[0]} images, this run {n}"
+        raise CheckpointError(f"checkpoint {path} belongs to another run ({what}); delete it or choose another path")
+    if free is not None and not hasattr(free, "load_state_dict"):
+        raise ConfigError(f"step rule {free} cannot resume: it has no load_state_dict()")
+    param.load_state_dict(blob["param"])
+    if opt is not None:
+        opt.load_state_dict(blob["optimizer"])
+        sched.load_state_dict(blob["schedule"])
+    if free is not None:
+        free.load_state_dict(blob["free"])
+    if rule is not None:
+        rule.load_state_dict(blob["rule"])
+    gen.set_state(blob["generator"].cpu())
+    torch.set_rng_state(blob["torch_rng"].cpu())
+    if blob["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in blob["cuda_rng"]])
+    for k in ("done", "frozen", "last", "best", "best_scores", "active"):
+        state[k] = blob[k].to(device)
+    state["history"] = list(blob["history"].to(device)) if blob["history"] is not None else []
+    state["grad_norms"] = list(blob["grad_norms"].to(device)) if blob["grad_norms"] is not None else []
+    state["t"], state["evaluations"], state["seconds"] = blob["t"], blob["evaluations"], blob["seconds"]
 
 
 def _grad_norms(param: Parametrization, n: int, active: torch.Tensor) -> torch.Tensor:

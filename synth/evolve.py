@@ -38,6 +38,14 @@ class Genetic:
         return (f"genetic(elite={self.elite}, selectivity={self.selectivity:g}, heritability={self.heritability:g}, "
                 f"mutation={self.mutation_rate:g}x{self.sigma:.3g})")
 
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps besides the code (which lives in the parametrization): the random generator."""
+        return {"generator": self.gen.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore ``state_dict``'s output."""
+        self.gen.set_state(state["generator"].cpu())
+
     @torch.no_grad()
     def update(self, scores: torch.Tensor) -> None:
         """Replace the population: keep the elite, breed the rest from fitness-weighted parents."""

@@ -12,8 +12,13 @@ the model only that far), and print as a readable string that ``parse`` reads ba
     IT:12 + 0.1*diversity(V4)  several images that differ in their V4 Gram matrices (Olah et al. 2017)
     xent(logits, y={3,0})      cross-entropy of the true labels, one per image (untargeted attacks ascend it)
     margin(logits, target=faces, kappa=5)   Carlini-Wagner margin of a target class over the best other class
+    match(IT, image='ref.png', metric=normalized)   minus ||a - a*|| / ||a*||, a* the response to an image (metamers)
+    match(IT, target='acts.pt')                     the same against saved activations ('.pt' or '.npy')
+    direction(V4, target='sha256:1f0c...')          projection on a vector held in this process or a saved result
 
-``logits`` (the network's output) and ``input`` (the [0,1] pixels) are layers of every model.  Objectives that
+``logits`` (the network's output) and ``input`` (the [0,1] pixels) are layers of every model.  A target tensor
+given in code prints as its digest ('sha256:...'): ``parse`` finds it again while the tensor lives in this process,
+and a saved result keeps its targets so that loading it makes them known again (``register_target``).  Objectives that
 hold one value per image (site sets, labels, per-image targets) follow the engine when it drops finished images
 from the batch: ``select(index)`` keeps the entries of the images still running.
 
@@ -24,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 
@@ -54,6 +60,10 @@ class Objective(ABC):
     def select(self, index: torch.Tensor) -> Objective:
         """The objective for the images ``index`` of the batch (per-image entries subset; others unchanged)."""
         return self
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Target tensors given in code that the string form names by digest (a saved result keeps them)."""
+        return {}
 
     # arithmetic ------------------------------------------------------------------------------------------
     def __add__(self, other: Objective) -> Objective:
@@ -107,6 +117,9 @@ class Sum(Objective):
 
     def select(self, index: torch.Tensor) -> Objective:
         return Sum([(w, t.select(index)) for w, t in self.terms])
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {k: v for _, t in self.terms for k, v in t.tensors().items()}
 
     def __str__(self) -> str:
         out = ""
@@ -287,22 +300,92 @@ def _finite(t: torch.Tensor, what: str) -> torch.Tensor:
 
 
 def _digest(t: torch.Tensor) -> str:
-    return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:8]
+    t = t.detach().cpu().contiguous()
+    h = hashlib.sha256(str((tuple(t.shape), str(t.dtype))).encode())
+    h.update(t.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+# Target tensors by digest, for as long as something holds them: what 'sha256:...' in an objective's text means.
+_TARGETS: weakref.WeakValueDictionary[str, torch.Tensor] = weakref.WeakValueDictionary()
+
+
+def register_target(t: torch.Tensor) -> str:
+    """Make a target tensor known under its digest (so ``parse`` can read objectives naming it); returns it."""
+    key = _digest(t)
+    _TARGETS[key] = t
+    return key
+
+
+def load_target(spec: str) -> torch.Tensor:
+    """A target tensor from its text: 'sha256:DIGEST' (registered in this process), 'FILE.pt' (a tensor, or
+    'FILE.pt:KEY' for one entry of a dict of tensors) or 'FILE.npy'."""
+    if spec.startswith("sha256:"):
+        t = _TARGETS.get(spec[7:])
+        if t is None:
+            raise ConfigError(f"target {spec} is not loaded in this process: load the saved result that used it "
+                              "(its result.pt keeps its targets) or give target='FILE.pt'")
+        return t
+    path, _, key = spec.partition(".pt:")
+    path = path + ".pt" if key else spec
+    try:
+        if path.endswith(".npy"):
+            import numpy as np
+            value = torch.from_numpy(np.load(path, allow_pickle=False))
+        elif path.endswith(".pt"):
+            value = torch.load(path, map_location="cpu", weights_only=True)
+        else:
+            raise ConfigError(f"target {spec!r}: give a .pt or .npy file, or 'sha256:DIGEST'")
+    except FileNotFoundError:
+        raise ConfigError(f"target file not found: {path}") from None
+    except (OSError, ValueError, RuntimeError) as e:
+        raise ConfigError(f"cannot read target file {path}: {e}") from None
+    if isinstance(value, dict):
+        if not key or key not in value:
+            raise ConfigError(f"{path} holds {', '.join(map(str, value))}: name one as '{path}:KEY'")
+        value = value[key]
+    if not isinstance(value, torch.Tensor):
+        raise ConfigError(f"{spec} does not hold a tensor")
+    return value
+
+
+class _Target:
+    """A target tensor with where it came from (shown in the objective's text) and its per-device copies."""
+
+    def __init__(self, value: torch.Tensor | str, what: str, normalize: bool = False):
+        tensor = _finite(load_target(value) if isinstance(value, str) else value, what)
+        if normalize:
+            if not tensor.norm() > 0:
+                raise ConfigError(f"{what} must not be all zeros")
+            tensor = (tensor / tensor.norm()).flatten()
+        self.tensor = tensor
+        from_file = isinstance(value, str) and not value.startswith("sha256:")
+        self.source = value if from_file else "sha256:" + register_target(tensor)
+        self._on: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+
+    def on(self, like: torch.Tensor) -> torch.Tensor:
+        """The target on ``like``'s device and dtype, copied there once."""
+        key = (like.device, like.dtype)
+        t = self._on.get(key)
+        if t is None:
+            t = self._on[key] = self.tensor.to(like.device, like.dtype)
+        return t
+
+    def text(self) -> str:
+        return repr(self.source)
 
 
 class Direction(_LayerObjective):
     """Projection of the layer's response onto a direction: C entries (spatial means) or the full C·H·W."""
 
-    def __init__(self, layer: str, vector: torch.Tensor):
+    def __init__(self, layer: str, target: torch.Tensor | str):
         super().__init__(layer)
-        v = _finite(vector, "direction vector").flatten()
-        if not v.norm() > 0:
-            raise ConfigError("direction vector must not be all zeros")
-        self.vector = v / v.norm()
+        self.target = _Target(target, "direction vector", normalize=True)
+        self.vector = self.target.tensor
 
     def score(self, acts: Acts) -> torch.Tensor:
         a = acts[self.layer]
-        v = self.vector.to(a.device, a.dtype)
+        v = self.target.on(a)
         if v.numel() == a[0].numel():
             return a.flatten(1) @ v
         if v.numel() == a.shape[1]:
@@ -310,43 +393,113 @@ class Direction(_LayerObjective):
         raise ConfigError(f"direction has {v.numel()} entries; layer {self.layer!r} has {a.shape[1]} channels and "
                           f"{a[0].numel()} units")
 
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return _held(self.target)
+
     def __str__(self) -> str:
-        return f"direction({self.layer}, <{self.vector.numel()} values {_digest(self.vector)}>)"
+        return f"direction({self.layer}, target={self.target.text()})"
+
+
+def _held(*targets: _Target | None) -> dict[str, torch.Tensor]:
+    return {t.source[7:]: t.tensor for t in targets if t is not None and t.source.startswith("sha256:")}
 
 
 class Match(_LayerObjective):
-    """Closeness to target activations: minus the mean squared error, or the cosine similarity."""
+    """Closeness to target activations: minus the mean squared error, minus the normalized distance
+    ‖a − a*‖ / ‖a*‖ (Feather et al. 2023's metamer loss), or the cosine similarity.
 
-    METRICS = ("mse", "cosine")
+    The target is a tensor (one response, or one per image), a file or digest (``load_target``), or ``image=``:
+    the model's own response to an image file (or one file per image), computed when the objective is resolved
+    against the model."""
 
-    def __init__(self, layer: str, target: torch.Tensor, metric: str = "mse"):
+    METRICS = ("mse", "normalized", "cosine")
+
+    def __init__(self, layer: str, target: torch.Tensor | str | None = None, metric: str = "mse",
+                 image: str | tuple[str, ...] | None = None):
         super().__init__(layer)
         if metric not in self.METRICS:
             raise UnknownNameError("match metric", metric, self.METRICS)
-        self.target, self.metric = _finite(target, "target activation"), metric
+        if (target is None) == (image is None):
+            raise ConfigError("match() needs exactly one of target= (activations: a tensor, a .pt/.npy file or "
+                              "'sha256:...') or image= (an image file, or one per image)")
+        self.metric, self.image = metric, image
+        self._target = _Target(target, "target activation") if target is not None else None
         self.rows: torch.Tensor | None = None  # images still in the batch, when targets are per image
+        self._rows_on: dict[torch.device, torch.Tensor] = {}
+
+    @property
+    def target(self) -> torch.Tensor:
+        """The target activations (resolve against a model first when they come from ``image=``)."""
+        if self._target is None:
+            raise ConfigError(f"{self} must be resolved against a model first (objective.resolve)")
+        return self._target.tensor
+
+    def resolve(self, model) -> Match:
+        clone = super().resolve(model)
+        if self.image is not None and self._target is None:
+            paths = list(self.image) if isinstance(self.image, tuple) else [self.image]
+            x = torch.stack([_read_image(p, model.input_size) for p in paths]).to(model.device)
+            with torch.no_grad():
+                a = model.activations(x, clone.layer)[clone.layer].detach().cpu()
+            clone._target = _Target(a if isinstance(self.image, tuple) else a[0], "target activation")
+            clone._rows_on = {}
+        return clone
 
     def select(self, index: torch.Tensor) -> Match:
         clone = object.__new__(Match)
-        clone.__dict__.update(self.__dict__, rows=index.cpu() if self.rows is None else self.rows[index.cpu()])
+        clone.__dict__.update(self.__dict__, rows=index.cpu() if self.rows is None else self.rows[index.cpu()],
+                              _rows_on={})
         return clone
 
-    def score(self, acts: Acts) -> torch.Tensor:
-        a = acts[self.layer].flatten(1)
-        t = self.target.to(a.device, a.dtype)
-        if t.ndim == acts[self.layer].ndim:  # one target per image
-            t = (t if self.rows is None else t[self.rows.to(t.device)]).flatten(1)
+    def _pair(self, acts: Acts) -> tuple[torch.Tensor, torch.Tensor]:
+        raw = acts[self.layer]
+        a = raw.flatten(1)
+        if self._target is None:
+            self.target  # noqa: B018 - raises the 'resolve first' error
+        full = self._target.on(a)
+        if full.ndim == raw.ndim:  # one target per image
+            if self.rows is not None:
+                rows = self._rows_on.get(a.device)
+                if rows is None:
+                    rows = self._rows_on[a.device] = self.rows.to(a.device)
+                full = full[rows]
+            t = full.flatten(1)
         else:
-            t = t.flatten()[None]
+            t = full.flatten()[None]
         if t.shape[1] != a.shape[1] or t.shape[0] not in (1, a.shape[0]):
             raise ConfigError(f"target of shape {tuple(self.target.shape)} does not fit layer {self.layer!r} "
-                              f"of shape {tuple(acts[self.layer].shape)}")
+                              f"of shape {tuple(raw.shape)}")
+        return a, t
+
+    def score(self, acts: Acts) -> torch.Tensor:
+        a, t = self._pair(acts)
         if self.metric == "mse":
             return -(a - t).pow(2).mean(1)
+        if self.metric == "normalized":
+            return -(a - t).norm(dim=1) / t.norm(dim=1).clamp_min(1e-12)
         return F.cosine_similarity(a, t.expand_as(a), dim=1)
 
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return _held(self._target) if self.image is None else {}
+
     def __str__(self) -> str:
-        return f"match({self.layer}, <target {_digest(self.target)}>, metric={self.metric})"
+        if self.image is not None:
+            shown = ("{" + ",".join(repr(p) for p in self.image) + "}") if isinstance(self.image, tuple) \
+                else repr(self.image)
+            source = f"image={shown}"
+        else:
+            source = f"target={self._target.text()}"
+        return f"match({self.layer}, {source}, metric={self.metric})"
+
+
+def _read_image(path: str, size: int | None) -> torch.Tensor:
+    """An image file as 3×size×size in [0, 1] (any mode converted; resized when the model has an input size)."""
+    from .results import read_png
+
+    x = read_png(path)[0]
+    if size is not None and tuple(x.shape[-2:]) != (size, size):
+        x = F.interpolate(x[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
+    return x.clamp(0, 1)
 
 
 Label = int | str
@@ -501,10 +654,11 @@ class Margin(_Labeled):
 # ------------------------------------------------------------------------------------------------- parser
 _TOKEN = re.compile(r"\s*(?:(?P<num>\d+\.?\d*(?:e-?\d+)?|\.\d+)"
                     r"|(?P<name>[A-Za-z_][\w.]*(?::(?:[\w.]+|\{[\w,]+\}))*(?:\[\d+,\d+\])?)"
-                    r"|(?P<set>\{[\w,\s-]*\})|(?P<op>[-+*/(),=]))")
+                    r"|(?P<str>'[^']*'|\"[^\"]*\")"
+                    r"|(?P<set>\{(?:[\w\s,-]|'[^']*'|\"[^\"]*\")*\})|(?P<op>[-+*/(),=]))")
 _SITE = re.compile(r"^(?P<layer>.+):(?P<index>c?\d+|[A-Za-z_]\w*|\{[\w,]+\})(?:\[(?P<y>\d+),(?P<x>\d+)\])?$")
 FUNCTIONS = {"stretch": Stretch, "onehot": OneHot, "norm": LayerNorm, "diversity": Diversity, "xent": CrossEntropy,
-             "margin": Margin}
+             "margin": Margin, "match": Match, "direction": Direction}
 
 
 def site(spec: str, cls: type[Site] = Site, **kw) -> Site:
@@ -595,7 +749,8 @@ class _Parser:
                 return site(arg, cls, **kwargs) if issubclass(cls, Site) else cls(arg, **kwargs)
             except TypeError:
                 takes = {LayerNorm: "only a layer", Diversity: "only a layer", CrossEntropy: "a layer, y= or target=",
-                         Margin: "a layer, y= or target=, and kappa="}.get(cls, "a site and tau=")
+                         Margin: "a layer, y= or target=, and kappa=", Match: "a layer, target= or image=, and metric=",
+                         Direction: "a layer and target="}.get(cls, "a site and tau=")
                 raise ConfigError(f"{name}() does not take {', '.join(kwargs)}; it takes {takes}") from None
         return site(name)
 
@@ -605,8 +760,10 @@ class _Parser:
         if kind == "num":
             return int(text) if text.isdigit() else float(text)
         if kind == "set":
-            items = [t.strip() for t in text[1:-1].split(",") if t.strip()]
-            return tuple(int(t) if t.isdigit() else t for t in items)
+            items = re.findall(r"'[^']*'|\"[^\"]*\"|[^,\s]+", text[1:-1])
+            return tuple(t[1:-1] if t[0] in "'\"" else int(t) if t.isdigit() else t for t in items)
+        if kind == "str":
+            return text[1:-1]
         if kind == "name":
             return text
         raise ConfigError(f"objective {self.text!r}: expected a value, found {text!r}")

@@ -7,7 +7,8 @@ forward pass as soon as the last requested module has fired.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import contextlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -219,6 +220,24 @@ class ProbeModel(nn.Module):
             for h in handles:
                 h.remove()
         return captured
+
+    @contextlib.contextmanager
+    def noise_off(self) -> Iterator[bool]:
+        """Temporarily silence the network's noise layers (modules with a ``noise_mode``, such as VOneNet's V1),
+        for comparisons that need the mean response; yields whether there was any noise to silence."""
+        noisy = [m for m in self.net.modules() if getattr(m, "noise_mode", None) is not None]
+        saved = [m.noise_mode for m in noisy]
+        for m in noisy:
+            m.noise_mode = None
+        self._extractors.clear()  # traced extractors bake the noise branch in
+        self._stochastic, was = None, self._stochastic
+        try:
+            yield bool(noisy)
+        finally:
+            for m, mode in zip(noisy, saved):
+                m.noise_mode = mode
+            self._extractors.clear()
+            self._stochastic = was
 
     @property
     def stochastic(self) -> bool:

@@ -1,7 +1,9 @@
 """Result: what an optimization produced — images, score history, achieved activations and the full recipe.
 
 ``save(folder)`` writes one PNG per image with the recipe in PNG text chunks, a JSON sidecar with the recipe,
-scores and history, and ``result.pt`` with the exact float tensors; ``Result.load(folder)`` reads them back.
+scores and history, and ``result.pt`` with the exact float tensors (the full activations of the layers the run
+read, and the target tensors its objective names by digest); ``Result.load(folder, model)`` reads them back and
+checks that ``model`` has the weights the result was made with.
 """
 from __future__ import annotations
 
@@ -14,18 +16,20 @@ import numpy as np
 import torch
 from PIL import Image, PngImagePlugin
 
-from .errors import ImageError
+from .errors import CheckpointError, ImageError
 from .files import atomic, write_text
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 
 @dataclass
 class Result:
     """Images (N×3×H×W, CPU, [0,1]), per-step scores (steps×N), final scores (N), activations, metadata; with a
     stopping rule, which returned images meet it (``success``); the best-scoring iterate of each image (``best``,
-    ``best_scores``); the per-image gradient norm at every step (``grad_norm``, NaN once an image stopped); and,
-    under an Lp ball, each returned image's distance from its center (``distance``)."""
+    ``best_scores``); the per-image gradient norm at every step (``grad_norm``, NaN once an image stopped);
+    under an Lp ball, each returned image's distance from its center (``distance``); and the target tensors the
+    objective's text names by digest (``targets``).  ``activations`` holds the full response of every layer the
+    run read (N×C×H×W for a conv layer); ``population(layer)`` gives its spatial means."""
 
     images: torch.Tensor
     history: torch.Tensor
@@ -37,9 +41,18 @@ class Result:
     best_scores: torch.Tensor | None = None
     grad_norm: torch.Tensor | None = None
     distance: torch.Tensor | None = None
+    targets: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return self.images.shape[0]
+
+    def population(self, layer: str) -> torch.Tensor:
+        """N×C responses of a layer the run read: spatial means of a conv layer, the layer itself otherwise."""
+        from .objectives import population
+
+        if layer not in self.activations:
+            raise KeyError(f"the result holds the activations of {', '.join(self.activations)}, not {layer!r}")
+        return population(self.activations[layer])
 
     def save(self, folder: str | os.PathLike, prefix: str = "image") -> list[Path]:
         """Write PNGs (recipe in text chunks), ``result.json`` and ``result.pt``; every file appears atomically."""
@@ -59,20 +72,38 @@ class Result:
             torch.save({"format": FORMAT_VERSION, "images": self.images, "history": self.history,
                         "scores": self.scores, "activations": self.activations, "success": self.success,
                         "best": self.best, "best_scores": self.best_scores, "grad_norm": self.grad_norm,
-                        "distance": self.distance}, tmp)
+                        "distance": self.distance, "targets": self.targets}, tmp)
         return paths
 
     @classmethod
-    def load(cls, folder: str | os.PathLike) -> Result:
-        """Read a saved result back (tensors from ``result.pt``, recipe from ``result.json``); format-1 files,
-        written before results held success, best iterates and gradient norms, load with those left empty."""
+    def load(cls, folder: str | os.PathLike, model=None) -> Result:
+        """Read a saved result back (tensors from ``result.pt``, recipe from ``result.json``) and make its targets
+        known again, so its objective text parses; with ``model``, refuse one whose weights differ from those the
+        result was made with.  Files written before results held success, best iterates, gradient norms or
+        targets load with those left empty."""
+        from .objectives import register_target
+
         folder = Path(folder)
         sidecar = json.loads((folder / "result.json").read_text())
         tensors = torch.load(folder / "result.pt", map_location="cpu", weights_only=True)
-        return cls(tensors["images"], tensors["history"], tensors["scores"], tensors["activations"],
-                   sidecar["metadata"], success=tensors.get("success"), best=tensors.get("best"),
-                   best_scores=tensors.get("best_scores"), grad_norm=tensors.get("grad_norm"),
-                   distance=tensors.get("distance"))
+        meta = sidecar["metadata"]
+        if model is not None:
+            check_weights(meta, model, folder)
+        targets = tensors.get("targets") or {}
+        for t in targets.values():
+            register_target(t)
+        return cls(tensors["images"], tensors["history"], tensors["scores"], tensors["activations"], meta,
+                   success=tensors.get("success"), best=tensors.get("best"), best_scores=tensors.get("best_scores"),
+                   grad_norm=tensors.get("grad_norm"), distance=tensors.get("distance"), targets=targets)
+
+
+def check_weights(metadata: dict, model, where: str | os.PathLike) -> None:
+    """Raise CheckpointError when ``model``'s weights digest is not the one ``metadata`` recorded."""
+    recorded = metadata.get("weights_sha256")
+    current = model.info.get("sha256", model.info.get("weights", ""))
+    if recorded and current and recorded != current:
+        raise CheckpointError(f"{where} was made with {metadata.get('model')} weights {recorded[:12]}…, but "
+                              f"{model.name} has weights {current[:12]}…: load the model it was made with")
 
 
 def write_png(image: torch.Tensor, path: str | os.PathLike, metadata: dict) -> None:
