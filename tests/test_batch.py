@@ -128,3 +128,37 @@ def test_cli_batch_and_synth(experiment, tmp_path, capsys):
     _, meta = read_png(tmp_path / "s" / "image_000.png")
     assert meta["seed"] == 7 and meta["steps"] == 5
     assert main(["batch", str(tmp_path / "nope.toml"), "--out", str(tmp_path)]) == 2
+
+
+def test_a_metamer_job_written_in_a_batch_file(tmp_path):
+    import torch
+    import synth
+    from synth.results import write_png
+    ref = synth.render(1, "test").tensor()[0]
+    write_png(ref, tmp_path / "ref.png", {})
+    path = tmp_path / "metamer.toml"
+    path.write_text(f"""
+[defaults]
+model = "toy-standard"
+objective = "match(IT, image='{tmp_path / 'ref.png'}', metric=normalized)"
+param = "pixels"
+init = "noise"
+lr = 0.01
+transforms = "none"
+relu_override = 0
+steps = 30
+
+[[jobs]]
+seed = 1
+""")
+    out = tmp_path / "out"
+    run(path, out, progress=False)
+    row = json.loads((out / "manifest.jsonl").read_text().splitlines()[0])
+    img, meta = read_png(out / row["file"])
+    assert meta["objective"] == f"match(IT, image='{tmp_path / 'ref.png'}', metric=normalized)"
+    model = synth.load_model("toy-standard", device="cpu")
+    with torch.no_grad():
+        a = model.activations(torch.stack([img, torch.full_like(img, 0.5)]), "IT")["IT"]
+        t = model.activations(((ref * 255).round() / 255)[None], "IT")["IT"]
+    err = (a - t).flatten(1).norm(dim=1) / t.flatten(1).norm()
+    assert err[0] < err[1] and abs(float(-err[0]) - row["score"]) < 0.02  # it moved towards the reference
