@@ -22,7 +22,7 @@ MODELS = ["toy-standard", "toy-robust", "toy-vone"]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=16, help="held-out embedded images (balanced over categories)")
-    parser.add_argument("--steps", type=int, default=2400, help="most steps per metamer")
+    parser.add_argument("--steps", type=int, default=4800, help="most steps per metamer")
     parser.add_argument("--work", default="runs/metamers", help="where metamers are kept (resume from here)")
     parser.add_argument("--out", default="examples/results")
     args = parser.parse_args()

@@ -2,7 +2,9 @@
 
 A metamer passes at a stage when its activations there are more like the reference's than any other natural
 image's are: its Spearman ρ with the reference exceeds the largest ρ between the reference and the images of a
-null set, and its normalized squared error ‖a − a*‖² / ‖a*‖² is below the smallest error over that set.  On small
+null set, and its normalized squared error ‖a − a*‖² / ‖a*‖² is below the smallest error over that set.  A tie in
+ρ passes: at a stage of a few units (8 logits) a null image often ranks them exactly as the reference does, and
+no image can beat ρ = 1 (measured: 5 of 32 logit metamers at error 0.001 failed the strict form).  On small
 models that criterion is weak (every metamer of the embedded models passed it while its normalized error was
 still about 0.3), so the default stopping rule adds a match-quality target, ‖a − a*‖ / ‖a*‖ ≤ 0.05.
 """
@@ -20,6 +22,7 @@ from synth.objectives import Acts
 from synth.probe import ProbeModel
 
 ERROR_TARGET = 0.05
+TIE = 1e-6  # ρ within this of the null's best counts as a tie, and a tie passes (see module docstring)
 
 
 def _ranks(a: torch.Tensor) -> torch.Tensor:
@@ -74,7 +77,7 @@ def judge(metamer: torch.Tensor, reference: torch.Tensor, null: Null) -> dict[st
     """Feather's criterion per metamer at one stage, with the statistics it rests on."""
     rho, err = spearman(metamer, reference), nse(metamer, reference)
     return {"spearman": rho, "nse": err, "error": err.sqrt(), "null_max_spearman": null.max_rho,
-            "null_min_nse": null.min_nse, "criterion": (rho > null.max_rho) & (err < null.min_nse)}
+            "null_min_nse": null.min_nse, "criterion": (rho >= null.max_rho - TIE) & (err < null.min_nse)}
 
 
 class MetamerStop(Criterion):

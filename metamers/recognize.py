@@ -105,8 +105,10 @@ class Recognizability:
         st = self.settings
         lines += ["", "## How it was measured", "",
                   f"{st.get('n')} test images of the embedded world ({st.get('per_class')} per category), one metamer "
-                  f"each per model and stage: noise start N(0.5, (1/20)²), {st.get('step')} at {st.get('lr')} with "
-                  f"Feather's step decay, up to {st.get('steps')} steps, stopping when the metamer passes.  "
+                  f"each per model and stage: noise start N(0.5, (1/20)²), {st.get('step')} with Feather's step decay "
+                  "(halved at each eighth of the run) from a first step of "
+                  + ", ".join(f"{v:g} at {k}" for k, v in (st.get("lr") or {}).items())
+                  + f", up to {st.get('steps')} steps, stopping when the metamer passes.  "
                   "Recognized = the observer names the reference's category; chance is "
                   f"{chance:.3f}.  A stochastic observer answers with its mean logits over {DRAWS} noise draws.",
                   "",
@@ -189,7 +191,8 @@ def recognizability(models: Sequence[str | ProbeModel], stages: Sequence[str] = 
     first = results[gens[0].name][stages[0]]
     settings = {"n": len(images), "per_class": len(images) // len(gens[0].classes), "stages": list(stages),
                 "models": [g.name for g in gens], "observers": [o.name for o in obs], "steps": steps,
-                "step": first.metadata.get("step_rule"), "lr": first.metadata.get("lr"),
+                "step": first.metadata.get("step_rule"),
+                "lr": {s: results[gens[0].name][s].metadata.get("lr") for s in stages},
                 "error_target": first.error_target, "classes": len(gens[0].classes), "seed": seed,
                 "seconds": round(time.perf_counter() - t0, 1), "device": str(gens[0].device)}
     table = Recognizability(accuracy, refs, pass_rates, settings)

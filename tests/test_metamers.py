@@ -38,6 +38,16 @@ def test_spearman_with_ties_and_nse_match_their_definitions():
     assert null.max_rho[0] < 1 and null.min_nse[0] > 0           # ... and is not compared with itself
 
 
+def test_a_tie_with_the_null_sets_best_rank_order_passes_but_a_worse_order_does_not():
+    ref = torch.arange(1.0, 9.0)[None]                    # 8 units, as the embedded models' logits
+    null = metamers.Null.measure(ref, torch.stack([ref[0] ** 2, ref[0].flip(0)]), "logits")
+    assert float(null.max_rho[0]) == pytest.approx(1.0)  # a null image with the reference's rank order
+    close = ref * 1.001                                   # the same order, far closer than that null image
+    swapped = close[:, [1, 0, 2, 3, 4, 5, 6, 7]]          # two units swapped: rank order worse than the null's
+    assert metamers.judge(close, ref, null)["criterion"].all()
+    assert not metamers.judge(swapped, ref, null)["criterion"].any()
+
+
 def test_the_criterion_fails_for_random_images_and_passes_for_metamers(toy_standard, refs, null):
     noise = torch.rand(refs.shape, generator=torch.Generator().manual_seed(1))
     judged = metamers.judge_all(toy_standard, noise, refs, "IT", null)
