@@ -117,7 +117,9 @@ class Recognizability:
                   "leaves in a metamer, whatever the metamer shows, so each observer sees the metamers (and the "
                   "natural images) through a Gaussian blur of σ = 1 px as well, a stand-in for the eye's optics; the "
                   "headline is the blurred view, and the raw view is reported beside it.",
-                  "", f"{st.get('seconds', 0):.0f} s on {st.get('device', 'cpu')}; phosphene {__version__}.", ""]
+                  "", "Optimization: " + ", ".join(f"{g} {t:.0f} s" for g, t in (st.get("optimization_seconds") or {}).items())
+                  + f" (as recorded with each saved set, which may come from earlier, resumed runs); this run "
+                  f"{st.get('seconds', 0):.0f} s on {st.get('device', 'cpu')}; phosphene {__version__}.", ""]
         return "\n".join(lines)
 
     def save(self, folder: str | os.PathLike) -> None:
@@ -194,7 +196,9 @@ def recognizability(models: Sequence[str | ProbeModel], stages: Sequence[str] = 
                 "step": first.metadata.get("step_rule"),
                 "lr": {s: results[gens[0].name][s].metadata.get("lr") for s in stages},
                 "error_target": first.error_target, "classes": len(gens[0].classes), "seed": seed,
-                "seconds": round(time.perf_counter() - t0, 1), "device": str(gens[0].device)}
+                "seconds": round(time.perf_counter() - t0, 1), "device": str(gens[0].device),
+                "optimization_seconds": {g: round(sum(float(r.metadata.get("seconds", 0)) for r in rs.values()), 1)
+                                         for g, rs in results.items()}}
     table = Recognizability(accuracy, refs, pass_rates, settings)
     if out is not None:
         examples_figure(results, images, out / "metamers_examples.png")

@@ -7,7 +7,7 @@ of every metamer set, raw and through a 1-px blur; the report (examples/results/
 the recognition matrix, example metamers per stage and a line plot per model.  Metamers are saved per model and
 stage under --work as they finish, so a killed run started again resumes.
 
-    python examples/metamers.py       # what examples/results/metamers.md holds; its time is printed
+    python examples/recognizability.py   # what examples/results/metamers.md holds; its time is printed
 """
 import argparse
 import shutil
