@@ -30,7 +30,7 @@ def errors(model: synth.ProbeModel, layer: str, images: torch.Tensor, target: to
     """‖a − a*‖ / ‖a*‖ per image, noise off, images clipped to [0, 1]."""
     with torch.no_grad(), model.noise_off():
         a = model.activations(images.clamp(0, 1), layer)[layer]
-    return (a - target).flatten(1).norm(dim=1) / target.flatten(1).norm(dim=1)
+    return metamers.nse(a, target).sqrt()
 
 
 def ours(model: synth.ProbeModel, refs: torch.Tensor, stage: str, steps: int, error: float) -> dict:

@@ -14,6 +14,7 @@ import shutil
 import time
 from pathlib import Path
 
+from metamers.generate import STEPS
 from metamers.recognize import STAGES, recognizability
 
 MODELS = ["toy-standard", "toy-robust", "toy-vone"]
@@ -22,7 +23,7 @@ MODELS = ["toy-standard", "toy-robust", "toy-vone"]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=16, help="held-out embedded images (balanced over categories)")
-    parser.add_argument("--steps", type=int, default=4800, help="most steps per metamer")
+    parser.add_argument("--steps", type=int, default=STEPS, help=f"most steps per metamer (default {STEPS})")
     parser.add_argument("--work", default="runs/metamers", help="where metamers are kept (resume from here)")
     parser.add_argument("--out", default="examples/results")
     args = parser.parse_args()

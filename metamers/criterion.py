@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
-from synth.criteria import Criterion
+from synth.criteria import RelativeError
 from synth.errors import ConfigError
 from synth.objectives import Acts
 from synth.probe import ProbeModel
@@ -80,42 +80,36 @@ def judge(metamer: torch.Tensor, reference: torch.Tensor, null: Null) -> dict[st
             "null_min_nse": null.min_nse, "criterion": (rho >= null.max_rho - TIE) & (err < null.min_nse)}
 
 
-class MetamerStop(Criterion):
-    """Stop an image once its normalized error at the matched stage is at most ``error`` and it passes Feather's
-    criterion against ``null`` (checked only where the error target is met, so it costs little)."""
+class MetamerStop(RelativeError):
+    """Stop an image once its normalized error at the matched stage is at most ``error`` (``inf``: Feather's
+    criterion alone) and it passes Feather's criterion against ``null`` (checked only where the error target is
+    met, so it costs little)."""
 
     def __init__(self, layer: str, reference: torch.Tensor, null: Null, error: float = ERROR_TARGET):
         if not error > 0:
             raise ConfigError(f"the error target must be > 0, got {error}")
-        self.layer, self.reference, self.null, self.error = layer, reference.detach(), null, float(error)
-        self.layers = (layer,)
-        self.rows: torch.Tensor | None = None
-        self._on: dict[torch.device, torch.Tensor] = {}
+        super().__init__(layer, reference, 1.0)
+        self.threshold, self.null = float(error), null
 
     def resolve(self, model: ProbeModel) -> MetamerStop:
-        return MetamerStop(model.layer(self.layer), self.reference, self.null, self.error)
+        return MetamerStop(model.layer(self.layer), self.target, self.null, self.threshold)
 
     def select(self, index: torch.Tensor) -> MetamerStop:
-        clone = MetamerStop(self.layer, self.reference, self.null, self.error)
+        clone = MetamerStop(self.layer, self.target, self.null, self.threshold)
         clone.rows = index.cpu() if self.rows is None else self.rows[index.cpu()]
         clone._on = self._on
         return clone
 
     def __call__(self, scores: torch.Tensor, acts: Acts) -> torch.Tensor:
-        a = acts[self.layer]
-        ref = self._on.get(a.device)
-        if ref is None:
-            ref = self._on[a.device] = self.reference.to(a.device)
-        rows = self.rows if self.rows is not None else torch.arange(a.shape[0])
-        ref = ref[rows.to(a.device)].to(a.dtype)
-        err = (a - ref).flatten(1).norm(dim=1) / ref.flatten(1).norm(dim=1).clamp_min(1e-12)
-        met = err <= self.error
+        met = self.errors(acts) <= self.threshold
         if met.any():
             where = met.nonzero()[:, 0]
-            verdict = judge(a[where], ref[where], self.null.select(rows[where.cpu()]))["criterion"]
+            rows = self.rows if self.rows is not None else torch.arange(met.shape[0])
+            verdict = judge(acts[self.layer][where], self.targets(acts)[where],
+                            self.null.select(rows[where.cpu()]))["criterion"]
             met[where] = verdict.to(met.device)
         return met
 
     def __str__(self) -> str:
-        return (f"metamer({self.layer}: normalized error <= {self.error:g} and Feather's criterion against "
+        return (f"metamer({self.layer}: normalized error <= {self.threshold:g} and Feather's criterion against "
                 f"{self.null.size} null images)")

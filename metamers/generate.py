@@ -22,7 +22,7 @@ from synth import Box, __version__
 from synth.criteria import Criterion
 from synth.engine import Surrogate, fake_relu as fake_relu_ctx, last_relu, optimize, surrogate_gradients
 from synth.errors import ConfigError
-from synth.files import write_csv, write_text
+from synth.files import atomic, write_csv, write_text
 from synth.objectives import Match, Outside
 from synth.params import Blurred, Pixels
 from synth.probe import INPUT, LOGITS, ProbeModel, check_images
@@ -144,7 +144,6 @@ class MetamerResult:
                "names": [r["name"] for r in rows], "metadata": self.metadata, "metamers": rows,
                "stages": {st: {k: v.tolist() for k, v in d.items()} for st, d in self.stats.items()}}
         write_text(folder / "metamers.json", json.dumps(doc, indent=1))
-        from synth.files import atomic
         with atomic(folder / "references.pt") as tmp:
             torch.save(self.references, tmp)
         return paths

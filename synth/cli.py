@@ -256,10 +256,11 @@ def _metamer(args: argparse.Namespace) -> None:
     checkpoint = out / f".checkpoint-{args.stage}.pt"
     if checkpoint.exists() and not args.resume:
         checkpoint.unlink()  # a fresh run; --resume goes on from where the last one stopped
-    r = metamers.generate(model, images, args.stage, steps=args.steps, seed=args.seed, error=args.error,
-                          coarse_to_fine=args.coarse_to_fine, range_penalty=args.range_penalty,
-                          fake_relu=not args.no_fake_relu, names=[f"{n}_{args.stage}" for n in names],
-                          checkpoint=checkpoint, checkpoint_every=args.checkpoint_every)
+    given = {k: v for k, v in (("steps", args.steps), ("error", args.error)) if v is not None}
+    r = metamers.generate(model, images, args.stage, seed=args.seed, coarse_to_fine=args.coarse_to_fine,
+                          range_penalty=args.range_penalty, fake_relu=not args.no_fake_relu,
+                          names=[f"{n}_{args.stage}" for n in names],
+                          checkpoint=checkpoint, checkpoint_every=args.checkpoint_every, **given)
     r.save(out)
     r.sheet(out / "sheet.png")
     for row in r.summary():
@@ -275,7 +276,8 @@ def _recognizability(args: argparse.Namespace) -> None:
 
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    table = recognizability(models, stages, n=args.n, steps=args.steps, seed=args.seed, out=args.out)
+    given = {"steps": args.steps} if args.steps is not None else {}
+    table = recognizability(models, stages, n=args.n, seed=args.seed, out=args.out, **given)
     for g in table.accuracy:
         print(f"{g}: recognized by the other models (1-px blur) " +
               ", ".join(f"{s} {table.headline(g, s):.2f}" for s in stages))
@@ -416,8 +418,8 @@ def parser() -> argparse.ArgumentParser:
     mt.add_argument("--model", default="toy-robust")
     mt.add_argument("--weights", help="checkpoint file or torchvision weights name")
     mt.add_argument("--stage", default="IT", help="brain area or layer to match (default IT)")
-    mt.add_argument("--steps", type=int, default=4800, help="most steps per metamer (default 4800)")
-    mt.add_argument("--error", type=float, default=0.05, help="normalized-error target (default 0.05)")
+    mt.add_argument("--steps", type=int, help="most steps per metamer (default: metamers.generate's)")
+    mt.add_argument("--error", type=float, help="normalized-error target (default: metamers.generate's)")
     mt.add_argument("--seed", type=int, default=0)
     mt.add_argument("--coarse-to-fine", action="store_true", help="blur the gradient, 2 px down to 0, over the run")
     mt.add_argument("--range-penalty", type=float, default=0.0, help="penalize pixels outside [0,1] instead of clipping")
@@ -436,7 +438,7 @@ def parser() -> argparse.ArgumentParser:
     rc.add_argument("--models", default="toy-standard,toy-robust,toy-vone", help="comma-separated zoo names")
     rc.add_argument("--stages", default="V1,V2,V4,IT,logits", help="comma-separated stages")
     rc.add_argument("--n", type=int, default=16, help="test images, balanced over categories (default 16)")
-    rc.add_argument("--steps", type=int, default=4800, help="most steps per metamer (default 4800)")
+    rc.add_argument("--steps", type=int, help="most steps per metamer (default: metamers.generate's)")
     rc.add_argument("--seed", type=int, default=0)
     rc.add_argument("--out", required=True)
     rc.set_defaults(func=_recognizability)

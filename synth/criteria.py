@@ -199,6 +199,12 @@ class RelativeError(Criterion):
     def errors(self, acts: Acts) -> torch.Tensor:
         """‖a − a*‖ / ‖a*‖ per image."""
         a = acts[self.layer].flatten(1)
+        t = self.targets(acts)
+        return (a - t).norm(dim=1) / t.norm(dim=1).clamp_min(1e-12)
+
+    def targets(self, acts: Acts) -> torch.Tensor:
+        """The target of each image still running, flattened, on the layer's device (moved there once)."""
+        a = acts[self.layer].flatten(1)
         t = self._on.get(a.device)
         if t is None:
             per_image = self.target.ndim == acts[self.layer].ndim
@@ -208,8 +214,7 @@ class RelativeError(Criterion):
         if t.shape[1] != a.shape[1] or t.shape[0] not in (1, a.shape[0]):
             raise ConfigError(f"relative-error target of shape {tuple(self.target.shape)} does not fit layer "
                               f"{self.layer!r} of shape {tuple(acts[self.layer].shape)}")
-        t = t.to(a.dtype)
-        return (a - t).norm(dim=1) / t.norm(dim=1).clamp_min(1e-12)
+        return t.to(a.dtype)
 
     def __call__(self, scores: torch.Tensor, acts: Acts) -> torch.Tensor:
         return self.errors(acts) <= self.threshold
