@@ -50,6 +50,23 @@ def test_vone_block_cells_noise_and_colour_grouping():
         VOneBlock(noise_mode="poisson")
 
 
+def test_zero_mean_kernels_answer_contrast_not_luminance():
+    """VOneNet's kernels keep a DC term; zero-mean ones (toy-vone's) give a uniform brightening no response away
+    from the border and keep each kernel's shape otherwise."""
+    kw = dict(simple_channels=16, complex_channels=16, kernel_size=15, stride=2, image_size=64, visual_degrees=4,
+              sf_max=5.6, noise_mode=None)
+    dc, zm = VOneBlock(**kw), VOneBlock(**kw, zero_mean=True)
+    w_dc, w_zm = dc.simple_conv_q0.weight, zm.simple_conv_q0.weight
+    assert w_zm.sum((1, 2, 3)).abs().max() < 1e-6 < w_dc.sum((1, 2, 3)).abs().max()
+    assert ((w_zm.abs().sum((2, 3)) > 0) == (w_dc.abs().sum((2, 3)) > 0)).all()  # same colour channel each
+    assert F.cosine_similarity(w_dc.flatten(1), w_zm.flatten(1)).median() > 0.9
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 0.5
+    inner = (slice(None), slice(None), slice(4, -4), slice(4, -4))  # away from the zero padding
+    for block, moves in ((dc, True), (zm, False)):
+        shift = (block.simple_conv_q0(x + 0.3) - block.simple_conv_q0(x))[inner].abs().max()
+        assert (shift > 1e-3) == moves
+
+
 def test_published_vonenet_checkpoints_load_by_path_and_by_name(tmp_path):
     torch.manual_seed(0)
     net, back_end = vonenet("resnet50", {})
@@ -122,3 +139,17 @@ def test_noise_draws_share_the_gabor_pass_and_match_stacked_copies():
     assert model.net.V1.draws.copies == 1  # reset after the pass
     plain = synth.load_model(net.V1, device="cpu", classes=list("abcd"), name="block-only")
     assert plain.activations(x, "logits", draws=4)["logits"].shape[0] == 8 and calls[-1] == 8  # stacked copies
+
+
+def test_toy_vone_ships_the_kernels_its_recipe_builds():
+    """The shipped toy-vone carries the zero-mean kernels its recipe defines, not the DC kernels of the stage it
+    was fine-tuned from (training copies every shared tensor but the fixed Gabor bank)."""
+    from synth.training import RECIPES, architecture, build
+
+    shipped = synth.load_model("toy-vone", device="cpu")
+    built = build(RECIPES["toy-vone"])
+    assert shipped.info["card"]["architecture"] == architecture(RECIPES["toy-vone"])
+    for bank in ("simple_conv_q0", "simple_conv_q1"):
+        w = getattr(shipped.net.V1, bank).weight
+        assert torch.equal(w, getattr(built.net.V1, bank).weight) and w.sum((1, 2, 3)).abs().max() < 1e-6
+    assert not build(RECIPES["toy-vone-39"]).net.V1.zero_mean
