@@ -36,7 +36,8 @@ def errors(model: synth.ProbeModel, layer: str, images: torch.Tensor, target: to
 def ours(model: synth.ProbeModel, refs: torch.Tensor, stage: str, steps: int, error: float) -> dict:
     """phosphene's run to the target: when the median image first reached it, and at the end."""
     t0 = time.perf_counter()
-    r = metamers.generate(model, refs, stage, steps=steps, error=error, progress=False)
+    # one run from the same start as plenoptic's (no retries: their steps would mix with the first run's)
+    r = metamers.generate(model, refs, stage, steps=steps, error=error, retries=0, progress=False)
     seconds = time.perf_counter() - t0
     err = -r.run.history                        # steps × N; a stopped image keeps its last value
     reached = (err <= error).float().mean(1)

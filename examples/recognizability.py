@@ -2,7 +2,8 @@
 
 Metamers of 16 held-out test images (2 per category) are made at every stage (V1, V2, V4, IT, logits) of
 toy-standard, toy-robust (adversarially trained) and toy-vone (a VOneBlock as V1), each stopping when it passes
-Feather's criterion and comes within 5 % normalized error of its reference.  Every model then names the category
+Feather's criterion and comes within 5 % normalized error of its reference (a metamer still failing goes once
+more from a new noise start with a third of the first step).  Every model then names the category
 of every metamer set, raw and through a 1-px blur; the report (examples/results/metamers.md) gives the pass rates,
 the recognition matrix, example metamers per stage and a line plot per model.  Metamers are saved per model and
 stage under --work as they finish, so a killed run started again resumes.

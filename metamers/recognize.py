@@ -29,19 +29,23 @@ from synth.models import load_model
 from synth.params import gaussian_blur
 from synth.probe import ProbeModel
 
-from .generate import STEPS, MetamerResult, generate
+from .generate import RETRY_LR, STEPS, MetamerResult, generate
 
 STAGES = ("V1", "V2", "V4", "IT", "logits")
 VIEWS = {"raw": 0.0, "blur": 1.0}  # Gaussian σ in pixels of the observer's view
 DRAWS = 8                           # a stochastic observer's verdict is its mean logits over this many draws
 
 
-def observe(model: ProbeModel, images: torch.Tensor, sigma: float = 0.0, batch: int = 128) -> torch.Tensor:
+def observe(model: ProbeModel, images: torch.Tensor, sigma: float = 0.0, batch: int = 128,
+            seed: int = 0) -> torch.Tensor:
     """An observer's category for each image, seen through a Gaussian blur of ``sigma`` px (none at 0); a
-    stochastic observer answers with the mean of its logits over ``DRAWS`` noise draws."""
+    stochastic observer answers with the mean of its logits over ``DRAWS`` noise draws, drawn from ``seed`` so that
+    a verdict does not depend on what ran before it (the global generator is left as it was)."""
     draws = DRAWS if model.stochastic else 1
     out = []
-    with torch.no_grad():
+    devices = [model.device] if model.device.type == "cuda" else []
+    with torch.no_grad(), torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
         for i in range(0, images.shape[0], batch):
             x = gaussian_blur(images[i:i + batch], sigma).clamp(0, 1).to(model.device)
             z = model.activations(x, "logits", draws=draws)["logits"]
@@ -108,7 +112,11 @@ class Recognizability:
                   f"each per model and stage: noise start N(0.5, (1/20)²), {st.get('step')} with Feather's step decay "
                   "(halved at each eighth of the run) from a first step of "
                   + ", ".join(f"{v:g} at {k}" for k, v in (st.get("lr") or {}).items())
-                  + f", up to {st.get('steps')} steps, stopping when the metamer passes.  "
+                  + f", up to {st.get('steps')} steps, stopping when the metamer passes; a metamer still failing "
+                  f"then went again from a new noise start with {st.get('retry_lr', RETRY_LR):.3g} × the first step, "
+                  "kept where its error was lower (kept: "
+                  + (", ".join(f"{g} {s} {n}" for g, per in (st.get("retried") or {}).items() for s, n in per.items()
+                               if n) or "none") + ").  "
                   "Recognized = the observer names the reference's category; chance is "
                   f"{chance:.3f}.  A stochastic observer answers with its mean logits over {DRAWS} noise draws.",
                   "",
@@ -178,7 +186,8 @@ def recognizability(models: Sequence[str | ProbeModel], stages: Sequence[str] = 
                              **generate_options)
                 if folder is not None:
                     r.save(folder)
-                    (folder / ".checkpoint.pt").unlink(missing_ok=True)
+                    for done in folder.glob(".checkpoint*.pt"):  # the run's and its retries'
+                        done.unlink()
             results[g.name][stage] = r
             s = r.stats[r.stage]
             pass_rates[g.name][stage] = {"passed": float(s["passed"].float().mean()),
@@ -197,6 +206,9 @@ def recognizability(models: Sequence[str | ProbeModel], stages: Sequence[str] = 
                 "lr": {s: results[gens[0].name][s].metadata.get("lr") for s in stages},
                 "error_target": first.error_target, "classes": len(gens[0].classes), "seed": seed,
                 "seconds": round(time.perf_counter() - t0, 1), "device": str(gens[0].device),
+                "retry_lr": RETRY_LR,
+                "retried": {g: {s: len(r.metadata.get("retried") or {}) for s, r in rs.items()}
+                            for g, rs in results.items()},
                 "optimization_seconds": {g: round(sum(float(r.metadata.get("seconds", 0)) for r in rs.values()), 1)
                                          for g, rs in results.items()}}
     table = Recognizability(accuracy, refs, pass_rates, settings)

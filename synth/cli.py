@@ -254,8 +254,9 @@ def _metamer(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = out / f".checkpoint-{args.stage}.pt"
-    if checkpoint.exists() and not args.resume:
-        checkpoint.unlink()  # a fresh run; --resume goes on from where the last one stopped
+    if not args.resume:  # a fresh run; --resume goes on from where the last one (and its retries) stopped
+        for stale in out.glob(f".checkpoint-{args.stage}*.pt"):
+            stale.unlink()
     given = {k: v for k, v in (("steps", args.steps), ("error", args.error)) if v is not None}
     r = metamers.generate(model, images, args.stage, seed=args.seed, coarse_to_fine=args.coarse_to_fine,
                           range_penalty=args.range_penalty, fake_relu=not args.no_fake_relu,

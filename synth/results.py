@@ -8,6 +8,7 @@ checks that ``model`` has the weights the result was made with.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,38 @@ class Result:
 
     def __len__(self) -> int:
         return self.images.shape[0]
+
+    def with_rows(self, index: torch.Tensor, other: Result) -> Result:
+        """A copy whose images ``index`` are replaced by ``other``'s images 0 … len(index)−1 (a rerun of some
+        images, e.g. a metamer retried); the per-step traces are padded to the longer run (last score held,
+        gradient norm NaN once stopped), and the metadata stays this run's."""
+        index = torch.as_tensor(index, dtype=torch.long).flatten()
+        if len(other) != len(index):
+            raise ValueError(f"{len(other)} rerun images for {len(index)} rows")
+
+        def rows(a, b):
+            if a is None or b is None:
+                return a
+            out = a.clone()
+            out[index] = b.to(out.dtype)
+            return out
+
+        def steps(a, b, fill):
+            if a is None or b is None:
+                return a
+            t = max(a.shape[0], b.shape[0])
+            pad = lambda x: torch.cat([x, (x[-1:] if fill is None else torch.full_like(x[:1], fill))
+                                       .expand(t - x.shape[0], *x.shape[1:])]) if 0 < x.shape[0] < t else x
+            out = pad(a).clone()
+            out[:, index] = pad(b).to(out.dtype)
+            return out
+
+        return Result(rows(self.images, other.images), steps(self.history, other.history, None),
+                      rows(self.scores, other.scores),
+                      {k: rows(v, other.activations.get(k)) for k, v in self.activations.items()},
+                      dict(self.metadata), rows(self.success, other.success), rows(self.best, other.best),
+                      rows(self.best_scores, other.best_scores), steps(self.grad_norm, other.grad_norm, math.nan),
+                      rows(self.distance, other.distance), dict(self.targets))
 
     def population(self, layer: str) -> torch.Tensor:
         """N×C responses of a layer the run read: spatial means of a conv layer, the layer itself otherwise."""

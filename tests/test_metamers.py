@@ -69,6 +69,24 @@ def test_the_default_rule_stops_each_metamer_at_the_error_target(toy_standard, r
     assert "fading" in r.metadata["surrogate"]
 
 
+def test_failed_metamers_are_retried_and_kept_only_where_the_retry_is_better(tiny, refs, null):
+    x, n32 = refs[:, :, :32, :32].contiguous(), null[:, :, :32, :32].contiguous()
+    once = metamers.generate(tiny, x, "V4", steps=15, null=n32, retries=0, progress=False)
+    again = metamers.generate(tiny, x, "V4", steps=15, null=n32, retries=1, progress=False)
+    assert not once.passed.all() and once.metadata["retried"] == {}
+    retried = [int(i) for i in again.metadata["retried"]]
+    assert retried and all(v == {"lr": pytest.approx(once.metadata["lr"] / 3), "seed": 1}
+                           for v in again.metadata["retried"].values())
+    e0, e1 = once.stats["V4"]["error"], again.stats["V4"]["error"]
+    for i in range(len(x)):
+        if i in retried:
+            assert e1[i] < e0[i] and not torch.equal(again.images[i], once.images[i])
+        else:  # a metamer that passed, or whose retry was no better, is the first run's
+            assert torch.equal(again.images[i], once.images[i]) and e1[i] == pytest.approx(float(e0[i]))
+    assert again.run.history.shape[1] == again.run.grad_norm.shape[1] == len(x)
+    assert torch.allclose(again.rescore(tiny, n32)["V4"]["error"], e1)  # the stats judge the merged images
+
+
 def test_a_resumed_metamer_run_equals_an_uninterrupted_one(tiny, refs, null, tmp_path):
     x = refs[:2, :, :32, :32].contiguous()
     n32 = null[:, :, :32, :32].contiguous()
@@ -214,3 +232,20 @@ def test_recognizability_on_a_reduced_set_resumes_and_reports(tiny, tmp_path):
     assert again.accuracy == t.accuracy
     doc = json.loads((tmp_path / "recognizability.json").read_text())
     assert Recognizability(**doc).headline("twin", "logits") == t.headline("twin", "logits")
+
+
+def test_a_stochastic_observer_draws_its_own_noise_and_leaves_the_global_generator_alone():
+    from metamers.recognize import observe
+
+    vone = synth.load_model("toy-vone", device="cpu")
+    x = synth.render(16, "test").tensor()
+    observe(vone, x[:1])  # the first pass in a process moves the global generator once (seen here)
+    torch.manual_seed(1)
+    first = observe(vone, x, 1.0)
+    after = torch.rand(3)
+    torch.manual_seed(1)
+    torch.rand(1000)  # whatever ran before
+    assert torch.equal(observe(vone, x, 1.0), first)
+    torch.manual_seed(1)
+    observe(vone, x, 1.0)
+    assert torch.equal(torch.rand(3), after)
