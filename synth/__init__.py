@@ -20,13 +20,13 @@ from .errors import CheckpointError, ConfigError, ImageError, PhospheneError, Un
 from .evolve import evolve  # noqa: E402
 from .models import available_models, default_device, load_model  # noqa: E402
 from .objectives import Objective, parse  # noqa: E402
-from .probe import ProbeModel  # noqa: E402
+from .probe import Intervention, ProbeModel  # noqa: E402
 from .readouts import Readout, load_responses  # noqa: E402
 from .readouts import fit as fit_readout  # noqa: E402
 from .results import Result, read_png  # noqa: E402
 from .synthesis import synthesize  # noqa: E402
 
 __all__ = ["Box", "CATEGORIES", "CheckpointError", "ConfigError", "Contrast", "Grayscale", "ImageBatch", "ImageError",
-           "LpBall", "Mask", "Objective", "ObjectImages", "PhospheneError", "ProbeModel", "Readout", "Result",
+           "Intervention", "LpBall", "Mask", "Objective", "ObjectImages", "PhospheneError", "ProbeModel", "Readout", "Result",
            "UnknownNameError", "World", "available_models", "default_device", "evolve", "fit_readout", "load_model",
            "load_responses", "localizer", "optimize", "parse", "read_png", "render", "synthesize", "__version__"]

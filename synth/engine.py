@@ -567,6 +567,7 @@ def optimize(model: ProbeModel, objective: Objective | str, param: Parametrizati
         "lr": lr if not isinstance(lr, torch.Tensor) else "per image", "lr_schedule": _describe(lr_schedule),
         "target": target, "stop": None if stop is None else str(combine(None, stop)), "random_start": random_start,
         "relu_override": relu_override, "seed": seed,
+        "interventions": [str(i) for i in model.interventions],  # a run inside model.intervene(...)
     }
     state = {"t": 0, "done": torch.zeros(n, dtype=torch.bool, device=device), "frozen": first.clone(),
              "last": torch.full((n,), math.nan, device=device), "best": first.clone(),
@@ -701,7 +702,7 @@ def _optimizer(step: str | OptimizerFactory, params: list[torch.Tensor], lr: flo
 # What must agree between a checkpoint and the call continuing it (more steps are allowed: the run goes on).
 _FINGERPRINT = ("model", "weights_sha256", "objective", "parametrization", "constraints", "transforms", "eot",
                 "eot_average", "step_rule", "lr", "lr_schedule", "target", "stop", "random_start", "relu_override",
-                "seed")
+                "seed", "interventions")
 
 
 def _save_checkpoint(path: Path, recipe: dict, t_next: int, param: Parametrization, opt, sched, free, rule,

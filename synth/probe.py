@@ -8,7 +8,8 @@ forward pass as soon as the last requested module has fired.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -24,6 +25,60 @@ INPUT, LOGITS = "input", "logits"
 # Named no-op modules that mark an area's output: kept as nodes so that 'V1.output' (CORnet's name) exists;
 # VOneNet's Gabor banks run eagerly (their colour grouping is planned from the weights).
 _TRACER = {"leaf_modules": [Identity, GaborBank, Draws]}
+
+
+@dataclass(frozen=True)
+class Intervention:
+    """A write into one layer during the forward pass: ``mode`` 'add' (output + value), 'scale' (output × value)
+    or 'replace' (value where ``mask``, the output elsewhere).  ``value`` (and ``mask``) is a number, a tensor
+    broadcastable to one image's response (C×H×W for a conv layer, C for a flat one), or a callable of the layer's
+    output giving such a tensor, so a stimulation can depend on the units' positions or on the activity itself."""
+
+    layer: str
+    mode: str
+    value: float | torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
+    mask: torch.Tensor | None = None
+    label: str = ""
+
+    MODES = ("add", "scale", "replace")
+
+    def __post_init__(self):
+        if self.mode not in self.MODES:
+            raise UnknownNameError("intervention mode", self.mode, self.MODES)
+        if (self.mask is None) != (self.mode != "replace"):
+            raise ConfigError("a 'replace' intervention needs a mask of the units it writes; 'add' and 'scale' take none")
+        if isinstance(self.value, torch.Tensor) and not torch.isfinite(self.value).all():
+            raise ConfigError(f"intervention on {self.layer!r}: the value holds NaN or infinite entries")
+
+    def apply(self, output: torch.Tensor) -> torch.Tensor:
+        """The layer's output with this intervention written in."""
+        value = self.value(output) if callable(self.value) else self.value
+        value = torch.as_tensor(value, dtype=output.dtype, device=output.device)
+        for t, what in ((value, "value"), (self.mask, "mask")):
+            if isinstance(t, torch.Tensor) and t.dim() and not _broadcasts(t.shape, output.shape[1:]):
+                raise ConfigError(f"intervention on {self.layer!r}: {what} of shape {tuple(t.shape)} does not fit the "
+                                  f"layer's response per image, {tuple(output.shape[1:])}")
+        if self.mode == "add":
+            return output + value
+        if self.mode == "scale":
+            return output * value
+        return torch.where(self.mask.to(output.device, torch.bool), value, output)
+
+    def __str__(self) -> str:
+        if self.label:
+            return self.label
+        v = self.value
+        what = (f"{v:g}" if isinstance(v, (int, float)) else f"tensor{tuple(v.shape)}" if isinstance(v, torch.Tensor)
+                else getattr(v, "__name__", type(v).__name__))
+        mask = f", mask of {int(self.mask.bool().sum())} units" if self.mask is not None else ""
+        return f"{self.mode}({self.layer}, {what}{mask})"
+
+
+def _broadcasts(shape: Sequence[int], to: Sequence[int]) -> bool:
+    """Whether a tensor of ``shape`` broadcasts to one of ``to`` without changing it."""
+    if len(shape) > len(to):
+        return False
+    return all(a in (1, b) for a, b in zip(reversed(shape), reversed(to)))
 
 
 class _Stop(Exception):
@@ -51,6 +106,7 @@ class ProbeModel(nn.Module):
         self._output_node: str | None = None
         self._stochastic: bool | None = None
         self._site: tuple[Draws | None] | None = None  # the Draws site, found once
+        self._interventions: list[Intervention] = []
         self.areas = {}
         for area, layer in (areas or {}).items():
             if area not in AREA_NAMES:
@@ -154,8 +210,9 @@ class ProbeModel(nn.Module):
                 out = self._full(xp, targets)
             elif not targets:
                 out = {}
-            else:
-                out = self._traced(xp, targets) if self._traceable else self._hooked(xp, targets)
+            else:  # a traced graph inlines container modules, so an intervened pass runs the network with hooks
+                traced = self._traceable and not self._interventions
+                out = self._traced(xp, targets) if traced else self._hooked(xp, targets)
         finally:
             if site is not None:
                 site.copies = 1
@@ -182,7 +239,7 @@ class ProbeModel(nn.Module):
         """The whole forward pass to the logits, keeping the requested inner layers on the way."""
         if not targets:
             return {LOGITS: self.net(x)}
-        if self._traceable and self._output_node is not None:
+        if self._traceable and self._output_node is not None and not self._interventions:
             keep = self._output_node in targets
             out = self._traced(x, targets if keep else (*targets, self._output_node))
             out[LOGITS] = out[self._output_node] if keep else out.pop(self._output_node)
@@ -220,6 +277,35 @@ class ProbeModel(nn.Module):
             for h in handles:
                 h.remove()
         return captured
+
+    @contextlib.contextmanager
+    def intervene(self, *interventions: Intervention) -> Iterator[list[Intervention]]:
+        """Write into layers during every forward pass inside the block (``model(x)``, ``activations``, and so
+        the engine's runs): each ``Intervention`` applies to its layer's output, in the order given, and every
+        later layer, the logits and any readout see the result.  Layers are module names or brain areas; the
+        pixels, the logits and readouts cannot be written.  Yields the interventions in force."""
+        modules = dict(self.net.named_modules())
+        handles = []
+        for iv in interventions:
+            if not isinstance(iv, Intervention):
+                raise ConfigError(f"intervene takes Intervention objects, got {type(iv).__name__}")
+            layer = self.layer(iv.layer)
+            if layer not in modules or not layer:
+                raise ConfigError(f"cannot write into {iv.layer!r}: interventions go into a module of the network "
+                                  f"(e.g. {', '.join(list(self.areas)[:4]) or 'a module name'})")
+            handles.append(modules[layer].register_forward_hook(lambda _m, _i, out, iv=iv: iv.apply(out)))
+        self._interventions.extend(interventions)
+        try:
+            yield list(self._interventions)
+        finally:
+            for h in handles:
+                h.remove()
+            del self._interventions[len(self._interventions) - len(interventions):]
+
+    @property
+    def interventions(self) -> list[Intervention]:
+        """The interventions in force (inside ``intervene``), outermost first."""
+        return list(self._interventions)
 
     @contextlib.contextmanager
     def noise_off(self) -> Iterator[bool]:
