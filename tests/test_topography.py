@@ -1,0 +1,63 @@
+"""Cortical sheets: TDANN's retinotopic layout and spatial correlation loss."""
+import pytest
+import torch
+
+from synth.errors import ConfigError
+from synth.topography import retinotopic_sheet, spatial_loss
+
+
+def test_the_layout_keeps_retinotopy_and_is_reproducible():
+    sheet = retinotopic_sheet("V4", (16, 4, 5), size_mm=10.0, seed=1)
+    assert sheet.positions.shape == (16 * 4 * 5, 2)
+    assert (sheet.positions >= 0).all() and (sheet.positions <= 10).all()
+    xy = sheet.positions.view(16, 4, 5, 2)
+    # every channel at image position (h, w) lies in tile (h, w): x in [w, w+1) × 10/5 mm, y in [h, h+1) × 10/4 mm
+    cols, rows = torch.arange(5).view(1, 1, 5) * 2.0, torch.arange(4).view(1, 4, 1) * 2.5
+    assert ((xy[..., 0] >= cols) & (xy[..., 0] < cols + 2.0)).all()
+    assert ((xy[..., 1] >= rows) & (xy[..., 1] < rows + 2.5)).all()
+    assert torch.equal(sheet.positions, retinotopic_sheet("V4", (16, 4, 5), 10.0, seed=1).positions)
+    assert not torch.equal(sheet.positions, retinotopic_sheet("V4", (16, 4, 5), 10.0, seed=2).positions)
+    shuffled = sheet.shuffled(0)
+    assert torch.equal(shuffled.positions.sort(0).values, sheet.positions.sort(0).values)
+    with pytest.raises(ConfigError, match="needs 320×2 positions"):
+        type(sheet)("V4", (16, 4, 5), sheet.positions[:10], 10.0)
+
+
+def test_the_spatial_loss_is_low_for_smooth_maps_near_one_without_topography_and_differentiable():
+    sheet = retinotopic_sheet("IT", (64, 4, 4), size_mm=10.0, seed=0)
+    g = torch.Generator().manual_seed(0)
+    # each unit's response is a smooth function of its position: a sum of broad spatial modes, one per image
+    freq = torch.randn(40, 2, generator=g) * 0.4
+    phase = torch.rand(40, 1, generator=g) * 6.28
+    smooth = torch.cos(freq @ sheet.positions.T + phase)                                   # 40 images × 1024 units
+    noise = torch.randn(40, len(sheet), generator=g)
+    topo = spatial_loss(smooth + 0.3 * noise, sheet, radius_mm=3.0, neighbourhoods=16)
+    flat = spatial_loss(noise, sheet, radius_mm=3.0, neighbourhoods=16)
+    shuffled = spatial_loss(smooth + 0.3 * noise, sheet.shuffled(1), radius_mm=3.0, neighbourhoods=16)
+    assert topo < 0.6 and flat > 0.85 and shuffled > 0.85
+    feats = (smooth + noise).view(40, 64, 4, 4).requires_grad_(True)
+    spatial_loss(feats, sheet, radius_mm=3.0).backward()
+    assert torch.isfinite(feats.grad).all() and feats.grad.abs().sum() > 0
+    with pytest.raises(ConfigError, match="units per image"):
+        spatial_loss(torch.zeros(8, 10), sheet, radius_mm=3.0)
+    with pytest.raises(ConfigError, match="at least 3 images"):
+        spatial_loss(noise[:2], sheet, radius_mm=3.0)
+    with pytest.raises(ConfigError, match="larger radius"):
+        spatial_loss(noise, sheet, radius_mm=1e-4, neighbourhoods=2)
+
+
+def test_swaps_recover_topography_that_a_shuffle_destroyed():
+    """Units whose responses vary smoothly over the original layout, dealt shuffled positions, get them sorted back
+    by swaps: the spatial loss falls, and the positions stay the same set (only exchanged)."""
+    from synth.topography import swap_optimize
+
+    sheet = retinotopic_sheet("IT", (16, 4, 4), size_mm=10.0, seed=0)
+    g = torch.Generator().manual_seed(0)
+    freq = torch.randn(40, 2, generator=g) * 0.4
+    smooth = torch.cos(freq @ sheet.positions.T + torch.rand(40, 1, generator=g) * 6.28)
+    start = sheet.shuffled(3)
+    swapped = swap_optimize(start, smooth, radius_mm=4.0, steps=150, swaps=40, progress=False)
+    score = lambda s: float(spatial_loss(smooth, s, radius_mm=4.0, neighbourhoods=32))
+    assert score(swapped) < score(start) - 0.2
+    assert torch.equal(swapped.positions.sort(0).values, start.positions.sort(0).values)
+    assert torch.equal(start.positions, sheet.shuffled(3).positions)  # the input sheet is left as it was
