@@ -61,3 +61,34 @@ def test_swaps_recover_topography_that_a_shuffle_destroyed():
     assert score(swapped) < score(start) - 0.2
     assert torch.equal(swapped.positions.sort(0).values, start.positions.sort(0).values)
     assert torch.equal(start.positions, sheet.shuffled(3).positions)  # the input sheet is left as it was
+
+
+def test_microstimulation_spreads_with_current_and_drives_the_layer_through_to_the_decoder(toy_standard):
+    import synth
+    from synth.topography import inactivation, microstimulation, spread_mm
+
+    assert spread_mm(50) == pytest.approx(0.00505 * (50 - 5.26)) and spread_mm(100) > spread_mm(50)
+    with pytest.raises(ConfigError, match="below"):
+        spread_mm(5)
+    x = synth.render(8, "test").tensor()
+    with torch.no_grad():
+        clean = toy_standard.activations(x, ["IT", "logits"])
+    sheet = retinotopic_sheet(toy_standard.layer("IT"), tuple(clean["IT"].shape[1:]), size_mm=10.0)
+    stim = microstimulation(sheet, (5.0, 5.0), current_ua=50, rate_hz=200)
+    gain = stim.value.flatten()
+    d = ((sheet.positions - torch.tensor([5.0, 5.0])) ** 2).sum(1).sqrt()
+    assert gain.max() <= 1 + 200 / 30 and gain[d > 10 * spread_mm(50)].max() < 1.01  # local, at most 1 + rate/30
+    wide = microstimulation(sheet, (5.0, 5.0), current_ua=150).value.flatten()
+    assert (wide >= gain - 1e-6).all() and (wide > 1.5).sum() > (gain > 1.5).sum()  # more current, wider spread
+    with torch.no_grad(), toy_standard.intervene(stim):
+        on = toy_standard.activations(x, ["IT", "logits"])
+    near = (d < spread_mm(50)).view(clean["IT"].shape[1:])
+    assert (on["IT"][:, near] >= clean["IT"][:, near]).all() and (on["IT"][:, near] > clean["IT"][:, near]).any()
+    assert torch.equal(on["IT"][:, ~near & (gain.view(near.shape) == 1)], clean["IT"][:, ~near & (gain.view(near.shape) == 1)])
+    assert not torch.allclose(on["logits"], clean["logits"])
+    assert "50 µA, 200 Hz" in str(stim)
+    with torch.no_grad(), toy_standard.intervene(inactivation(sheet, (5.0, 5.0), radius_mm=2.0)):
+        off = toy_standard.activations(x, "IT")["IT"]
+    assert (off <= clean["IT"] + 1e-6).all() and off.sum() < 0.8 * clean["IT"].sum()
+    with pytest.raises(ConfigError, match="point in mm"):
+        microstimulation(sheet, (5.0,), 50)
