@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .errors import ConfigError
@@ -189,3 +190,100 @@ def inactivation(sheet: Sheet, center_mm: tuple[float, float], radius_mm: float 
     x, y = center_mm
     return Intervention(sheet.layer, "scale", 1 - depth * torch.exp(-d ** 2 / (2 * radius_mm ** 2)),
                         label=f"inactivation({sheet.layer} at ({x:g}, {y:g}) mm, σ {radius_mm:g} mm, depth {depth:g})")
+
+
+# ------------------------------------------------------------------------------------------ selectivity maps
+def selectivity(preferred: torch.Tensor, other: torch.Tensor, measure: str = "t") -> torch.Tensor:
+    """Per-unit selectivity for one condition over another (e.g. faces vs objects) from n×N responses (or
+    n×C×H×W): Welch's t (``scipy.stats.ttest_ind``) or d′ = (μ₁ − μ₂) / √((σ₁² + σ₂²) / 2); 0 for a unit silent in
+    both."""
+    from scipy import stats
+
+    a, b = preferred.detach().flatten(1).double().cpu(), other.detach().flatten(1).double().cpu()
+    if a.shape[1] != b.shape[1] or min(a.shape[0], b.shape[0]) < 2:
+        raise ConfigError(f"selectivity needs two sets of at least 2 responses from the same units, got "
+                          f"{tuple(a.shape)} and {tuple(b.shape)}")
+    if measure == "t":
+        with np.errstate(invalid="ignore", divide="ignore"):
+            t = stats.ttest_ind(a.numpy(), b.numpy(), axis=0, equal_var=False).statistic
+        out = torch.from_numpy(np.nan_to_num(t, nan=0.0, posinf=0.0, neginf=0.0))
+    elif measure == "dprime":
+        pooled = ((a.var(0) + b.var(0)) / 2).sqrt()
+        out = torch.where(pooled > 0, (a.mean(0) - b.mean(0)) / pooled.clamp_min(1e-12), torch.zeros_like(pooled))
+    else:
+        raise ConfigError(f"measure must be 't' or 'dprime', got {measure!r}")
+    return out.float()
+
+
+def smoothness(sheet: Sheet, values: torch.Tensor, near_mm: float = 1.0, pairs: int = 20000, seed: int = 0) -> float:
+    """How much more alike nearby units' values are than any two units': 1 − mean |Δ| over pairs closer than
+    ``near_mm`` / mean |Δ| over random pairs (0 for a position-shuffled map, up to 1 for a smooth one)."""
+    v = values.flatten().float()
+    gen = torch.Generator().manual_seed(seed)
+    i, j = torch.randint(len(v), (2, pairs * 20), generator=gen)
+    d = ((sheet.positions[i] - sheet.positions[j]) ** 2).sum(1).sqrt()
+    close = (d < near_mm) & (i != j)
+    if close.sum() < 10:
+        raise ConfigError(f"fewer than 10 unit pairs lie within {near_mm} mm: take a larger distance")
+    diff = (v[i] - v[j]).abs()
+    return float(1 - diff[close][:pairs].mean() / diff[:pairs].mean().clamp_min(1e-12))
+
+
+def sheet_image(sheet: Sheet, values: torch.Tensor, resolution_mm: float = 0.5) -> np.ndarray:
+    """The sheet as an image: the mean value of the units in each ``resolution_mm`` pixel (NaN where none lie)."""
+    from scipy import stats
+
+    bins = max(1, int(round(sheet.size_mm / resolution_mm)))
+    xy = sheet.positions.numpy()
+    img = stats.binned_statistic_2d(xy[:, 1], xy[:, 0], values.flatten().float().numpy(), "mean", bins=bins,
+                                    range=[[0, sheet.size_mm], [0, sheet.size_mm]]).statistic
+    return img
+
+
+def patches(sheet: Sheet, values: torch.Tensor, threshold: float, resolution_mm: float = 0.5,
+            min_area_mm2: float = 1.0) -> list[dict]:
+    """Patches: connected regions of the sheet image (``sheet_image``) whose mean selectivity exceeds
+    ``threshold``, at least ``min_area_mm2`` in area, largest first, each with its centre (mm), area (mm²), number
+    of units and peak value."""
+    from scipy import ndimage
+
+    img = sheet_image(sheet, values, resolution_mm)
+    labels, n = ndimage.label(np.nan_to_num(img, nan=-np.inf) > threshold)
+    px = sheet.size_mm / img.shape[0]
+    v = values.flatten().float()
+    col = (sheet.positions[:, 0] / px).long().clamp(max=img.shape[1] - 1)
+    row = (sheet.positions[:, 1] / px).long().clamp(max=img.shape[0] - 1)
+    unit_label = torch.from_numpy(labels)[row, col]
+    out = []
+    for k in range(1, n + 1):
+        area = float((labels == k).sum()) * px * px
+        members = unit_label == k
+        if area < min_area_mm2 or not members.any():
+            continue
+        cy, cx = ndimage.center_of_mass(labels == k)
+        out.append({"center_mm": (float((cx + 0.5) * px), float((cy + 0.5) * px)), "area_mm2": area,
+                    "units": int(members.sum()), "peak": float(v[members].max())})
+    return sorted(out, key=lambda p: -p["area_mm2"])
+
+
+def plot_sheet(sheet: Sheet, values: torch.Tensor, path: str, title: str = "", label: str = "selectivity (t)",
+               found: list[dict] | None = None) -> str:
+    """A PNG of the sheet, each unit a dot coloured by its value (diverging, centred on 0), patches outlined."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    v = values.flatten().float().numpy()
+    lim = float(np.abs(v).max()) or 1.0
+    fig, ax = plt.subplots(figsize=(4.2, 3.6))
+    dots = ax.scatter(sheet.positions[:, 0], sheet.positions[:, 1], c=v, cmap="RdBu_r", vmin=-lim, vmax=lim, s=3)
+    for p in found or []:
+        r = (p["area_mm2"] / np.pi) ** 0.5
+        ax.add_patch(plt.Circle(p["center_mm"], r, fill=False, color="k", lw=1))
+    fig.colorbar(dots, ax=ax, label=label)
+    ax.set(xlim=(0, sheet.size_mm), ylim=(0, sheet.size_mm), xlabel="mm", ylabel="mm", aspect="equal",
+           title=title or sheet.layer)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,6 +1,8 @@
 """Cortical sheets: TDANN's retinotopic layout and spatial correlation loss."""
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from synth.errors import ConfigError
 from synth.topography import retinotopic_sheet, spatial_loss
@@ -92,3 +94,33 @@ def test_microstimulation_spreads_with_current_and_drives_the_layer_through_to_t
     assert (off <= clean["IT"] + 1e-6).all() and off.sum() < 0.8 * clean["IT"].sum()
     with pytest.raises(ConfigError, match="point in mm"):
         microstimulation(sheet, (5.0,), 50)
+
+
+def test_selectivity_maps_find_a_patch_that_a_shuffled_sheet_breaks_up(tmp_path):
+    from scipy import stats
+
+    from synth.topography import patches, plot_sheet, selectivity, smoothness
+
+    sheet = retinotopic_sheet("IT", (64, 8, 8), size_mm=10.0, seed=0)
+    g = torch.Generator().manual_seed(0)
+    d = ((sheet.positions - torch.tensor([3.0, 6.0])) ** 2).sum(1).sqrt()
+    face_drive = 2.0 * torch.exp(-d ** 2 / (2 * 1.0 ** 2))       # a face patch of σ 1 mm around (3, 6) mm
+    faces = torch.rand(30, len(sheet), generator=g) + face_drive
+    objects = torch.rand(30, len(sheet), generator=g)
+    t = selectivity(faces, objects)
+    ref = stats.ttest_ind(faces.double().numpy(), objects.double().numpy(), axis=0, equal_var=False).statistic
+    assert np.allclose(t.numpy(), ref, atol=1e-4)
+    dp = selectivity(faces, objects, "dprime")
+    assert torch.allclose(dp, (faces.mean(0) - objects.mean(0)) / ((faces.var(0) + objects.var(0)) / 2).sqrt(), atol=1e-4)
+    found = patches(sheet, t, threshold=5.0)
+    assert len(found) == 1 and found[0]["units"] > 100
+    assert abs(found[0]["center_mm"][0] - 3.0) < 0.5 and abs(found[0]["center_mm"][1] - 6.0) < 0.5
+    shuffled = sheet.shuffled(0)
+    assert patches(shuffled, t, threshold=5.0) == []
+    assert smoothness(sheet, t) > 0.5 and abs(smoothness(shuffled, t)) < 0.1
+    png = plot_sheet(sheet, t, str(tmp_path / "sheet.png"), found=found)
+    assert Image.open(png).size[0] > 300
+    silent = torch.zeros(5, 4)
+    assert torch.equal(selectivity(silent, silent), torch.zeros(4))
+    with pytest.raises(ConfigError, match="'t' or 'dprime'"):
+        selectivity(faces, objects, "auc")
