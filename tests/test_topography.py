@@ -124,3 +124,41 @@ def test_selectivity_maps_find_a_patch_that_a_shuffled_sheet_breaks_up(tmp_path)
     assert torch.equal(selectivity(silent, silent), torch.zeros(4))
     with pytest.raises(ConfigError, match="'t' or 'dprime'"):
         selectivity(faces, objects, "auc")
+
+
+def test_face_choices_follow_the_signal_and_stimulating_face_selective_units_biases_them(toy_standard):
+    """Afraz et al. in miniature: boosting toy-standard's most face-selective IT units shifts the psychometric
+    curve toward 'face'; boosting as many of the least face-selective ones does not."""
+    import synth
+    from synth import Intervention
+    from synth.topography import psychometric, selectivity
+
+    loc = synth.localizer(24)
+    faces, objects = loc["faces"].tensor(), loc["objects"].tensor()
+    with torch.no_grad():
+        t = selectivity(toy_standard.activations(faces, "IT")["IT"], toy_standard.activations(objects, "IT")["IT"])
+    shape = toy_standard.activations(faces[:1], "IT")["IT"].shape[1:]
+    top = t >= t.quantile(0.95)
+    bottom = t <= t.quantile(0.05)
+    base = psychometric(toy_standard, faces, objects, signals=(0.0, 0.3, 0.5, 1.0))
+    frac = base["face_fraction"]
+    assert base["signal"] == [-1.0, -0.5, -0.3, 0.0, 0.3, 0.5, 1.0]
+    assert frac[-1] > 0.8 and frac[0] < 0.2 and frac[3] < frac[5] < frac[6]  # graded with the faces' signal
+    shift = {}
+    for name, units in (("face", top), ("non-face", bottom)):
+        gain = torch.where(units, torch.tensor(3.0), torch.tensor(1.0)).view(shape)
+        with toy_standard.intervene(Intervention("IT", "scale", gain)):
+            curve = psychometric(toy_standard, faces, objects, signals=(0.0, 0.3, 0.5, 1.0))
+        shift[name] = float(np.mean(curve["face_fraction"]) - np.mean(base["face_fraction"]))
+    assert shift["face"] > 0.1 and shift["face"] > shift["non-face"] + 0.1
+
+
+def test_behaviour_inputs_are_checked(tiny):
+    from synth.topography import degrade, face_choices
+
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(degrade(x, 1.0), x.clamp(0, 1)) and not torch.allclose(degrade(x, 0.5), x)
+    with pytest.raises(ConfigError, match="fraction in"):
+        degrade(x, 1.5)
+    with pytest.raises(ConfigError, match="no class 'monkeys'"):
+        face_choices(tiny, x, face_class="monkeys")
