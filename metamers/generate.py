@@ -277,7 +277,7 @@ def generate(model: ProbeModel, references: torch.Tensor, stage: str, *, steps: 
             < stats[stage]["error"][failed]
         if better.any():
             keep = torch.nonzero(better).flatten()
-            run = run.with_rows(failed[keep], _subset(again, keep))
+            run = run.with_rows(failed[keep], again.rows(keep))
             retried.update({int(failed[j]): {"lr": lr_k, "seed": seed + k} for j in keep})
             stats = judge_all(model, run.images.clamp(0, 1), references, stage, null, error)
     images = run.images.clamp(0, 1)
@@ -286,15 +286,6 @@ def generate(model: ProbeModel, references: torch.Tensor, stage: str, *, steps: 
             "retries": retries, "retried": {str(i): v for i, v in sorted(retried.items())},
             "seconds": round(seconds, 3)}  # the retries' time included
     return MetamerResult(images, references.detach().cpu(), stage, layer, stats, run, error, list(names or []), meta)
-
-
-def _subset(run: Result, keep: torch.Tensor) -> Result:
-    """The rows ``keep`` of a run's per-image tensors (what ``Result.with_rows`` takes in)."""
-    pick = lambda t: t[keep] if t is not None else None
-    cols = lambda t: t[:, keep] if t is not None else None
-    return Result(run.images[keep], cols(run.history), run.scores[keep], {k: v[keep] for k, v in run.activations.items()},
-                  run.metadata, pick(run.success), pick(run.best), pick(run.best_scores), cols(run.grad_norm),
-                  pick(run.distance))
 
 
 def _once(model: ProbeModel, references: torch.Tensor, *, stage: str, layer: str, steps: int, step: str, lr: float,

@@ -48,6 +48,16 @@ class Result:
     def __len__(self) -> int:
         return self.images.shape[0]
 
+    def rows(self, keep: torch.Tensor) -> Result:
+        """The images ``keep`` of this run alone (per-image tensors and per-step traces); what ``with_rows``
+        takes in.  Metadata and targets are this run's."""
+        pick = lambda t: t[keep] if t is not None else None
+        cols = lambda t: t[:, keep] if t is not None else None
+        return Result(self.images[keep], cols(self.history), self.scores[keep],
+                      {k: v[keep] for k, v in self.activations.items()}, self.metadata, pick(self.success),
+                      pick(self.best), pick(self.best_scores), cols(self.grad_norm), pick(self.distance),
+                      dict(self.targets))
+
     def with_rows(self, index: torch.Tensor, other: Result) -> Result:
         """A copy whose images ``index`` are replaced by ``other``'s images 0 … len(index)−1 (a rerun of some
         images, e.g. a metamer retried); the per-step traces are padded to the longer run (last score held,

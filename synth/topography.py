@@ -44,9 +44,21 @@ class Sheet:
         order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
         return Sheet(self.layer, self.shape, self.positions[order], self.size_mm)
 
+    def squared_distance(self, center: torch.Tensor) -> torch.Tensor:
+        """Each unit's squared distance (mm²) from ``center`` (x, y in mm), in unit order."""
+        return ((self.positions - center) ** 2).sum(1)
+
     def neighbourhood(self, center: torch.Tensor, radius_mm: float) -> torch.Tensor:
         """Indices of the units within ``radius_mm`` of ``center`` (x, y in mm)."""
-        return torch.nonzero(((self.positions - center) ** 2).sum(1) <= radius_mm ** 2).flatten()
+        return torch.nonzero(self.squared_distance(center) <= radius_mm ** 2).flatten()
+
+    def random_disc(self, radius_mm: float, max_units: int, generator: torch.Generator) -> torch.Tensor:
+        """The units of a disc of ``radius_mm`` around a uniformly drawn point, at most ``max_units`` of them
+        (a random subset of a fuller disc): where the spatial loss and the swaps look."""
+        idx = self.neighbourhood(torch.rand(2, generator=generator) * self.size_mm, radius_mm)
+        if len(idx) > max_units:
+            idx = idx[torch.randperm(len(idx), generator=generator)[:max_units]]
+        return idx
 
 
 def retinotopic_sheet(layer: str, shape: tuple[int, int, int], size_mm: float, seed: int = 0) -> Sheet:
@@ -87,10 +99,7 @@ def spatial_loss(features: torch.Tensor, sheet: Sheet, radius_mm: float, neighbo
     for _ in range(neighbourhoods * 4):  # discs with fewer than 3 units are drawn again
         if len(losses) == neighbourhoods:
             break
-        center = torch.rand(2, generator=gen) * sheet.size_mm
-        idx = sheet.neighbourhood(center, radius_mm)
-        if len(idx) > max_units:
-            idx = idx[torch.randperm(len(idx), generator=gen)[:max_units]]
+        idx = sheet.random_disc(radius_mm, max_units, gen)
         if len(idx) < 3:
             continue
         idx = idx.to(flat.device)
@@ -123,9 +132,7 @@ def swap_optimize(sheet: Sheet, responses: torch.Tensor, radius_mm: float, steps
     pos = sheet.positions.clone()
     current = Sheet(sheet.layer, sheet.shape, pos, sheet.size_mm)
     for _ in tqdm(range(steps), desc=f"swapping {sheet.layer} positions", disable=not progress):
-        idx = current.neighbourhood(torch.rand(2, generator=gen) * sheet.size_mm, radius_mm)
-        if len(idx) > max_units:
-            idx = idx[torch.randperm(len(idx), generator=gen)[:max_units]]
+        idx = current.random_disc(radius_mm, max_units, gen)
         if len(idx) < 3:
             continue
         r = _pairwise_corr(flat[:, idx])
@@ -163,7 +170,7 @@ def _distances(sheet: Sheet, center_mm: tuple[float, float]) -> torch.Tensor:
     c = torch.as_tensor(center_mm, dtype=sheet.positions.dtype)
     if c.shape != (2,) or not torch.isfinite(c).all():
         raise ConfigError(f"a site is an (x, y) point in mm, got {center_mm!r}")
-    return ((sheet.positions - c) ** 2).sum(1).sqrt().view(sheet.shape)
+    return sheet.squared_distance(c).sqrt().view(sheet.shape)
 
 
 def microstimulation(sheet: Sheet, center_mm: tuple[float, float], current_ua: float = 50.0,
@@ -235,9 +242,8 @@ def sheet_image(sheet: Sheet, values: torch.Tensor, resolution_mm: float = 0.5) 
 
     bins = max(1, int(round(sheet.size_mm / resolution_mm)))
     xy = sheet.positions.numpy()
-    img = stats.binned_statistic_2d(xy[:, 1], xy[:, 0], values.flatten().float().numpy(), "mean", bins=bins,
-                                    range=[[0, sheet.size_mm], [0, sheet.size_mm]]).statistic
-    return img
+    return stats.binned_statistic_2d(xy[:, 1], xy[:, 0], values.flatten().float().numpy(), "mean", bins=bins,
+                                     range=[[0, sheet.size_mm], [0, sheet.size_mm]]).statistic
 
 
 def patches(sheet: Sheet, values: torch.Tensor, threshold: float, resolution_mm: float = 0.5,

@@ -120,9 +120,14 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
+def world_of(recipe: Recipe) -> World:
+    """The embedded world a recipe trains on (its settings as a card's JSON stores them, lists back to tuples)."""
+    return World(**{k: tuple(v) if isinstance(v, list) else v for k, v in recipe.world.items()})
+
+
 def architecture(recipe: Recipe) -> dict:
     """The card's ``architecture`` entry for a recipe (a V1 front-end's full settings included)."""
-    n_classes = len(World(**{k: tuple(v) if isinstance(v, list) else v for k, v in recipe.world.items()}).categories)
+    n_classes = len(world_of(recipe).categories)
     arch = {"family": recipe.family, "n_classes": n_classes, "widths": list(recipe.widths)}
     if recipe.family == "vone":
         arch["vone"] = {**TOY_VONE, **recipe.vone}
@@ -131,7 +136,7 @@ def architecture(recipe: Recipe) -> dict:
 
 def build(recipe: Recipe) -> ProbeModel:
     """An untrained embedded model with the recipe's architecture (family, widths, world)."""
-    world = World(**{k: tuple(v) if isinstance(v, list) else v for k, v in recipe.world.items()})
+    world = world_of(recipe)
     net, mean, std = embedded_net(architecture(recipe))
     return ProbeModel(net, name=recipe.name, classes=world.categories, mean=mean, std=std, areas=AREAS,
                       input_size=world.size)
@@ -226,7 +231,7 @@ def train(name: str, out_dir: str | os.PathLike = WEIGHTS_DIR, workers: int = 2,
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(recipe.seed)
-    world = World(**recipe.world)
+    world = world_of(recipe)
     t0 = time.time()
     train_set = ObjectImages("train", n_train, world, workers=workers, progress=True)
     val_set = ObjectImages("val", None, world, workers=workers, progress=True)
@@ -308,7 +313,7 @@ def train(name: str, out_dir: str | os.PathLike = WEIGHTS_DIR, workers: int = 2,
 
 def measure(card: dict, model: ProbeModel, recipe: Recipe, out_dir: Path, workers: int = 2) -> dict:
     """Measure a card's metrics (test accuracy, white-box robustness) and write ``NAME.json`` and ``NAME.md``."""
-    world = World(**{k: tuple(v) if isinstance(v, list) else v for k, v in recipe.world.items()})
+    world = world_of(recipe)
     test_set = ObjectImages("test", None, world, workers=workers)
     torch.manual_seed(recipe.seed)
     sub = slice(0, recipe.eval_n)
