@@ -285,6 +285,23 @@ def _recognizability(args: argparse.Namespace) -> None:
     print(f"{table.settings['seconds']:.0f} s; metamers.md, recognizability.json/.csv and figures in {args.out}")
 
 
+def _afraz(args: argparse.Namespace) -> None:
+    from .models import load_model
+    from .topography import run_afraz
+
+    model = load_model(args.model, weights=args.weights, positions=args.positions)
+    spreads = tuple(float(v) for v in args.spreads.split(",") if v.strip())
+    r = run_afraz(model, args.out, args.layer, sites=args.sites, current_ua=args.current, rate_hz=args.rate,
+                  spreads_mm=spreads, n=args.n, seed=args.seed, workers=args.workers)
+    for name in ("topographic", "shuffled"):
+        d = r[name]
+        print(f"{name:<11}: r = {d['r']:.3f} (p = {d['p']:.2g}), mean shift {100 * d['mean_shift']:+.2f} % face choices")
+    print("r against spread (topographic / shuffled, p of the difference): " + ", ".join(
+        f"{c['spread_mm']:.2g} mm {c['r']:.2f} / {c['r_shuffled']:.2f} (p {c['difference_p']:.2g})" for c in r["curve"]))
+    print(f"{r['sites']} sites at {r['current_ua']:g} µA, {r['rate_hz']:g} Hz (λ = {r['spread_mm']:.2f} mm) in "
+          f"{r['seconds']:.0f} s; afraz.json, afraz.png and face_map.png in {args.out}")
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser of the ``phosphene`` command."""
     from .data import CONTROLS, SPLITS, VARIATION
@@ -443,6 +460,27 @@ def parser() -> argparse.ArgumentParser:
     rc.add_argument("--seed", type=int, default=0)
     rc.add_argument("--out", required=True)
     rc.set_defaults(func=_recognizability)
+
+    mc = sub.add_parser("microstim", help="micro-stimulation experiments on topographic models")
+    mcsub = mc.add_subparsers(dest="action", required=True, metavar="ACTION")
+    af = mcsub.add_parser("afraz", help="Afraz et al. 2006: stimulate sites, shift face choices by site selectivity",
+                          description="Stimulate many sites of a topographic layer while the model judges degraded "
+                                      "face / non-face stimuli; correlate each site's shift in face choices with its "
+                                      "recorded face selectivity, for the model and its position-shuffled control. "
+                                      "Writes afraz.json, afraz.png and face_map.png.")
+    af.add_argument("--model", default="toy-topo")
+    af.add_argument("--weights", help="checkpoint file (with --positions for a topographic checkpoint)")
+    af.add_argument("--positions", help="unit positions: a phosphene .pt, a TDANN-style .npz, or a folder of them")
+    af.add_argument("--layer", default="IT", help="area or layer with a cortical sheet (default IT)")
+    af.add_argument("--sites", type=int, default=86, help="stimulation sites (default 86, as Afraz et al.)")
+    af.add_argument("--current", type=float, default=50.0, help="current in µA (default 50)")
+    af.add_argument("--rate", type=float, default=200.0, help="pulse rate in Hz (default 200)")
+    af.add_argument("--spreads", default="0.5,1,2", help="spreads (mm) for the curve of r (comma-separated)")
+    af.add_argument("--n", type=int, default=32, help="faces and objects per signal level (default 32)")
+    af.add_argument("--seed", type=int, default=0)
+    af.add_argument("--workers", type=int, default=2, help="rendering processes (default 2)")
+    af.add_argument("--out", required=True)
+    af.set_defaults(func=_afraz)
 
     b = sub.add_parser("batch", help="run an experiment file of synthesis jobs (rerun to resume)")
     b.add_argument("experiment", help="experiment .toml (see examples/*.toml)")

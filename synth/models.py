@@ -19,7 +19,7 @@ import torch
 import torchvision
 from torch import nn
 
-from . import checkpoints
+from . import checkpoints, topography
 from .cornet import AREAS as CORNET_AREAS, cornet_s, cornet_z
 from .errors import CheckpointError, UnknownNameError
 from .files import sha256
@@ -90,12 +90,15 @@ def available_models() -> list[str]:
 def load_model(model: str | os.PathLike | nn.Module, weights: str | os.PathLike | None = None,
                device: str | torch.device | None = None, *, classes: Sequence[str] | None = None,
                mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-               areas: Mapping[str, str] | None = None, name: str | None = None) -> ProbeModel:
+               areas: Mapping[str, str] | None = None, name: str | None = None,
+               positions: str | os.PathLike | None = None) -> ProbeModel:
     """Load a model by zoo name, card or checkpoint path, or wrap a module; eval mode, frozen, on ``device``.
 
     ``weights``: a local checkpoint file, or a torchvision weights name ('DEFAULT', 'IMAGENET1K_V2') found in the
     hub cache.  ``classes``/``mean``/``std``/``areas`` override what the zoo knows (``areas`` maps 'V1', 'V2',
-    'V4', 'IT', 'behavior' to layer names).
+    'V4', 'IT', 'behavior' to layer names).  ``positions``: the units' places on cortical sheets for a
+    topographic checkpoint (``topography.load_sheets``: a positions file, a TDANN-style .npz per layer, or a folder
+    of them); an embedded topographic model's card names its own.
     """
     if isinstance(model, nn.Module):
         probe = model if isinstance(model, ProbeModel) else _wrap(model, name, classes, mean, std, areas)
@@ -119,11 +122,16 @@ def load_model(model: str | os.PathLike | nn.Module, weights: str | os.PathLike 
             raise UnknownNameError("model", key, available_models())
         overrides = {k: v for k, v in dict(classes=classes, mean=mean, std=std, name=name).items() if v is not None}
         if overrides or areas:
-            probe = ProbeModel(probe.net, name=overrides.get("name", probe.name),
+            sheets, probe = probe.sheets, ProbeModel(probe.net, name=overrides.get("name", probe.name),
                                classes=overrides.get("classes", probe.classes),
                                mean=overrides.get("mean", probe.mean.flatten().tolist()),
                                std=overrides.get("std", probe.std.flatten().tolist()),
                                areas={**probe.areas, **(areas or {})}, input_size=probe.input_size, info=probe.info)
+            if sheets:
+                topography.attach(probe, sheets)
+    if positions is not None:
+        topography.attach(probe, topography.load_sheets(positions))
+        probe.info["positions"] = str(positions)
     probe.eval().requires_grad_(False)
     return probe.to(torch.device(device) if device is not None else default_device())
 
@@ -162,9 +170,17 @@ def _embedded(card_path: Path, weights: str | os.PathLike | None) -> ProbeModel:
     path = Path(weights) if weights is not None else card_path.parent / card["weights"]
     checkpoints.load_into(net, checkpoints.state_dict(checkpoints.read(path)), source=str(path))
     digest = sha256(path)
-    return ProbeModel(net, name=card["name"], classes=card["classes"], mean=card["mean"], std=card["std"],
-                      areas=card["areas"], input_size=card["input_size"],
-                      info={"family": "embedded", "weights": str(path), "sha256": digest, "card": card})
+    probe = ProbeModel(net, name=card["name"], classes=card["classes"], mean=card["mean"], std=card["std"],
+                       areas=card["areas"], input_size=card["input_size"],
+                       info={"family": "embedded", "weights": str(path), "sha256": digest, "card": card})
+    if card.get("topography"):
+        positions = card_path.parent / card["topography"]["positions"]
+        if weights is None and positions.is_file() and sha256(positions) != card["topography"]["sha256"]:
+            raise CheckpointError(f"{positions} does not match the sha256 in {card_path.name}; retrain with "
+                                  f"phosphene train {card['name']}")
+        sheets = topography.load_sheets(positions)
+        topography.attach(probe, sheets)
+    return probe
 
 
 @cache

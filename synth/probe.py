@@ -101,6 +101,7 @@ class ProbeModel(nn.Module):
         self.info = dict(info or {})
         self._extractors: dict[tuple[str, ...], nn.Module] = {}
         self.readouts: dict[str, nn.Module] = {}  # virtual layers: linear maps to recorded sites
+        self.sheets: dict = {}  # layer -> topography.Sheet: the units' positions on a cortical sheet
         self._traceable: bool | None = None
         self._layers: list[str] | None = None
         self._output_node: str | None = None

@@ -9,12 +9,16 @@ inactivation of a site are ``Intervention``s on the layer, so the rest of the ne
 """
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from .errors import ConfigError
+from .errors import CheckpointError, ConfigError, UnknownNameError
+from .files import atomic
 from .probe import Intervention
 
 SL_WEIGHT = 0.25  # TDANN's weight of the spatial loss beside the task loss
@@ -38,6 +42,21 @@ class Sheet:
 
     def __len__(self) -> int:
         return self.positions.shape[0]
+
+    @property
+    def per_channel(self) -> bool:
+        """Whether the sheet places channels (shape C×1×1) rather than every unit of a C×H×W map."""
+        return tuple(self.shape[1:]) == (1, 1)
+
+    def responses(self, features: torch.Tensor) -> torch.Tensor:
+        """B×N responses of the sheet's units from a layer's B×C×H×W (or B×N) output: a per-channel sheet
+        takes each channel's mean over space."""
+        if features.dim() == 4 and self.per_channel:
+            features = features.mean((2, 3))
+        flat = features.flatten(1)
+        if flat.shape[1] != len(self):
+            raise ConfigError(f"{flat.shape[1]} units per image, but the sheet for {self.layer!r} places {len(self)}")
+        return flat
 
     def shuffled(self, seed: int = 0) -> Sheet:
         """The same positions dealt to the units at random: the control without topography."""
@@ -63,7 +82,9 @@ class Sheet:
 
 def retinotopic_sheet(layer: str, shape: tuple[int, int, int], size_mm: float, seed: int = 0) -> Sheet:
     """TDANN's initial layout for a C×H×W layer: tile (h, w) of an H×W tiling of the sheet holds the C units at
-    image position (h, w), each at a uniformly random point inside the tile."""
+    image position (h, w), each at a uniformly random point inside the tile.  A shape C×1×1 lays out channels
+    (each a unit pooled over space) at random over the whole sheet, for areas such as the embedded IT whose
+    receptive fields span the image."""
     c, h, w = (int(v) for v in shape)
     if min(c, h, w) < 1 or not size_mm > 0:
         raise ConfigError(f"a sheet needs a positive C×H×W shape and size, got {shape} and {size_mm} mm")
@@ -73,6 +94,90 @@ def retinotopic_sheet(layer: str, shape: tuple[int, int, int], size_mm: float, s
     jitter = torch.rand(c * h * w, 2, generator=gen)
     xy = torch.stack([(cols + jitter[:, 0]) * size_mm / w, (rows + jitter[:, 1]) * size_mm / h], 1)
     return Sheet(layer, (c, h, w), xy, float(size_mm))
+
+
+SHEETS_FORMAT = "phosphene-sheets-1"
+
+
+def save_sheets(sheets: Mapping[str, Sheet], path: str | os.PathLike) -> Path:
+    """Write sheets (positions, shapes, sizes) atomically to a tensors-only file that ``load_sheets`` reads back
+    with ``torch.load(weights_only=True)``."""
+    data = {"format": SHEETS_FORMAT, "layers": {s.layer: {"positions": s.positions.float().contiguous(),
+                                                           "shape": [int(v) for v in s.shape],
+                                                           "size_mm": float(s.size_mm)} for s in sheets.values()}}
+    path = Path(path)
+    with atomic(path) as tmp:
+        torch.save(data, tmp)
+    return path
+
+
+def load_sheets(path: str | os.PathLike) -> dict[str, Sheet]:
+    """Sheets by layer from a phosphene positions file (``save_sheets``), a TDANN-style ``.npz`` per layer (its
+    LayerPositions fields: ``coordinates`` N×2 in mm, ``dims`` C×H×W or (N,), optional ``name`` and ``size_mm``;
+    the sheet's size is otherwise the coordinates' extent), or a folder of such files.  Pickles are refused."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix in (".npz", ".pt", ".pth", ".pkl"))
+        if not files:
+            raise CheckpointError(f"{path} holds no positions files (.pt from save_sheets, or .npz per layer)")
+        return {k: v for f in files for k, v in load_sheets(f).items()}
+    if not path.is_file():
+        raise CheckpointError(f"positions file not found: {path}")
+    if path.suffix == ".pkl":
+        raise CheckpointError(f"{path} is a pickle, which can run code when loaded; export its fields once in a "
+                              "trusted environment: np.savez('LAYER.npz', name=p.name, dims=p.dims, "
+                              "coordinates=p.coordinates)")
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as z:
+            if "coordinates" not in z or "dims" not in z:
+                raise CheckpointError(f"{path} needs 'coordinates' (N×2, mm) and 'dims' arrays; it has "
+                                      f"{', '.join(z.files) or 'none'}")
+            xy = torch.from_numpy(np.asarray(z["coordinates"], dtype=np.float32))
+            dims = [int(v) for v in np.atleast_1d(z["dims"])]
+            name = str(z["name"]) if "name" in z else path.stem
+            size = float(z["size_mm"]) if "size_mm" in z else float(xy.max()) if len(xy) else 0.0
+        layers = {name: {"positions": xy, "shape": dims if len(dims) == 3 else [*dims, 1, 1], "size_mm": size}}
+    else:
+        from . import checkpoints
+
+        raw = checkpoints.read(path)
+        if raw.get("format") != SHEETS_FORMAT or not isinstance(raw.get("layers"), Mapping):
+            raise CheckpointError(f"{path} is not a positions file (format {SHEETS_FORMAT!r} from save_sheets)")
+        layers = raw["layers"]
+    try:
+        return {name: Sheet(name, tuple(int(v) for v in d["shape"]), torch.as_tensor(d["positions"]).float(),
+                            float(d["size_mm"])) for name, d in layers.items()}
+    except (ConfigError, KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: {e}") from None
+
+
+def attach(model, sheets: Mapping[str, Sheet]) -> None:
+    """Give a model's layers their sheets (``model.sheets``, by layer name), after checking each against the
+    layer's response to one image: C×H×W units, or C×1×1 for a per-channel sheet."""
+    layers = {model.layer(s.layer): s for s in sheets.values()}
+    size = model.input_size or 64
+    with torch.no_grad():
+        acts = model.activations(torch.full((1, 3, size, size), 0.5, device=model.device), list(layers))
+    for layer, s in layers.items():
+        shape = tuple(acts[layer].shape[1:])
+        shape = shape if len(shape) == 3 else (*shape, 1, 1)
+        if tuple(s.shape) not in (shape, (shape[0], 1, 1)):
+            raise CheckpointError(f"the sheet for {layer!r} places units of shape {tuple(s.shape)}, but the layer "
+                                  f"answers with {shape} (or {(shape[0], 1, 1)} per channel)")
+        model.sheets[layer] = Sheet(layer, tuple(s.shape), s.positions, s.size_mm)
+
+
+def sheet_of(model, name: str) -> Sheet:
+    """The sheet of a model's layer or area (e.g. 'IT'), or an error naming the layers that have one."""
+    sheets = getattr(model, "sheets", {})
+    if not sheets:
+        raise ConfigError(f"model {model.name!r} has no cortical sheets: load a topographic model (e.g. toy-topo) "
+                          "or pass positions=PATH to load_model")
+    layer = model.layer(name) if name in model.areas or name in sheets else name
+    if layer not in sheets:
+        raise UnknownNameError(f"sheet of model {model.name!r}", name,
+                               [*(a for a, l in model.areas.items() if l in sheets), *sheets])
+    return sheets[layer]
 
 
 def _pairwise_corr(x: torch.Tensor) -> torch.Tensor:
@@ -88,9 +193,7 @@ def spatial_loss(features: torch.Tensor, sheet: Sheet, radius_mm: float, neighbo
     ``neighbourhoods`` random discs of ``radius_mm`` (at most ``max_units`` units each) of
     1 − Pearson(response correlation r_ij, 1 / (1 + d_ij)) over the pairs of units in the disc; differentiable in
     ``features``.  0 where response similarity falls off with distance exactly so, about 1 without topography."""
-    flat = features.flatten(1)
-    if flat.shape[1] != len(sheet):
-        raise ConfigError(f"{flat.shape[1]} units per image, but the sheet for {sheet.layer!r} places {len(sheet)}")
+    flat = sheet.responses(features)
     if flat.shape[0] < 3:
         raise ConfigError(f"response correlations need a batch of at least 3 images, got {flat.shape[0]}")
     gen = generator or torch.Generator().manual_seed(0)
@@ -125,9 +228,7 @@ def swap_optimize(sheet: Sheet, responses: torch.Tensor, radius_mm: float, steps
     Swaps stay inside a disc, so the layout's retinotopy survives at the disc's scale."""
     from tqdm.auto import tqdm
 
-    flat = responses.detach().flatten(1).float().cpu()
-    if flat.shape[1] != len(sheet):
-        raise ConfigError(f"{flat.shape[1]} units per image, but the sheet for {sheet.layer!r} places {len(sheet)}")
+    flat = sheet.responses(responses.detach().float().cpu())
     gen = torch.Generator().manual_seed(seed)
     pos = sheet.positions.clone()
     current = Sheet(sheet.layer, sheet.shape, pos, sheet.size_mm)
@@ -236,10 +337,19 @@ def smoothness(sheet: Sheet, values: torch.Tensor, near_mm: float = 1.0, pairs: 
     return float(1 - diff[close][:pairs].mean() / diff[:pairs].mean().clamp_min(1e-12))
 
 
-def sheet_image(sheet: Sheet, values: torch.Tensor, resolution_mm: float = 0.5) -> np.ndarray:
-    """The sheet as an image: the mean value of the units in each ``resolution_mm`` pixel (NaN where none lie)."""
+def sheet_image(sheet: Sheet, values: torch.Tensor, resolution_mm: float = 0.5,
+                smooth_mm: float | None = None) -> np.ndarray:
+    """The sheet as an image of ``resolution_mm`` pixels: the mean value of the units in each (NaN where none
+    lie), or with ``smooth_mm`` the Gaussian-weighted mean of all units around each pixel's centre (σ in mm, as
+    an fMRI map is smoothed)."""
     from scipy import stats
 
+    if smooth_mm is not None:
+        n = max(1, int(round(sheet.size_mm / resolution_mm)))
+        c = (torch.arange(n, dtype=torch.float32) + 0.5) * sheet.size_mm / n
+        centres = torch.stack(torch.meshgrid(c, c, indexing="xy"), -1).view(-1, 2)
+        w = torch.exp(-torch.cdist(centres, sheet.positions.float()) ** 2 / (2 * smooth_mm ** 2))
+        return ((w @ values.flatten().float()) / w.sum(1).clamp_min(1e-30)).view(n, n).numpy()
     bins = max(1, int(round(sheet.size_mm / resolution_mm)))
     xy = sheet.positions.numpy()
     return stats.binned_statistic_2d(xy[:, 1], xy[:, 0], values.flatten().float().numpy(), "mean", bins=bins,
@@ -247,13 +357,13 @@ def sheet_image(sheet: Sheet, values: torch.Tensor, resolution_mm: float = 0.5) 
 
 
 def patches(sheet: Sheet, values: torch.Tensor, threshold: float, resolution_mm: float = 0.5,
-            min_area_mm2: float = 1.0) -> list[dict]:
-    """Patches: connected regions of the sheet image (``sheet_image``) whose mean selectivity exceeds
-    ``threshold``, at least ``min_area_mm2`` in area, largest first, each with its centre (mm), area (mm²), number
-    of units and peak value."""
+            min_area_mm2: float = 1.0, smooth_mm: float | None = None) -> list[dict]:
+    """Patches: connected regions of the sheet image (``sheet_image``, smoothed with ``smooth_mm``) whose mean
+    selectivity exceeds ``threshold``, at least ``min_area_mm2`` in area, largest first, each with its centre
+    (mm), area (mm²), number of units and peak value."""
     from scipy import ndimage
 
-    img = sheet_image(sheet, values, resolution_mm)
+    img = sheet_image(sheet, values, resolution_mm, smooth_mm)
     labels, n = ndimage.label(np.nan_to_num(img, nan=-np.inf) > threshold)
     px = sheet.size_mm / img.shape[0]
     v = values.flatten().float()
@@ -273,26 +383,37 @@ def patches(sheet: Sheet, values: torch.Tensor, threshold: float, resolution_mm:
 
 
 def plot_sheet(sheet: Sheet, values: torch.Tensor, path: str, title: str = "", label: str = "selectivity (t)",
-               found: list[dict] | None = None) -> str:
-    """A PNG of the sheet, each unit a dot coloured by its value (diverging, centred on 0), patches outlined."""
+               threshold: float | None = None) -> str:
+    """A PNG of the sheet, each unit a dot coloured by its value (diverging, centred on 0), with the outline of
+    the smoothed map at ``threshold`` (the patches of ``face_patches``) where one is given."""
+    return plot_sheets([(sheet, values, title or sheet.layer, threshold)], path, label)
+
+
+def plot_sheets(panels: list[tuple[Sheet, torch.Tensor, str, float | None]], path: str | os.PathLike,
+                label: str = "selectivity (t)") -> str:
+    """Sheets side by side on one colour scale (e.g. a model's face map beside its shuffled control): each panel
+    a (sheet, values, title, threshold) tuple, units as dots, and the smoothed map's (σ ``PATCH_SMOOTH_MM``)
+    contour at the threshold outlining the patches."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    v = values.flatten().float().numpy()
-    lim = float(np.abs(v).max()) or 1.0
-    fig, ax = plt.subplots(figsize=(4.2, 3.6))
-    dots = ax.scatter(sheet.positions[:, 0], sheet.positions[:, 1], c=v, cmap="RdBu_r", vmin=-lim, vmax=lim, s=3)
-    for p in found or []:
-        r = (p["area_mm2"] / np.pi) ** 0.5
-        ax.add_patch(plt.Circle(p["center_mm"], r, fill=False, color="k", lw=1))
-    fig.colorbar(dots, ax=ax, label=label)
-    ax.set(xlim=(0, sheet.size_mm), ylim=(0, sheet.size_mm), xlabel="mm", ylabel="mm", aspect="equal",
-           title=title or sheet.layer)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    lim = max(float(np.abs(v.flatten().float().numpy()).max()) for _, v, _, _ in panels) or 1.0
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.9 * len(panels) + 0.6, 3.6), squeeze=False)
+    for ax, (sheet, values, title, threshold) in zip(axes[0], panels):
+        dots = ax.scatter(sheet.positions[:, 0], sheet.positions[:, 1], c=values.flatten().float().numpy(),
+                          cmap="RdBu_r", vmin=-lim, vmax=lim, s=float(np.clip(4000 / len(sheet), 2, 60)))
+        if threshold is not None:
+            img = sheet_image(sheet, values, PATCH_RESOLUTION_MM, PATCH_SMOOTH_MM)
+            c = (np.arange(img.shape[0]) + 0.5) * sheet.size_mm / img.shape[0]
+            if img.max() > threshold:
+                ax.contour(c, c, img, levels=[threshold], colors="k", linewidths=1.2)
+        ax.set(xlim=(0, sheet.size_mm), ylim=(0, sheet.size_mm), xlabel="mm", ylabel="mm", aspect="equal",
+               title=title)
+    fig.colorbar(dots, ax=list(axes[0]), label=label)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
-    return path
+    return str(path)
 
 
 # ------------------------------------------------------------------------------------------ behaviour
@@ -341,3 +462,235 @@ def psychometric(model, faces: torch.Tensor, others: torch.Tensor,
     order = np.argsort(levels)
     return {"signal": [float(levels[i]) for i in order], "face_fraction": [fractions[i] for i in order],
             "n": int(min(len(faces), len(others)))}
+
+
+# ------------------------------------------------------------------------------------------ the localizer on a sheet
+# Face patches as an fMRI localizer finds them: the faces-vs-objects t map smoothed (σ 1 mm), thresholded where it
+# beats the same map with the positions shuffled (99th percentile over 20 shuffles: p < 0.01 per pixel), and kept
+# where a cluster covers at least 1 mm².
+PATCH_SMOOTH_MM, PATCH_RESOLUTION_MM, PATCH_MIN_MM2, PATCH_Q, PATCH_SHUFFLES = 1.0, 0.25, 1.0, 0.99, 20
+
+
+def null_threshold(sheet: Sheet, values: torch.Tensor, q: float = PATCH_Q, shuffles: int = PATCH_SHUFFLES,
+                   smooth_mm: float = PATCH_SMOOTH_MM, resolution_mm: float = PATCH_RESOLUTION_MM,
+                   seed: int = 1000) -> float:
+    """The ``q`` quantile of the smoothed map's pixels over ``shuffles`` position shuffles: the value a pixel
+    must beat to be selective beyond chance arrangement (a permutation threshold)."""
+    null = [sheet_image(sheet.shuffled(seed + k), values, resolution_mm, smooth_mm) for k in range(shuffles)]
+    return float(np.quantile(np.stack(null), q))
+
+
+def face_patches(sheet: Sheet, t: torch.Tensor, threshold: float | None = None) -> tuple[list[dict], float]:
+    """Face patches of a faces-vs-objects t map (``PATCH_*`` settings) and the threshold used."""
+    thr = null_threshold(sheet, t) if threshold is None else threshold
+    return patches(sheet, t, thr, PATCH_RESOLUTION_MM, PATCH_MIN_MM2, PATCH_SMOOTH_MM), thr
+
+
+def localizer_maps(model, layer: str, n: int = 100, measure: str = "t", workers: int = 1) -> dict[str, torch.Tensor]:
+    """Selectivity of a sheet's units in the face localizer (``data.localizer``, ``n`` images per condition):
+    faces vs non-face objects, and intact vs part-scrambled faces."""
+    from .data import localizer
+
+    sheet = sheet_of(model, layer)
+    conditions = localizer(n, workers=workers)
+    with torch.no_grad():
+        r = {k: sheet.responses(model.activations(b.tensor().to(model.device), sheet.layer)[sheet.layer]).cpu()
+             for k, b in conditions.items()}
+    return {"faces_vs_objects": selectivity(r["faces"], r["objects"], measure),
+            "faces_vs_scrambled": selectivity(r["faces"], r["scrambled_faces"], measure)}
+
+
+def topography_metrics(model, n: int = 100, workers: int = 1, seed: int = 0) -> dict:
+    """A topographic model's card entry per sheet: the smoothness of its faces-vs-objects map against the same
+    positions shuffled, and the face patches (``face_patches``) of both at the same threshold."""
+    out = {}
+    for layer, sheet in model.sheets.items():
+        t = localizer_maps(model, layer, n, "t", workers)["faces_vs_objects"]
+        control = sheet.shuffled(seed)
+        near = 2 * float(np.sqrt(sheet.size_mm ** 2 / len(sheet)))  # two units' spacing
+        found, threshold = face_patches(sheet, t)
+        found_control, _ = face_patches(control, t, threshold)
+        out[layer] = {"units": len(sheet), "size_mm": sheet.size_mm, "near_mm": round(near, 3),
+                      "face_smoothness": smoothness(sheet, t, near), "face_smoothness_shuffled": smoothness(control, t, near),
+                      "face_units_t5": int((t > 5).sum()), "patch_threshold_t": round(threshold, 3),
+                      "patches": [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in p.items()}
+                                  for p in found[:5]],
+                      "patches_shuffled": len(found_control), "localizer_n": n}
+    return out
+
+
+# ------------------------------------------------------------------------------------------ Afraz et al. 2006
+AFRAZ_SITES, AFRAZ_CURRENT_UA, AFRAZ_RATE_HZ = 86, 50.0, 200.0
+AFRAZ_SIGNALS = (0.0, 0.15, 0.3, 0.45)  # visual-signal levels around the face / non-face threshold
+
+
+def current_for_spread(spread: float) -> float:
+    """The current (µA) whose spread (``spread_mm``) is ``spread`` mm: the inverse of λ(I)."""
+    if not spread > 0:
+        raise ConfigError(f"a spread is a length > 0 mm, got {spread}")
+    return spread / SPREAD_SLOPE_MM_PER_UA + SPREAD_THRESHOLD_UA
+
+
+def electrode_selectivity(sheet: Sheet, values: torch.Tensor, center_mm: torch.Tensor, radius_mm: float) -> float:
+    """A site's selectivity as an electrode reads it: the mean value of the units within ``radius_mm`` of the
+    tip, or of the nearest unit where none is that close."""
+    d2 = sheet.squared_distance(torch.as_tensor(center_mm, dtype=sheet.positions.dtype))
+    inside = d2 <= radius_mm ** 2
+    v = values.flatten().float()
+    return float(v[inside].mean()) if inside.any() else float(v[d2.argmin()])
+
+
+def _stimulus_set(n: int, signals: tuple[float, ...], seed: int, workers: int) -> torch.Tensor:
+    """Afraz's stimuli: ``n`` faces and ``n`` non-face objects (medium variation, no clutter) at each visual-signal
+    level, degraded with phase-scrambled noise, all levels in one batch."""
+    from .data import localizer
+
+    loc = localizer(n, workers=workers)
+    faces, objects = loc["faces"].tensor(), loc["objects"].tensor()
+    return torch.cat([degrade(b, s, seed + i) for i, s in enumerate(signals) for b in (faces, objects)])
+
+
+def _choice_shifts(model, sheet: Sheet, sites: torch.Tensor, currents: list[float], rate_hz: float,
+                   stimuli: torch.Tensor, progress: bool, desc: str) -> np.ndarray:
+    """sites × currents: the change in the fraction of 'face' choices over ``stimuli`` under stimulation."""
+    from tqdm.auto import tqdm
+
+    base = face_choices(model, stimuli).float().mean()
+    out = np.zeros((len(sites), len(currents)))
+    bar = tqdm(total=out.size, desc=desc, unit="site", disable=not progress)
+    for i, xy in enumerate(sites.tolist()):
+        for j, current in enumerate(currents):
+            with model.intervene(microstimulation(sheet, tuple(xy), current, rate_hz)):
+                out[i, j] = float(face_choices(model, stimuli).float().mean() - base)
+            bar.update()
+    bar.close()
+    return out
+
+
+def afraz(model, layer: str = "IT", sites: int = AFRAZ_SITES, current_ua: float = AFRAZ_CURRENT_UA,
+          rate_hz: float = AFRAZ_RATE_HZ, spreads_mm: tuple[float, ...] = (0.5, 1.0, 2.0),
+          record_fraction: float = 0.5, n: int = 32, signals: tuple[float, ...] = AFRAZ_SIGNALS, seed: int = 0,
+          workers: int = 1, progress: bool = True, face_map: torch.Tensor | None = None) -> dict:
+    """Afraz, Kiani & Esteky (2006) in silico: stimulate ``sites`` sites of a topographic layer (each at a unit
+    drawn at random) while the model judges face / non-face stimuli at low visual signal, and correlate each
+    site's shift in face choices with its face selectivity (faces-vs-objects t) as an electrode records it, over
+    a radius of ``record_fraction`` × the stimulation's spread.  The same runs on the position-shuffled model are
+    the control.  Reported at ``current_ua`` (Afraz: 50 µA, 200 Hz) and for each spread of ``spreads_mm`` (its
+    current from ``current_for_spread``): Pearson's r and p for the topographic and the shuffled layout, the
+    one-sided p that the first exceeds the second (Fisher's z), and the sites' data.  ``face_map``: the units'
+    faces-vs-objects t where already measured (``localizer_maps``)."""
+    from scipy import stats
+
+    sheet = sheet_of(model, layer)
+    if not 3 <= sites <= len(sheet):
+        raise ConfigError(f"stimulate between 3 and {len(sheet)} sites (one per unit at most), got {sites}")
+    if not 0 < record_fraction < 1:
+        raise ConfigError(f"the recording radius is a fraction in (0, 1) of the spread, got {record_fraction}")
+    lam = spread_mm(current_ua)
+    spreads = sorted({round(lam, 4), *(float(s) for s in spreads_mm)})
+    currents = [current_ua if s == round(lam, 4) else current_for_spread(s) for s in spreads]
+    t = localizer_maps(model, sheet.layer, 100, "t", workers)["faces_vs_objects"] if face_map is None else face_map
+    stimuli = _stimulus_set(n, tuple(signals), seed, workers)
+    gen = torch.Generator().manual_seed(seed)
+    units = torch.randperm(len(sheet), generator=gen)[:sites]
+    report = {"model": model.name, "layer": sheet.layer, "sheet_mm": sheet.size_mm, "units": len(sheet),
+              "sites": sites, "current_ua": current_ua, "rate_hz": rate_hz, "spread_mm": lam,
+              "record_fraction": record_fraction, "stimuli": {"per_class_per_level": n, "signals": list(signals)},
+              "seed": seed, "curve": []}
+    rows = {}
+    for name, s in (("topographic", sheet), ("shuffled", sheet.shuffled(seed))):
+        xy = s.positions[units]
+        shifts = _choice_shifts(model, s, xy, currents, rate_hz, stimuli, progress, f"afraz {name}")
+        for j, (spread, current) in enumerate(zip(spreads, currents)):
+            sel = [electrode_selectivity(s, t, p, record_fraction * spread) for p in xy]
+            r, p = stats.pearsonr(sel, shifts[:, j])
+            row = {"spread_mm": spread, "current_ua": round(current, 2), "r": float(r), "p": float(p),
+                   "mean_shift": float(shifts[:, j].mean())}
+            if current == current_ua:
+                report[name] = {**row, "selectivity": sel, "shift": shifts[:, j].tolist(),
+                                "sites_mm": xy.tolist()}
+            rows[name, spread] = row
+    for spread in spreads:
+        a, b = rows["topographic", spread], rows["shuffled", spread]
+        report["curve"].append({"spread_mm": spread, "current_ua": a["current_ua"], "r": a["r"], "p": a["p"],
+                                "r_shuffled": b["r"], "p_shuffled": b["p"],
+                                "difference_p": _fisher_p(a["r"], b["r"], sites),
+                                "mean_shift": a["mean_shift"], "mean_shift_shuffled": b["mean_shift"]})
+    report["difference_p"] = _fisher_p(report["topographic"]["r"], report["shuffled"]["r"], sites)
+    return report
+
+
+def _fisher_p(r1: float, r2: float, n: int) -> float:
+    """One-sided p that correlation r1 exceeds r2 (independent samples of n, Fisher's z)."""
+    from scipy import stats
+
+    z = (np.arctanh(np.clip(r1, -0.9999, 0.9999)) - np.arctanh(np.clip(r2, -0.9999, 0.9999))) / np.sqrt(2 / (n - 3))
+    return float(stats.norm.sf(z))
+
+
+def plot_afraz(report: dict, path: str | os.PathLike) -> str:
+    """The Afraz figure: each site's shift in face choices against its face selectivity, for the model and the
+    position-shuffled control (with r and p), and r against the stimulation's spread for both."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(11.5, 3.6))
+    colors = {"topographic": "tab:red", "shuffled": "tab:gray"}
+    for ax, name in zip(axes, ("topographic", "shuffled")):
+        d = report[name]
+        x, y = np.asarray(d["selectivity"]), 100 * np.asarray(d["shift"])
+        ax.scatter(x, y, s=12, color=colors[name], alpha=0.8)
+        slope, icpt = np.polyfit(x, y, 1)
+        xs = np.linspace(x.min(), x.max(), 2)
+        ax.plot(xs, slope * xs + icpt, color="k", lw=1)
+        ax.axhline(0, color="k", lw=0.5, ls=":")
+        title = report["model"] if name == "topographic" else "positions shuffled"
+        ax.set(xlabel="site face selectivity (t, faces vs objects)", ylabel="shift in face choices (%)",
+               title=f"{title}: r = {d['r']:.2f}, p = {d['p']:.1g}")
+    ax = axes[2]
+    spreads = [c["spread_mm"] for c in report["curve"]]
+    for name, key in (("topographic", "r"), ("shuffled", "r_shuffled")):
+        ax.plot(spreads, [c[key] for c in report["curve"]], "o-", color=colors[name], label=name)
+    ax.axvline(report["spread_mm"], color="k", lw=0.5, ls=":")
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set(xlabel="stimulation spread λ (mm)", ylabel="r (selectivity vs shift)", title="correlation against spread")
+    ax.legend(frameon=False)
+    fig.suptitle(f"{report['model']} {report['layer']}: {report['sites']} sites, {report['current_ua']:g} µA "
+                 f"(λ = {report['spread_mm']:.2f} mm), {report['rate_hz']:g} Hz", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return str(path)
+
+
+def run_afraz(model, out: str | os.PathLike, layer: str = "IT", **settings) -> dict:
+    """``afraz`` with its outputs written to ``out``: ``afraz.json`` (the report, with timing and versions),
+    ``afraz.png`` (the plot) and ``face_map.png`` (the layer's faces-vs-objects map beside its shuffled control,
+    patches outlined)."""
+    import json
+    import time
+
+    from . import __version__
+    from .files import write_text
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    sheet = sheet_of(model, layer)
+    t = localizer_maps(model, layer, 100, "t", settings.get("workers", 1))["faces_vs_objects"]
+    report = afraz(model, layer, face_map=t, **settings)
+    report["seconds"] = round(time.time() - t0, 1)
+    report["versions"] = {"phosphene": __version__, "torch": torch.__version__}
+    control = sheet.shuffled(settings.get("seed", 0))
+    found, threshold = face_patches(sheet, t)
+    found_control, _ = face_patches(control, t, threshold)
+    report["face_patches"] = {"topographic": len(found), "shuffled": len(found_control), "threshold_t": threshold,
+                              "largest_mm2": [p["area_mm2"] for p in found[:3]],
+                              "largest_shuffled_mm2": [p["area_mm2"] for p in found_control[:3]]}
+    plot_sheets([(sheet, t, f"{model.name} {sheet.layer}: {len(found)} face patches", threshold),
+                 (control, t, f"positions shuffled: {len(found_control)}", threshold)],
+                out / "face_map.png", label="faces vs objects (t)")
+    plot_afraz(report, out / "afraz.png")
+    write_text(out / "afraz.json", json.dumps(report, indent=1))
+    return report

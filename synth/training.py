@@ -28,13 +28,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import __version__
+from . import __version__, topography
 from .data import SPLITS, ObjectImages, World
 from .errors import CheckpointError, UnknownNameError
 from .files import atomic, sha256, write_text
 from .models import WEIGHTS_DIR, embedded_models, embedded_net, load_model
 from .probe import ProbeModel
 from .ventral import AREAS
+from .topography import SL_WEIGHT, Sheet, retinotopic_sheet, save_sheets, spatial_loss, swap_optimize, \
+    topography_metrics
 from .vone import TOY_VONE, GaborBank
 
 
@@ -65,6 +67,10 @@ class Recipe:
     mix_weight: float = 0.0          # ... giving it this weight (0 = no averaging)
     vone: dict = field(default_factory=dict)  # the VOneBlock's settings where they differ from TOY_VONE's
     # (a stochastic model's card is measured on fewer images: every attack step costs eval_eot passes)
+    # TDANN's spatial loss: area -> {"size_mm", "radius_mm" (neighbourhoods), "layout": "retinotopic" | "channels"}
+    topography: dict = field(default_factory=dict)
+    sl_weight: float = SL_WEIGHT     # the spatial loss's weight beside the task loss, per area
+    swap_steps: int = 1000           # neighbourhoods of position swaps before training (TDANN's pre-optimization)
 
 
 _DC = {"zero_mean": False}  # VOneNet's kernels, DC terms included
@@ -117,6 +123,17 @@ RECIPES: dict[str, Recipe] = {
                        "trained with cross-entropy on the embedded object set: 39 epochs behind VOneNet's Gabor "
                        "kernels (toy-vone-5, -15, -27, -39), then 10 more behind the same kernels made "
                        "zero-mean.", family="vone", init="toy-vone-39", epochs=10, lr=0.03, eval_n=128),
+    # IT's 4×4 map is about one receptive field across, so its sheet places channels (each pooled over space);
+    # TDANN's retinotopic layout of channels × space fitted IT poorly here (a scratch run's spatial loss stayed at
+    # 0.89 with face-map smoothness 0.08, against 0.67 and 0.41 per channel after the same two short epochs).
+    # Sizes: IT about 10 mm across in macaque; neighbourhood widths 2 mm in V4 and 3 mm in IT (TDANN's macaque
+    # settings, spacestream), so radii of 1 and 1.5 mm.
+    "toy-topo": Recipe("toy-topo", "A topographic VentralNet: toy-standard fine-tuned with TDANN's spatial "
+                       "correlation loss (weight 0.25 per area) on V4 (channels × space laid out retinotopically on "
+                       "an 8 mm sheet) and IT (channels on a 10 mm sheet), positions pre-optimized by swaps.",
+                       init="toy-standard", epochs=4, lr=0.02,
+                       topography={"V4": {"size_mm": 8.0, "radius_mm": 1.0, "layout": "retinotopic"},
+                                   "IT": {"size_mm": 10.0, "radius_mm": 1.5, "layout": "channels"}}),
 }
 
 
@@ -244,6 +261,8 @@ def train(name: str, out_dir: str | os.PathLike = WEIGHTS_DIR, workers: int = 2,
         fixed = {f"{n}.weight" for n, m in model.net.named_modules() if isinstance(m, GaborBank)}
         shared = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape and k not in fixed}
         model.net.load_state_dict(shared, strict=False)
+    sheets = initial_sheets(recipe, model, train_set.images[:512]) if recipe.topography else {}
+    radius = {model.layer(a): spec["radius_mm"] for a, spec in recipe.topography.items()}
     steps_per_epoch = max(1, len(train_set) // recipe.batch_size)
     opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=0.9, nesterov=True,
                           weight_decay=recipe.weight_decay)
@@ -256,7 +275,7 @@ def train(name: str, out_dir: str | os.PathLike = WEIGHTS_DIR, workers: int = 2,
         model.train()
         order = torch.randperm(len(train_set), generator=gen)
         bar = tqdm(range(steps_per_epoch), desc=f"{name} epoch {epoch + 1}/{recipe.epochs}", unit="batch")
-        loss_sum = correct = seen = 0
+        loss_sum = sl_sum = correct = seen = 0
         for b in bar:
             idx = order[b * recipe.batch_size:(b + 1) * recipe.batch_size]
             x, y = train_set.images[idx], train_set.labels[idx]
@@ -268,19 +287,29 @@ def train(name: str, out_dir: str | os.PathLike = WEIGHTS_DIR, workers: int = 2,
                 model.eval()  # the attack sees inference behaviour and leaves batch-norm statistics alone
                 x = _adversarial(model, x, y, eps, recipe.attack_steps, recipe.attack_step * eps)
                 model.train()
-            logits = model(x)
-            loss = nn.functional.cross_entropy(logits, y)
+            if sheets:
+                out = model.activations(x, [*sheets, "logits"], check=False)
+                logits = out["logits"]
+                sl = torch.stack([spatial_loss(out[k], s, radius[k], generator=gen) for k, s in sheets.items()])
+                loss = nn.functional.cross_entropy(logits, y) + recipe.sl_weight * sl.sum()
+                sl_sum += float(sl.detach().mean()) * len(y)
+            else:
+                logits = model(x)
+                loss = nn.functional.cross_entropy(logits, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-            loss_sum += float(loss) * len(y)
+            loss_sum += float(loss.detach()) * len(y)
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
+                            **({"spatial": f"{sl_sum / seen:.3f}"} if sheets else {}))
         val = accuracy(model, val_set.images, val_set.labels)
-        history.append({"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen, "val_acc": val})
-        print(f"{name} epoch {epoch + 1}: train loss {loss_sum / seen:.3f} acc {correct / seen:.3f}, val acc {val:.3f}")
+        history.append({"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen, "val_acc": val,
+                        **({"spatial_loss": sl_sum / seen} if sheets else {})})
+        print(f"{name} epoch {epoch + 1}: train loss {loss_sum / seen:.3f} acc {correct / seen:.3f}, val acc {val:.3f}"
+              + (f", spatial loss {sl_sum / seen:.3f}" if sheets else ""))
     if recipe.mix:  # WiSE-FT: a weighted average of every floating-point tensor (batch-norm statistics included)
         own, other = model.net.state_dict(), _init_model(recipe.mix, out_dir, workers).net.state_dict()
         w = recipe.mix_weight
@@ -293,6 +322,13 @@ def train(name: str, out_dir: str | os.PathLike = WEIGHTS_DIR, workers: int = 2,
     with atomic(weights) as tmp:
         torch.save(model.net.state_dict(), tmp)
     arch = architecture(recipe)
+    topo = {}
+    if sheets:  # positions beside the weights, loaded with the model
+        positions = save_sheets(sheets, out_dir / f"{name}.sheets.pt")
+        topography.attach(model, sheets)
+        topo = {"positions": positions.name, "sha256": sha256(positions), "sl_weight": recipe.sl_weight,
+                "layers": {k: {**recipe.topography[a], "shape": list(s.shape), "units": len(s)}
+                           for a, (k, s) in zip(recipe.topography, sheets.items())}}
     card = {
         "name": name,
         "description": recipe.description,
@@ -305,10 +341,27 @@ def train(name: str, out_dir: str | os.PathLike = WEIGHTS_DIR, workers: int = 2,
                  "splits": SPLITS},
         "recipe": {**asdict(recipe), "command": f"phosphene train {name}"},
         "history": history,
+        **({"topography": topo} if topo else {}),
         "timing": {"render_s": round(render_s, 1), "train_s": round(train_s, 1),
                    "device": f"{platform.processor() or platform.machine()} cpu, {torch.get_num_threads()} threads"},
     }
     return measure(card, model, recipe, out_dir, workers)
+
+
+def initial_sheets(recipe: Recipe, model: ProbeModel, images: torch.Tensor) -> dict[str, Sheet]:
+    """TDANN's first two stages for each area of the recipe's topography: the initial layout (retinotopic, or per
+    channel), then positions swapped to fit the starting model's responses to ``images``."""
+    layers = {model.layer(a): spec for a, spec in recipe.topography.items()}
+    model.eval()
+    with torch.no_grad():
+        acts = model.activations(images, list(layers))
+    sheets = {}
+    for layer, spec in layers.items():
+        c, h, w = acts[layer].shape[1:]
+        shape = (c, 1, 1) if spec.get("layout") == "channels" else (c, h, w)
+        start = retinotopic_sheet(layer, shape, spec["size_mm"], seed=recipe.seed)
+        sheets[layer] = swap_optimize(start, acts[layer], spec["radius_mm"], steps=recipe.swap_steps, seed=recipe.seed)
+    return sheets
 
 
 def measure(card: dict, model: ProbeModel, recipe: Recipe, out_dir: Path, workers: int = 2) -> dict:
@@ -324,6 +377,8 @@ def measure(card: dict, model: ProbeModel, recipe: Recipe, out_dir: Path, worker
         "pgd_linf": robustness(model, test_set.images[sub], test_set.labels[sub], recipe.eval_eps,
                                recipe.eval_steps, recipe.eval_eot, recipe.seed),
     }
+    if model.sheets:
+        card["metrics"]["topography"] = topography_metrics(model, workers=workers, seed=recipe.seed)
     card["versions"] = {"phosphene": __version__, "torch": torch.__version__, "numpy": np.__version__}
     write_text(out_dir / f"{card['name']}.json", json.dumps(card, indent=2))
     write_text(out_dir / f"{card['name']}.md", model_card_markdown(card))
@@ -340,6 +395,26 @@ def remeasure(name: str, out_dir: str | os.PathLike = WEIGHTS_DIR, workers: int 
     if model.info["sha256"] != card["sha256"]:
         raise CheckpointError(f"{name}.pt does not match the sha256 in its card; retrain with phosphene train {name}")
     return measure(card, model, RECIPES[name], out_dir, workers)
+
+
+def _topography_rows(card: dict) -> list[str]:
+    """The card's rows on a topographic model's sheets: layout, spatial loss, face-map smoothness and patches."""
+    topo, measured = card.get("topography"), card["metrics"].get("topography", {})
+    if not topo:
+        return []
+    rows = [f"| spatial loss | TDANN's, weight {topo['sl_weight']:g} per area; final "
+            f"{card['history'][-1].get('spatial_loss', float('nan')):.3f} (mean over areas) |"]
+    for layer, spec in topo["layers"].items():
+        m = measured.get(layer)
+        rows.append(f"| {layer} sheet | {spec['size_mm']:g} mm, {spec['units']} units ({spec['layout']}, "
+                    f"shape {'×'.join(map(str, spec['shape']))}), neighbourhoods of {spec['radius_mm']:g} mm |")
+        if m:
+            rows.append(f"| {layer} faces-vs-objects map (localizer n={m['localizer_n']}) | smoothness "
+                        f"{m['face_smoothness']:.2f} (positions shuffled: {m['face_smoothness_shuffled']:.2f}); "
+                        f"{len(m['patches'])} face patch(es) "
+                        + (f"(largest {m['patches'][0]['area_mm2']:.1f} mm²) " if m["patches"] else "")
+                        + f"against {m['patches_shuffled']} when shuffled |")
+    return rows
 
 
 def model_card_markdown(card: dict) -> str:
@@ -359,6 +434,7 @@ def model_card_markdown(card: dict) -> str:
         *([f"| weights averaged with | {r['mix']} ({r['mix_weight']:.0%}, WiSE-FT) |"] if r.get("mix") else []),
         *([f"| V1 front-end | fixed VOneBlock {card['architecture']['vone']} |"]
           if card["architecture"].get("vone") else []),
+        *_topography_rows(card),
         f"| training time | {t['train_s'] / 60:.1f} min on {t['device']} (+{t['render_s']:.0f} s rendering) |",
         f"| data | embedded world {card['data']['world']}, {card['data']['n_train']} training images |",
         f"| reproduce | `{r['command']}` (seed {r['seed']}) |",

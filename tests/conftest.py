@@ -21,6 +21,11 @@ def toy_robust() -> synth.ProbeModel:
 
 
 @pytest.fixture(scope="session")
+def toy_topo() -> synth.ProbeModel:
+    return synth.load_model("toy-topo", device="cpu")
+
+
+@pytest.fixture(scope="session")
 def test_sample() -> synth.ImageBatch:
     """400 images of the held-out test split (50 per category)."""
     return synth.render(400, "test")

@@ -129,3 +129,23 @@ def test_attack_help_names_every_catalogue_attack(capsys):
         main(["attack", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert all(name in text for name in attacks.CATALOGUE)
+
+
+def test_microstim_afraz_writes_its_report_and_figures(tmp_path, capsys):
+    import json
+
+    from PIL import Image
+
+    out = tmp_path / "afraz"
+    assert main(["microstim", "afraz", "--model", "toy-topo", "--sites", "12", "--n", "4", "--spreads", "1",
+                 "--workers", "1", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "topographic: r = " in text and "shuffled   : r = " in text and "12 sites at 50 µA, 200 Hz" in text
+    report = json.loads((out / "afraz.json").read_text())
+    assert report["sites"] == 12 and len(report["topographic"]["selectivity"]) == 12
+    assert [c["spread_mm"] for c in report["curve"]] == [pytest.approx(0.00505 * 44.74, abs=1e-4), 1.0]
+    assert {"r", "p"} <= set(report["shuffled"]) and report["face_patches"]["topographic"] >= 1
+    assert Image.open(out / "afraz.png").size[0] > 800 and Image.open(out / "face_map.png").size[0] > 500
+    assert main(["microstim", "afraz", "--model", "toy-standard", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("phosphene: error: model 'toy-standard' has no cortical sheets") and err.count("\n") == 1

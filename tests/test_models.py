@@ -18,7 +18,7 @@ def _accuracy(model, batch):
         return float((model(batch.tensor()).argmax(1).numpy() == batch.labels).mean())
 
 
-@pytest.mark.parametrize("name", ["toy-standard", "toy-robust"])
+@pytest.mark.parametrize("name", ["toy-standard", "toy-robust", "toy-topo"])
 def test_shipped_model_reaches_its_card_accuracy_on_held_out_images(name, test_sample):
     model = synth.load_model(name, device="cpu")
     card = embedded_models()[name]
@@ -41,6 +41,11 @@ def test_card_targets_hold():
     assert vone["stochastic"] and vone["pgd_linf"]["eot"] == 8 and not std["stochastic"]
     for m in (std, rob):  # deterministic models: attacks.pgd at least as strong as foolbox's PGD, within noise
         assert m["pgd_linf"]["accuracy"] <= m["pgd_linf"]["foolbox"] + 0.01
+    topo = cards["toy-topo"]  # topographic: as accurate as its start, IT's face map smooth and in patches
+    assert topo["metrics"]["test_top1"] >= std["test_top1"] - 0.02
+    it = topo["metrics"]["topography"]["IT"]
+    assert it["face_smoothness"] > it["face_smoothness_shuffled"] + 0.2 and it["patches"] and not it["patches_shuffled"]
+    assert topo["history"][-1]["spatial_loss"] < topo["history"][0]["spatial_loss"]
 
 
 def test_robust_model_resists_pgd_where_the_standard_model_falls(toy_standard, toy_robust, test_sample):

@@ -118,7 +118,7 @@ def test_selectivity_maps_find_a_patch_that_a_shuffled_sheet_breaks_up(tmp_path)
     shuffled = sheet.shuffled(0)
     assert patches(shuffled, t, threshold=5.0) == []
     assert smoothness(sheet, t) > 0.5 and abs(smoothness(shuffled, t)) < 0.1
-    png = plot_sheet(sheet, t, str(tmp_path / "sheet.png"), found=found)
+    png = plot_sheet(sheet, t, str(tmp_path / "sheet.png"), threshold=5.0)
     assert Image.open(png).size[0] > 300
     silent = torch.zeros(5, 4)
     assert torch.equal(selectivity(silent, silent), torch.zeros(4))
@@ -162,3 +162,123 @@ def test_behaviour_inputs_are_checked(tiny):
         degrade(x, 1.5)
     with pytest.raises(ConfigError, match="no class 'monkeys'"):
         face_choices(tiny, x, face_class="monkeys")
+
+
+def test_per_channel_sheets_pool_over_space_and_stimulate_every_position_of_a_channel(tiny):
+    from synth.topography import microstimulation, spread_mm
+
+    sheet = retinotopic_sheet("IT", (32, 1, 1), size_mm=10.0, seed=0)
+    x = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        clean = tiny.activations(x, "IT")["IT"]
+    assert clean.shape[2:] != (1, 1) and sheet.per_channel
+    assert torch.allclose(sheet.responses(clean), clean.mean((2, 3)))
+    assert spatial_loss(clean, sheet, radius_mm=4.0).isfinite()
+    site = tuple(sheet.positions[5].tolist())
+    with torch.no_grad(), tiny.intervene(microstimulation(sheet, site, current_ua=100)):
+        on = tiny.activations(x, "IT")["IT"]
+    gain = on.sum((0, 2, 3)) / clean.sum((0, 2, 3)).clamp_min(1e-9)
+    d = ((sheet.positions - torch.tensor(site)) ** 2).sum(1).sqrt()
+    assert gain[5] > 5 and torch.allclose(gain[d > 3], torch.ones(int((d > 3).sum())), atol=5e-3)
+    active = clean.sum((0, 2, 3)) > 1e-3
+    expected = 1 + (200 / 30) * torch.exp(-d / spread_mm(100))  # falls off with distance from the site
+    assert torch.allclose(gain[active], expected[active], rtol=1e-4)
+    assert torch.allclose(on[:, 5], clean[:, 5] * gain[5], rtol=1e-4)  # the whole channel, at every position
+    with pytest.raises(ConfigError, match="32 units per image, but the sheet for 'IT' places 16"):
+        retinotopic_sheet("IT", (16, 1, 1), 10.0).responses(clean)
+
+
+def test_sheets_save_load_and_attach_safely_and_tdann_npz_positions_load_by_path(tiny, tmp_path):
+    import synth
+    from synth.errors import CheckpointError, UnknownNameError
+    from synth.topography import load_sheets, save_sheets, sheet_of
+
+    with torch.no_grad():
+        shapes = {k: tuple(v.shape[1:]) for k, v in tiny.activations(torch.zeros(1, 3, 64, 64), ["V4", "IT"]).items()}
+    sheets = {"V4": retinotopic_sheet("V4", shapes["V4"], 8.0, seed=1), "IT": retinotopic_sheet("IT", (32, 1, 1), 10.0)}
+    path = save_sheets(sheets, tmp_path / "positions.pt")
+    back = load_sheets(path)
+    assert set(back) == {"V4", "IT"} and torch.equal(back["V4"].positions, sheets["V4"].positions)
+    assert back["IT"].shape == (32, 1, 1) and back["IT"].size_mm == 10.0
+    folder = tmp_path / "tdann"
+    folder.mkdir()  # TDANN's LayerPositions fields, exported once with np.savez
+    np.savez(folder / "V4.npz", name="V4", dims=np.array(shapes["V4"]), coordinates=sheets["V4"].positions.numpy(),
+             neighborhood_width=2.0)
+    model = synth.load_model(tiny.net, device="cpu", name="tiny", classes=tiny.classes, areas=tiny.areas,
+                             positions=folder)
+    assert torch.allclose(sheet_of(model, "V4").positions, sheets["V4"].positions)
+    assert sheet_of(model, "V4").size_mm == pytest.approx(float(sheets["V4"].positions.max()))
+    with pytest.raises(UnknownNameError, match="V4"):
+        sheet_of(model, "IT")
+    with pytest.raises(ConfigError, match="no cortical sheets"):
+        sheet_of(tiny, "IT")
+    wrong = {"IT": retinotopic_sheet("IT", (32, 2, 2), 10.0)}
+    with pytest.raises(CheckpointError, match=r"answers with \(32, 4, 4\)"):
+        synth.load_model(tiny.net, device="cpu", classes=tiny.classes, areas=tiny.areas,
+                         positions=save_sheets(wrong, tmp_path / "wrong.pt"))
+    (tmp_path / "IT.pkl").write_bytes(b"\x80\x04N.")
+    with pytest.raises(CheckpointError, match="pickle"):
+        load_sheets(tmp_path / "IT.pkl")
+    np.savez(tmp_path / "bad.npz", xy=np.zeros((3, 2)))
+    with pytest.raises(CheckpointError, match="'coordinates'"):
+        load_sheets(tmp_path / "bad.npz")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not a positions file"):
+        load_sheets(tmp_path / "other.pt")
+
+
+def test_a_recipe_with_topography_trains_with_the_spatial_loss_and_ships_positions(tmp_path, monkeypatch):
+    """The toy-topo recipe in miniature: swaps before training, the spatial loss in the history, positions saved
+    beside the weights (hash in the card) and attached when the card loads."""
+    from dataclasses import replace
+
+    import synth
+    from synth import training
+
+    small = replace(training.RECIPES["toy-topo"], name="tiny-topo", init=None, widths=(8, 16, 16, 32), epochs=1,
+                    eval_n=8, eval_steps=2, swap_steps=20)
+    monkeypatch.setitem(training.RECIPES, "tiny-topo", small)
+    card = training.train("tiny-topo", tmp_path, workers=2, n_train=256)
+    assert card["history"][0]["spatial_loss"] > 0
+    topo = card["topography"]
+    assert (tmp_path / topo["positions"]).is_file() and topo["layers"]["IT"]["shape"] == [32, 1, 1]
+    assert topo["layers"]["V4"]["shape"] == [16, 8, 8]
+    model = synth.load_model(str(tmp_path / "tiny-topo.json"), device="cpu")
+    assert set(model.sheets) == {"V4", "IT"} and model.sheets["IT"].size_mm == 10.0
+    start = retinotopic_sheet("V4", (16, 8, 8), 8.0, seed=0)
+    assert not torch.equal(model.sheets["V4"].positions, start.positions)  # swapped ...
+    assert torch.equal(model.sheets["V4"].positions.sort(0).values, start.positions.sort(0).values)  # ... not moved
+    m = card["metrics"]["topography"]["IT"]
+    assert m["units"] == 32 and -1 <= m["face_smoothness"] <= 1 and "face_smoothness_shuffled" in m
+
+
+def test_toy_topo_ships_its_sheets_and_has_face_patches_that_shuffling_removes(toy_topo):
+    from synth.topography import face_patches, localizer_maps, smoothness
+
+    assert set(toy_topo.sheets) == {"V4", "IT"} and toy_topo.sheets["IT"].per_channel
+    t = localizer_maps(toy_topo, "IT", n=40)["faces_vs_objects"]
+    sheet = toy_topo.sheets["IT"]
+    found, threshold = face_patches(sheet, t)
+    assert found and found[0]["area_mm2"] >= 2 and found[0]["units"] >= 5
+    assert face_patches(sheet.shuffled(0), t, threshold)[0] == []
+    assert smoothness(sheet, t, 1.25) > smoothness(sheet.shuffled(0), t, 1.25) + 0.2
+
+
+def test_afraz_stimulating_face_selective_sites_biases_choices_and_the_shuffled_control_loses_it(toy_topo, tmp_path):
+    """Afraz et al. 2006 in miniature on toy-topo's IT: the shift in face choices follows the site's recorded face
+    selectivity, more so than with the positions shuffled (same weights), where the stimulation's spread reaches
+    units the electrode did not record."""
+    from PIL import Image
+
+    from synth.topography import afraz, current_for_spread, plot_afraz, spread_mm
+
+    assert spread_mm(current_for_spread(1.0)) == pytest.approx(1.0)
+    r = afraz(toy_topo, "IT", sites=60, n=16, spreads_mm=(1.0,), signals=(0.15, 0.3), progress=False)
+    assert r["spread_mm"] == pytest.approx(spread_mm(50)) and len(r["topographic"]["shift"]) == 60
+    assert r["topographic"]["r"] > 0.4 and r["topographic"]["p"] < 1e-3
+    assert all(c["r"] > c["r_shuffled"] for c in r["curve"])
+    assert np.mean([c["r"] - c["r_shuffled"] for c in r["curve"]]) > 0.1
+    png = plot_afraz(r, tmp_path / "afraz.png")
+    assert Image.open(png).size[0] > 800
+    with pytest.raises(ConfigError, match="between 3 and 256 sites"):
+        afraz(toy_topo, "IT", sites=1000, progress=False)
