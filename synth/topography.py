@@ -635,7 +635,8 @@ def plot_afraz(report: dict, path: str | os.PathLike) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(11.5, 3.6))
+    curves = report.get("psychometric")
+    fig, axes = plt.subplots(1, 4 if curves else 3, figsize=(15.2 if curves else 11.5, 3.6))
     colors = {"topographic": "tab:red", "shuffled": "tab:gray"}
     for ax, name in zip(axes, ("topographic", "shuffled")):
         d = report[name]
@@ -656,12 +657,36 @@ def plot_afraz(report: dict, path: str | os.PathLike) -> str:
     ax.axhline(0, color="k", lw=0.5)
     ax.set(xlabel="stimulation spread λ (mm)", ylabel="r (selectivity vs shift)", title="correlation against spread")
     ax.legend(frameon=False)
+    if curves:
+        ax = axes[3]
+        ax.plot(curves["signal"], 100 * np.asarray(curves["without"]), "o-", color="k", label="no stimulation")
+        ax.plot(curves["signal"], 100 * np.asarray(curves["with"]), "o-", color="tab:red", label="stimulated")
+        x, y = curves["site_mm"]
+        ax.set(xlabel="visual signal (− non-face objects, + faces)", ylabel="face choices (%)",
+               title=f"site ({x:.1f}, {y:.1f}) mm, t = {curves['selectivity']:.1f}", ylim=(-3, 103))
+        ax.legend(frameon=False)
     fig.suptitle(f"{report['model']} {report['layer']}: {report['sites']} sites, {report['current_ua']:g} µA "
                  f"(λ = {report['spread_mm']:.2f} mm), {report['rate_hz']:g} Hz", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return str(path)
+
+
+def _site_curves(model, sheet: Sheet, report: dict, workers: int) -> dict:
+    """Psychometric curves (``psychometric``) without and with stimulation of the site that shifted face choices
+    most, at the report's current and rate: Afraz et al.'s figure 2."""
+    from .data import localizer
+
+    i = int(np.argmax(report["topographic"]["shift"]))
+    site = tuple(report["topographic"]["sites_mm"][i])
+    loc = localizer(report["stimuli"]["per_class_per_level"], workers=workers)
+    faces, objects = loc["faces"].tensor(), loc["objects"].tensor()
+    without = psychometric(model, faces, objects, seed=report["seed"])
+    with model.intervene(microstimulation(sheet, site, report["current_ua"], report["rate_hz"])):
+        with_stim = psychometric(model, faces, objects, seed=report["seed"])
+    return {"site_mm": list(site), "selectivity": report["topographic"]["selectivity"][i],
+            "signal": without["signal"], "without": without["face_fraction"], "with": with_stim["face_fraction"]}
 
 
 def run_afraz(model, out: str | os.PathLike, layer: str = "IT", **settings) -> dict:
@@ -680,6 +705,7 @@ def run_afraz(model, out: str | os.PathLike, layer: str = "IT", **settings) -> d
     sheet = sheet_of(model, layer)
     t = localizer_maps(model, layer, 100, "t", settings.get("workers", 1))["faces_vs_objects"]
     report = afraz(model, layer, face_map=t, **settings)
+    report["psychometric"] = _site_curves(model, sheet, report, settings.get("workers", 1))
     report["seconds"] = round(time.time() - t0, 1)
     report["versions"] = {"phosphene": __version__, "torch": torch.__version__}
     control = sheet.shuffled(settings.get("seed", 0))

@@ -145,7 +145,8 @@ def test_microstim_afraz_writes_its_report_and_figures(tmp_path, capsys):
     assert report["sites"] == 12 and len(report["topographic"]["selectivity"]) == 12
     assert [c["spread_mm"] for c in report["curve"]] == [pytest.approx(0.00505 * 44.74, abs=1e-4), 1.0]
     assert {"r", "p"} <= set(report["shuffled"]) and report["face_patches"]["topographic"] >= 1
-    assert Image.open(out / "afraz.png").size[0] > 800 and Image.open(out / "face_map.png").size[0] > 500
+    assert len(report["psychometric"]["with"]) == len(report["psychometric"]["signal"]) == 13
+    assert Image.open(out / "afraz.png").size[0] > 1100 and Image.open(out / "face_map.png").size[0] > 500
     assert main(["microstim", "afraz", "--model", "toy-standard", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("phosphene: error: model 'toy-standard' has no cortical sheets") and err.count("\n") == 1
