@@ -497,6 +497,7 @@ def optimize(model: ProbeModel, objective: Objective | str, param: Parametrizati
              target: float | None = None, stop: Criterion | Callable | None = None, random_start: bool = False,
              seed: int = 0, relu_override: int = 0, checkpoint: str | os.PathLike | None = None,
              checkpoint_every: int = 100, callback: Callable[[int, int], None] | None = None,
+             watch: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
              progress: bool = True, metadata: dict | None = None) -> Result:
     """Maximize ``objective`` over the images of ``param``; the single loop behind synthesis, attacks, metamers.
 
@@ -515,6 +516,8 @@ def optimize(model: ProbeModel, objective: Objective | str, param: Parametrizati
     start the run.  ``checkpoint``: a file the run's state is written to every ``checkpoint_every`` steps and at
     the end, and continued from when it exists (see the module docstring).  ``callback(t, steps)`` runs before
     each step (e.g. to fade surrogate gradients); it must depend on ``t`` alone for a resumed run to match.
+    ``watch(t, images, scores)`` sees each step's images (N×3×H×W as rendered for that step, detached) and every
+    image's latest score (N), for live displays and progress; what it does to them does not reach the run.
     """
     objective = parse(objective).resolve(model)
     if steps < 0 or eot < 1:
@@ -611,6 +614,8 @@ def optimize(model: ProbeModel, objective: Objective | str, param: Parametrizati
         scores = scores.detach()
         last[active] = scores
         history.append(last.clone())
+        if watch is not None:
+            watch(t, x.detach().clone(), last.clone())
         better = scores > best_scores[active]
         best[active[better]] = xa.detach()[better]
         best_scores[active[better]] = scores[better]

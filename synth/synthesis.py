@@ -8,7 +8,7 @@ with it every sampled unit rose 7-17x above its natural maximum.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -26,12 +26,14 @@ def synthesize(model: ProbeModel, objective: Objective | str, *, n: int = 1, siz
                lr: float = 0.05, step: str = "adam", lr_schedule: str = "constant",
                transforms: Sequence[Transform] | str | None = "standard", eot: int = 1,
                constraints: Sequence[Constraint] = (), target: float | None = None, seed: int = 0,
-               relu_override: int = 16, progress: bool = True, **param_options) -> Result:
+               relu_override: int = 16, progress: bool = True,
+               watch: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None, **param_options) -> Result:
     """Optimize ``n`` images (size defaults to the model's input size) to maximize ``objective``.
 
     ``param``: 'fourier' (default), 'pixels' or 'blurred' (Walker et al. 2019 gradient blur); ``init``:
     'noise' (default), 'grey', 'uniform' or an image tensor; ``transforms``: 'standard', None or a list;
-    ``constraints`` are added to the pixel box (e.g. ``Contrast()``, ``Mask.aperture(64)``, ``Grayscale()``).
+    ``constraints`` are added to the pixel box (e.g. ``Contrast()``, ``Mask.aperture(64)``, ``Grayscale()``);
+    ``watch(t, images, scores)`` is called at every step (``optimize``'s live view).
     """
     size = size or model.input_size or 224
     gen = torch.Generator().manual_seed(seed)
@@ -40,7 +42,8 @@ def synthesize(model: ProbeModel, objective: Objective | str, *, n: int = 1, siz
         transforms = standard(size)
     return optimize(model, objective, p, constraints=(Box(), *constraints), step=step, lr=lr,
                     lr_schedule=lr_schedule, steps=steps, transforms=transforms or (), eot=eot, target=target,
-                    seed=seed, relu_override=relu_override, progress=progress, metadata={"init": _init_name(init)})
+                    seed=seed, relu_override=relu_override, progress=progress, watch=watch,
+                    metadata={"init": _init_name(init)})
 
 
 def _init_name(init: str | torch.Tensor) -> str:

@@ -40,6 +40,21 @@ def test_same_seed_same_image_and_other_seed_differs(tiny):
     assert a.metadata["seed"] == 7 and a.metadata["objective"] == "IT:1" and a.metadata["steps"] == 10
 
 
+def test_watch_sees_every_step_and_cannot_change_the_run(tiny):
+    kw = dict(size=32, steps=6, progress=False, transforms=None, param="pixels", seed=3)
+    seen = []
+
+    def watch(t, images, scores):
+        seen.append((t, images.shape, scores.clone()))
+        images.fill_(0.0)  # the live view's copy; the run does not see this
+        scores.fill_(0.0)
+
+    watched, plain = synthesize(tiny, "IT:2", n=2, watch=watch, **kw), synthesize(tiny, "IT:2", n=2, **kw)
+    assert [t for t, _, _ in seen] == list(range(6)) and all(shape == (2, 3, 32, 32) for _, shape, _ in seen)
+    assert torch.equal(torch.stack([s for _, _, s in seen]), plain.history)
+    assert torch.equal(watched.images, plain.images) and torch.equal(watched.history, plain.history)
+
+
 def test_linf_ball_and_box_are_projections(tiny):
     x0 = torch.rand(2, 3, 32, 32, generator=_gen())
     r = optimize(tiny, "norm(IT)", Pixels(x0), constraints=[LpBall(x0, 4 / 255), Box()], step="sign", lr=1 / 255,
