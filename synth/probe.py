@@ -254,7 +254,11 @@ class ProbeModel(nn.Module):
             self._extractors[targets] = extractor
         if extractor.training != self.net.training:
             extractor.train(self.net.training)
-        return extractor(x)
+        out = extractor(x)
+        for t in targets:  # a container and its last module are one graph node, returned under one of the names
+            if t not in out:
+                out[t] = next(v for k, v in out.items() if t.startswith(k + ".") or k.startswith(t + "."))
+        return out
 
     def _hooked(self, x: torch.Tensor, targets: tuple[str, ...], stop: bool = True) -> dict[str, torch.Tensor]:
         """Module outputs captured by forward hooks; the pass ends at the last one unless the logits are wanted

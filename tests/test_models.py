@@ -230,3 +230,16 @@ def test_unsafe_pickles_are_refused(tmp_path):
 def test_device_is_chosen_not_hard_coded(toy_standard):
     assert toy_standard.device.type == "cpu"
     assert synth.default_device().type in ("cpu", "cuda", "mps")
+
+
+def test_every_layer_at_once_matches_hooks_even_where_a_container_and_its_last_module_are_one_node(toy_standard):
+    """'decoder' and 'decoder.output' (or 'IT' and 'IT.output') are one node of the traced graph: asked together,
+    both come back, equal to what forward hooks on the modules see."""
+    layers = [layer for layer in toy_standard.layers if layer != "input"]
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        traced = toy_standard.activations(x, layers)
+        hooked = toy_standard._hooked(toy_standard.preprocess(x), tuple(layers[:-1]), stop=False)
+    assert set(traced) == set(layers)
+    for layer in layers:
+        assert torch.allclose(traced[layer], hooked[layer]), layer

@@ -1,0 +1,60 @@
+"""Attack: white-box PGD on a standard and a robust model side by side, with the accuracy-against-ε curve."""
+import matplotlib
+import streamlit as st
+import torch
+
+import attacks
+from explorer.common import as_uint8, download, figure_png, pick_image, pick_model, shown_errors
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+st.header("Attack")
+with st.sidebar:
+    left = pick_model("attack-a", "model", "toy-standard")
+    right = pick_model("attack-b", "compare with", "toy-robust")
+    norm = st.selectbox("norm", ["linf", "l2"])
+    eps_text = st.text_input("ε (a budget, or a comma-separated sweep)",
+                             "1/255,2/255,4/255,8/255" if norm == "linf" else "0.25,0.5,1,2")
+    steps = st.slider("steps", 5, 100, 20)
+    targeted = st.checkbox("targeted")
+    target = st.selectbox("target class", left.classes) if targeted else None
+    amplify = st.slider("perturbation shown ×", 1, 50, 10)
+
+image, category = pick_image(left, "attack")
+label = category if category in left.classes else None
+st.image(as_uint8(image[0]), caption=f"original{f' ({category})' if category else ''}", width=160)
+
+if st.button("Attack", type="primary"):
+    results = {}
+    with shown_errors():
+        eps = [e.strip() for e in eps_text.split(",") if e.strip()]
+        for m in (left, right):
+            with st.spinner(f"PGD on {m.name}…"):
+                results[m.name] = attacks.pgd(m, image.to(m.device), label, eps, steps=steps, norm=norm,
+                                              target=target, progress=False)
+    st.session_state["attack-results"] = results
+
+for name, r in st.session_state.get("attack-results", {}).items():
+    st.subheader(name)
+    k = len(r.eps) - 1
+    clean, adv = r.images[0], r.adversarial[k, 0]
+    pert = ((adv - clean) * amplify + 0.5).clamp(0, 1)
+    a, b, c = st.columns(3)
+    a.image(as_uint8(clean), caption=f"clean: {r.classes[int(r.clean_predictions[0])]}", width="stretch")
+    b.image(as_uint8(adv), caption=f"ε {float(r.eps[k]):.3g}: {r.classes[int(r.predictions[k, 0])]} "
+                                   f"({'broken' if bool(r.success[k, 0]) else 'held'})", width="stretch")
+    c.image(as_uint8(pert), caption=f"perturbation ×{amplify}", width="stretch")
+    st.dataframe([{"ε": float(e), "prediction": r.classes[int(p)], "success": bool(s), "distance": float(d)}
+                  for e, p, s, d in zip(r.eps, r.predictions[:, 0], r.success[:, 0], r.distance[:, 0])],
+                 hide_index=True)
+    with b:
+        download(adv, {**r.metadata, "eps": float(r.eps[k])}, f"{name}_adversarial", f"attack-dl-{name}")
+results = st.session_state.get("attack-results", {})
+if results:
+    fig, ax = plt.subplots(figsize=(5, 2.8))
+    for name, r in results.items():
+        ax.plot(r.eps.numpy(), r.accuracy.numpy(), "o-", label=name)
+    ax.set(xlabel=f"ε ({norm})", ylabel="accuracy", ylim=(-0.05, 1.05), title="accuracy against ε")
+    ax.legend(frameon=False)
+    st.image(figure_png(fig))
