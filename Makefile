@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install app test bench clean
+.PHONY: install browser app test bench clean
 
 install: $(STAMP)
 
@@ -17,8 +17,15 @@ $(STAMP): pyproject.toml
 app: install
 	$(BIN)/streamlit run app.py --server.headless true --browser.gatherUsageStats false
 
-test: install
+test: install browser
 	$(BIN)/python -m pytest
+
+# The browser the explorer's end-to-end test drives: Debian's Chromium (that test is skipped, saying why, where it
+# cannot be installed).
+browser:
+	@test -x /usr/bin/chromium || { command -v apt-get >/dev/null && { apt-get install -y chromium chromium-driver \
+		|| { apt-get update && apt-get install -y chromium chromium-driver; }; }; } \
+		|| echo "make: could not install Chromium; the explorer's browser test will be skipped"
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) *.egg-info .pytest_cache

@@ -9,11 +9,11 @@ import synth
 st.set_page_config(page_title="phosphene", layout="wide")
 st.sidebar.caption(f"phosphene {synth.__version__} · device {synth.default_device()}")
 pages = st.navigation([
-    st.Page("explorer/models_page.py", title="Models", icon="🧠", default=True),
-    st.Page("explorer/synthesize.py", title="Synthesize", icon="🎨"),
-    st.Page("explorer/attack.py", title="Attack", icon="⚔️"),
-    st.Page("explorer/metamers_page.py", title="Metamers", icon="🪞"),
-    st.Page("explorer/microstim.py", title="Micro-stimulation", icon="⚡"),
-    st.Page("explorer/gallery.py", title="Gallery", icon="🖼️"),
+    st.Page("explorer/models_page.py", title="Models", icon=":material/psychology:", default=True),
+    st.Page("explorer/synthesize.py", title="Synthesize", icon=":material/palette:"),
+    st.Page("explorer/attack.py", title="Attack", icon=":material/swords:"),
+    st.Page("explorer/metamers_page.py", title="Metamers", icon=":material/compare:"),
+    st.Page("explorer/microstim.py", title="Micro-stimulation", icon=":material/bolt:"),
+    st.Page("explorer/gallery.py", title="Gallery", icon=":material/photo_library:"),
 ])
 pages.run()

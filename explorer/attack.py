@@ -4,6 +4,7 @@ import streamlit as st
 import torch
 
 import attacks
+from attacks.catalogue import CATALOGUE
 from explorer.common import as_uint8, download, figure_png, pick_image, pick_model, shown_errors
 
 matplotlib.use("Agg")
@@ -13,10 +14,15 @@ st.header("Attack")
 with st.sidebar:
     left = pick_model("attack-a", "model", "toy-standard")
     right = pick_model("attack-b", "compare with", "toy-robust")
-    norm = st.selectbox("norm", ["linf", "l2"])
+    fixed = [n for n, e in CATALOGUE.items() if not e.minimal]
+    attack = st.selectbox("attack", fixed, format_func=lambda n: f"{n}: {CATALOGUE[n].doc.split(' (')[0]}",
+                          help="the catalogue's fixed-budget attacks; minimal-norm ones (CW, DeepFool, FMN, DDN, "
+                               "boundary) run from `phosphene attack --attack NAME`")
+    norm = CATALOGUE[attack].norm
     eps_text = st.text_input("ε (a budget, or a comma-separated sweep)",
                              "1/255,2/255,4/255,8/255" if norm == "linf" else "0.25,0.5,1,2")
-    steps = st.slider("steps", 5, 100, 20)
+    native = CATALOGUE[attack].build is None
+    steps = st.slider("steps", 5, 100, 20, disabled=not native, help="native PGD only")
     targeted = st.checkbox("targeted")
     target = st.selectbox("target class", left.classes) if targeted else None
     amplify = st.slider("perturbation shown ×", 1, 50, 10)
@@ -30,9 +36,9 @@ if st.button("Attack", type="primary"):
     with shown_errors():
         eps = [e.strip() for e in eps_text.split(",") if e.strip()]
         for m in (left, right):
-            with st.spinner(f"PGD on {m.name}…"):
-                results[m.name] = attacks.pgd(m, image.to(m.device), label, eps, steps=steps, norm=norm,
-                                              target=target, progress=False)
+            with st.spinner(f"{attack} on {m.name}…"):
+                results[m.name] = attacks.run(attack, m, image.to(m.device), label, eps, target=target,
+                                              progress=False, **({"steps": steps} if native else {}))
     st.session_state["attack-results"] = results
 
 for name, r in st.session_state.get("attack-results", {}).items():
@@ -40,7 +46,7 @@ for name, r in st.session_state.get("attack-results", {}).items():
     k = len(r.eps) - 1
     clean, adv = r.images[0], r.adversarial[k, 0]
     pert = ((adv - clean) * amplify + 0.5).clamp(0, 1)
-    a, b, c = st.columns(3)
+    a, b, c, _ = st.columns([1, 1, 1, 1.5])
     a.image(as_uint8(clean), caption=f"clean: {r.classes[int(r.clean_predictions[0])]}", width="stretch")
     b.image(as_uint8(adv), caption=f"ε {float(r.eps[k]):.3g}: {r.classes[int(r.predictions[k, 0])]} "
                                    f"({'broken' if bool(r.success[k, 0]) else 'held'})", width="stretch")

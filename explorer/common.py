@@ -115,8 +115,8 @@ def png_bytes(image: torch.Tensor, metadata: dict) -> bytes:
 def download(image: torch.Tensor, metadata: dict, name: str, key: str) -> None:
     """A download button for an image with its metadata (PNG text chunks), and one for the metadata as JSON."""
     a, b = st.columns(2)
-    a.download_button("download PNG", png_bytes(image, metadata), f"{name}.png", "image/png", key=f"{key}-png")
-    b.download_button("metadata JSON", json.dumps(metadata, indent=1, default=str), f"{name}.json",
+    a.download_button("PNG", png_bytes(image, metadata), f"{name}.png", "image/png", key=f"{key}-png")
+    b.download_button("JSON", json.dumps(metadata, indent=1, default=str), f"{name}.json",
                       "application/json", key=f"{key}-json")
 
 

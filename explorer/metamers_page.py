@@ -24,15 +24,22 @@ image, category = pick_image(model, "metamer")
 st.image(as_uint8(image[0]), caption=f"reference{f' ({category})' if category else ''}", width=160)
 
 if st.button("Make the metamer", type="primary"):
-    with shown_errors(), st.spinner(f"optimizing a {stage} metamer of {model.name} (up to {steps} steps)…"):
+    bar = st.progress(0.0, f"optimizing a {stage} metamer of {model.name}")
+
+    def watch(t, images, scores):
+        bar.progress(min(1.0, (t + 1) / steps), f"step {t + 1} (at most {steps}) · normalized error "
+                                                f"{-float(scores[0]):.3f}")
+
+    with shown_errors():
         r = metamers.generate(model, image.to(model.device), stage, steps=steps, seed=int(seed),
-                              retries=int(retries), progress=False)
+                              retries=int(retries), progress=False, watch=watch)
+    bar.empty()
     st.session_state["metamer"] = (model.name, r)
 
 if "metamer" in st.session_state:
     name, r = st.session_state["metamer"]
     row = r.summary()[0]
-    a, b = st.columns(2)
+    a, b, _ = st.columns([1, 1, 2])
     a.image(as_uint8(r.references[0]), caption="reference", width="stretch")
     b.image(as_uint8(r.images[0]), caption=f"{name} {r.stage} metamer: {'passed' if row['passed'] else 'FAILED'}",
             width="stretch")

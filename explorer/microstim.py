@@ -35,7 +35,8 @@ if not topographic:
 with st.sidebar:
     name = st.selectbox("topographic model", topographic)
     model = get_model(name)
-    layer = st.selectbox("sheet", [a for a, l in model.areas.items() if l in model.sheets])
+    areas = [a for a, l in model.areas.items() if l in model.sheets]
+    layer = st.selectbox("sheet", areas, index=areas.index("IT") if "IT" in areas else 0)
     sheet = topo.sheet_of(model, layer)
     x = st.slider("site x (mm)", 0.0, sheet.size_mm, sheet.size_mm / 2, 0.1)
     y = st.slider("site y (mm)", 0.0, sheet.size_mm, sheet.size_mm / 2, 0.1)
@@ -64,10 +65,14 @@ a.plot([x], [y], "k*", ms=12)
 fig.colorbar(dots, ax=a, label="faces vs objects (t)")
 a.set(xlim=(0, sheet.size_mm), ylim=(0, sheet.size_mm), aspect="equal", xlabel="mm", ylabel="mm",
       title=f"{name} {layer}: {len(found)} face patches")
-g = b.scatter(sheet.positions[:, 0], sheet.positions[:, 1], c=gain.numpy(), cmap="magma", s=float(np.clip(4000 / len(sheet), 2, 60)))
+half = max(1.0, 5 * lam)  # the neighbourhood of the site, where the spread is seen
+near = ((sheet.positions - torch.tensor([x, y])).abs() <= half).all(1)
+g = b.scatter(sheet.positions[near, 0], sheet.positions[near, 1], c=gain[near].numpy(), cmap="Reds", vmin=1,
+              s=float(np.clip(40000 / max(1, len(sheet)), 8, 120)), edgecolors="0.6", linewidths=0.3)
+b.add_patch(plt.Circle((x, y), lam, fill=False, color="gold", lw=2))
 fig.colorbar(g, ax=b, label="gain")
-b.set(xlim=(0, sheet.size_mm), ylim=(0, sheet.size_mm), aspect="equal", xlabel="mm",
-      title=f"{current} µA: λ = {lam:.2f} mm")
+b.set(xlim=(x - half, x + half), ylim=(y - half, y + half), aspect="equal", xlabel="mm",
+      title=f"{current} µA, {rate} Hz: λ = {lam:.2f} mm (gold)")
 st.image(figure_png(fig))
 st.write(f"Site ({x:.1f}, {y:.1f}) mm: recorded face selectivity t = {recorded:.1f} (units within {lam / 2:.2f} mm); "
          f"{int((gain > 2).sum())} units more than doubled, {int((gain > 1.1).sum())} raised by over 10 %.")

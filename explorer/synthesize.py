@@ -7,6 +7,7 @@ import torch
 import synth
 from explorer.common import as_uint8, download, figure_png, get_images, pick_image, pick_model, shown_errors
 from synth.objectives import Match, parse
+from synth.readouts import Readout
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -18,6 +19,14 @@ KINDS = {"channel (mean over space)": "{layer}:{c}", "unit (one position)": "{la
 
 model = pick_model("synth-model")
 st.header("Synthesize")
+readout_path = st.sidebar.text_input("readout (optional)", "", help="a readout fitted by `phosphene readout fit` "
+                                     "(its .pt path): its sites become a layer, addressed by name or number")
+if readout_path:
+    with shown_errors():
+        readout = Readout.load(readout_path)
+        name = f"{readout.layer}:readout"
+        if name not in model.readouts:
+            model.add_readout(readout)
 layers = [*model.areas, *(l for l in model.layers if l not in model.areas.values() and l != "input")]
 with st.sidebar:
     layer = st.selectbox("layer or area", layers, index=layers.index("IT") if "IT" in layers else 0)
@@ -66,17 +75,18 @@ if st.button("Synthesize", type="primary"):
     st.session_state["synth-result"] = (model.name, objective, result)
     live.empty()
     bar.empty()
+    chart.empty()
 
 if "synth-result" in st.session_state:
     name, done, result = st.session_state["synth-result"]
     st.subheader(f"{done} on {name}")
-    cols = st.columns(len(result))
-    for i, col in enumerate(cols):
-        col.image(as_uint8(result.images[i]), caption=f"score {float(result.scores[i]):.3g}", width="stretch")
+    cols = st.columns(4)
+    for i, col in zip(range(len(result)), cols):
+        col.image(as_uint8(result.images[i]), caption=f"score {float(result.scores[i]):.3g}", width=256)
         with col:
             download(result.images[i], result.metadata, f"{name}_{i}", f"synth-dl-{i}")
     if name == model.name:
-        images, _ = get_images(25, 0, "mixed", None, model.input_size or 64)
+        images, _ = get_images(200, 0, "mixed", None, model.input_size or 64)
         resolved = done.resolve(model)
         with torch.no_grad():
             natural = resolved(model.activations(synth.data.to_tensor(images, model.device),

@@ -13,6 +13,7 @@ import contextlib
 import json
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -230,7 +231,8 @@ def generate(model: ProbeModel, references: torch.Tensor, stage: str, *, steps: 
              range_penalty: float = 0.0, fake_relu: bool = True, surrogate: bool = True, seed: int = 0,
              names: list[str] | None = None, retries: int = RETRIES,
              checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 200,
-             progress: bool = True) -> MetamerResult:
+             progress: bool = True, watch: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None
+             ) -> MetamerResult:
     """Metamers of N reference images (N×3×H×W in [0, 1]) at ``stage`` (a brain area, layer name or 'logits').
 
     ``steps``/``step``/``lr``/``lr_schedule``: the engine's run (defaults measured on the embedded models: Adam
@@ -245,7 +247,8 @@ def generate(model: ProbeModel, references: torch.Tensor, stage: str, *, steps: 
     new noise start (seed + k) with the first step times ``RETRY_LR`` ** k, and a retry replaces a metamer only where
     its error is lower (``metadata['retried']`` names them; named stopping rules only, since a Criterion holds
     the whole batch's targets); ``checkpoint``: resume file for long runs
-    (``synth.optimize``; retries write theirs beside it, ``NAME.retryK.pt``)."""
+    (``synth.optimize``; retries write theirs beside it, ``NAME.retryK.pt``); ``watch``: the engine's live view of
+    every step, retries included."""
     check_images(references)
     if not (init_noise >= 0 and math.isfinite(init_noise)) or range_penalty < 0:
         raise ConfigError(f"init_noise and range_penalty must be >= 0, got {init_noise} and {range_penalty}")
@@ -260,7 +263,8 @@ def generate(model: ProbeModel, references: torch.Tensor, stage: str, *, steps: 
         raise ConfigError(f"retries must be >= 0, got {retries}")
     once = dict(stage=stage, layer=layer, steps=steps, step=step, lr_schedule=lr_schedule, init_noise=init_noise,
                 error=error, null=null, stop=stop, coarse_to_fine=coarse_to_fine, range_penalty=range_penalty,
-                fake_relu=fake_relu, surrogate=surrogate, checkpoint_every=checkpoint_every, progress=progress)
+                fake_relu=fake_relu, surrogate=surrogate, checkpoint_every=checkpoint_every, progress=progress,
+                watch=watch)
     run = _once(model, references, lr=lr, seed=seed, checkpoint=checkpoint, **once)
     stats = judge_all(model, run.images.clamp(0, 1), references, stage, null, error)
     retried: dict[int, dict] = {}
@@ -291,7 +295,8 @@ def generate(model: ProbeModel, references: torch.Tensor, stage: str, *, steps: 
 def _once(model: ProbeModel, references: torch.Tensor, *, stage: str, layer: str, steps: int, step: str, lr: float,
           lr_schedule: str, init_noise: float, error: float, null: torch.Tensor, stop: Criterion | str,
           coarse_to_fine: bool, range_penalty: float, fake_relu: bool, surrogate: bool, seed: int,
-          checkpoint: str | os.PathLike | None, checkpoint_every: int, progress: bool) -> Result:
+          checkpoint: str | os.PathLike | None, checkpoint_every: int, progress: bool,
+          watch: Callable[[int, torch.Tensor, torch.Tensor], None] | None) -> Result:
     """One engine run from one noise start: the metamers of ``references`` before they are judged."""
     size = references.shape[-2:]
     gen = torch.Generator().manual_seed(seed)
@@ -312,7 +317,7 @@ def _once(model: ProbeModel, references: torch.Tensor, *, stage: str, layer: str
         with relu_ctx as relu_name, smooth as smoothed:
             return optimize(model, objective, param, constraints=() if range_penalty > 0 else (Box(),), step=step,
                             lr=lr, lr_schedule=lr_schedule, steps=steps, stop=rule, seed=seed, checkpoint=checkpoint,
-                            checkpoint_every=checkpoint_every, progress=progress,
+                            checkpoint_every=checkpoint_every, progress=progress, watch=watch,
                             callback=(lambda t, n: sur.at(t / max(1, n))) if surrogate else None,
                             metadata={"method": "metamer", "stage": stage, "init_noise": init_noise,
                                       "coarse_to_fine": coarse_to_fine, "range_penalty": range_penalty,

@@ -72,8 +72,13 @@ def test_the_default_rule_stops_each_metamer_at_the_error_target(toy_standard, r
 def test_failed_metamers_are_retried_and_kept_only_where_the_retry_is_better(tiny, refs, null):
     x, n32 = refs[:, :, :32, :32].contiguous(), null[:, :, :32, :32].contiguous()
     once = metamers.generate(tiny, x, "V4", steps=15, null=n32, retries=0, progress=False)
-    again = metamers.generate(tiny, x, "V4", steps=15, null=n32, retries=1, progress=False)
+    seen = []
+    again = metamers.generate(tiny, x, "V4", steps=15, null=n32, retries=1, progress=False,
+                              watch=lambda t, images, scores: seen.append((t, len(images))))
     assert not once.passed.all() and once.metadata["retried"] == {}
+    ts = [t for t, _ in seen]
+    restarts = [i for i in range(1, len(ts)) if ts[i] == 0]  # the retry's steps are watched too
+    assert len(restarts) == 1 and ts[:restarts[0]] == list(range(restarts[0])) and seen[0][1] == len(x)
     retried = [int(i) for i in again.metadata["retried"]]
     assert retried and all(v == {"lr": pytest.approx(once.metadata["lr"] / 3), "seed": 1}
                            for v in again.metadata["retried"].values())
