@@ -4,8 +4,9 @@ import streamlit as st
 import torch
 
 import attacks
+import synth
 from attacks.catalogue import CATALOGUE
-from explorer.common import as_uint8, download, figure_png, pick_image, pick_model, shown_errors
+from explorer.common import as_uint8, download, figure_png, pick_image, pick_model, shown_errors, test_batch
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -26,6 +27,8 @@ with st.sidebar:
     targeted = st.checkbox("targeted")
     target = st.selectbox("target class", left.classes) if targeted else None
     amplify = st.slider("perturbation shown ×", 1, 50, 10)
+    curve_n = st.select_slider("accuracy curve over test images", [0, 8, 16, 32, 64], 16,
+                               help="the same attack on a balanced set of embedded test images (0: the image alone)")
 
 image, category = pick_image(left, "attack")
 label = category if category in left.classes else None
@@ -39,7 +42,17 @@ if st.button("Attack", type="primary"):
             with st.spinner(f"{attack} on {m.name}…"):
                 results[m.name] = attacks.run(attack, m, image.to(m.device), label, eps, target=target,
                                               progress=False, **({"steps": steps} if native else {}))
+        curves = {}
+        if curve_n:
+            batch = test_batch(curve_n, left.input_size or 64)
+            x, y = synth.data.to_tensor(batch[0]), [synth.CATEGORIES[i] for i in batch[1]]
+            for m in (left, right):
+                with st.spinner(f"{attack} on {m.name}, {curve_n} test images…"):
+                    r = attacks.run(attack, m, x.to(m.device), y, eps, target=target, progress=False,
+                                    **({"steps": steps} if native else {}))
+                curves[m.name] = (r.eps, r.accuracy)
     st.session_state["attack-results"] = results
+    st.session_state["attack-curves"] = (curve_n, curves)
 
 for name, r in st.session_state.get("attack-results", {}).items():
     st.subheader(name)
@@ -58,9 +71,13 @@ for name, r in st.session_state.get("attack-results", {}).items():
         download(adv, {**r.metadata, "eps": float(r.eps[k])}, f"{name}_adversarial", f"attack-dl-{name}")
 results = st.session_state.get("attack-results", {})
 if results:
+    n_curve, curves = st.session_state.get("attack-curves", (0, {}))
+    if not curves:
+        curves = {name: (r.eps, r.accuracy) for name, r in results.items()}
     fig, ax = plt.subplots(figsize=(5, 2.8))
-    for name, r in results.items():
-        ax.plot(r.eps.numpy(), r.accuracy.numpy(), "o-", label=name)
-    ax.set(xlabel=f"ε ({norm})", ylabel="accuracy", ylim=(-0.05, 1.05), title="accuracy against ε")
+    for name, (eps, acc) in curves.items():
+        ax.plot(eps.numpy(), acc.numpy(), "o-", label=name)
+    ax.set(xlabel=f"ε ({norm})", ylabel="accuracy", ylim=(-0.05, 1.05),
+           title=f"accuracy against ε ({n_curve} test images)" if n_curve else "accuracy against ε (this image)")
     ax.legend(frameon=False)
     st.image(figure_png(fig))

@@ -37,6 +37,30 @@ def get_images(n: int, seed: int, variation: str, category: str | None, size: in
     return batch.images, batch.metadata
 
 
+@st.cache_data(show_spinner="rendering test images…")
+def test_batch(n: int, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` embedded test images balanced over the categories, with their labels (indices into CATEGORIES)."""
+    per = max(1, n // len(synth.CATEGORIES))
+    parts = [get_images(per, 0, "mixed", c, size)[0] for c in synth.CATEGORIES]
+    labels = np.repeat(np.arange(len(synth.CATEGORIES)), per)
+    return np.concatenate(parts)[:n], labels[:n]
+
+
+def images_zip(images: np.ndarray, metadata: list[dict]) -> bytes:
+    """uint8 images as a zip of PNGs plus ``metadata.csv`` (``data.write_folder``'s layout)."""
+    import zipfile
+
+    from synth.data import ImageBatch, write_folder
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write_folder(ImageBatch(images, np.zeros(len(images), np.int64), metadata, tuple(synth.CATEGORIES)), tmp)
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as z:
+            for f in sorted(Path(tmp).iterdir()):
+                z.write(f, f.name)
+        return buf.getvalue()
+
+
 @contextlib.contextmanager
 def shown_errors() -> Iterator[None]:
     """Turn phosphene's errors into one message box and stop the page, never a traceback."""

@@ -3,7 +3,9 @@ import streamlit as st
 import torch
 
 import synth
-from explorer.common import get_images, pick_model, shown_errors
+import numpy as np
+
+from explorer.common import get_images, images_zip, pick_model, shown_errors
 from synth.data import CONTROLS, VARIATION, to_tensor
 from synth.models import BRAIN_SCORE_AREAS, CORNETS, embedded_models, torchvision_models
 
@@ -36,8 +38,11 @@ with st.expander(f"all {len(model.layers)} layers and their response shapes"):
 st.header("The embedded object world")
 st.caption("Eight HvM categories rendered procedurally over natural-texture backgrounds; captions show the "
            "selected model's top-1 guess.")
+shown_images, shown_meta = [], []
 for category in synth.CATEGORIES:
     images, meta = get_images(per_category, int(seed), variation, category, model.input_size or 64)
+    shown_images.append(images)
+    shown_meta += meta
     with torch.no_grad():
         p = model(to_tensor(images, model.device)).softmax(1).cpu()
     st.subheader(category)
@@ -45,6 +50,9 @@ for category in synth.CATEGORIES:
         label = model.classes[k]
         col.image(img, caption=f"{'✓' if label == category else '✗'} {label} {float(q):.0%} · {m['variation']}",
                   width="stretch")
+
+st.download_button("download these images (PNGs and metadata.csv)", images_zip(np.concatenate(shown_images),
+                   shown_meta), f"embedded_seed{seed}_{variation}.zip", "application/zip")
 
 st.header("Face-localizer controls")
 for control in CONTROLS:

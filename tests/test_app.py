@@ -25,6 +25,7 @@ def test_models_page_lists_models_layers_and_shows_images():
     assert "toy-topo" in at.dataframe[0].value["model"].tolist()
     assert "decoder.avgpool" in at.dataframe[1].value["layer"].tolist()  # every layer with its shape
     assert len(at.get("image")) >= 8 * 6  # a row of images per category
+    assert any("metadata.csv" in b.label for b in at.get("download_button"))
     at.sidebar.selectbox[0].select("toy-robust").run()
     assert not at.exception
     assert "toy-robust" in " ".join(m.value for m in at.markdown)
@@ -47,6 +48,10 @@ def test_attack_page_attacks_both_models_and_draws_the_curve():
     headers = [h.value for h in at.subheader]
     assert "toy-standard" in headers and "toy-robust" in headers
     assert len(at.dataframe) == 2 and len(at.dataframe[0].value) == 4  # one row per ε of the sweep
+    n, curves = at.session_state["attack-curves"]
+    assert n == 16 and set(curves) == {"toy-standard", "toy-robust"}
+    std, rob = curves["toy-standard"][1], curves["toy-robust"][1]
+    assert std[-1] <= std[0] and rob[-1] >= std[-1]  # accuracy falls with ε, less for the robust model
 
 
 def test_metamers_page_makes_a_metamer_and_asks_the_other_models():
