@@ -58,7 +58,10 @@ else:
         objective = parse(written if written is not None else KINDS[kind].format(layer=layer, c=c, y=y, x=x))
 st.write(f"objective: `{objective}` on **{model.name}** · {param} · {steps} steps · seed {seed}")
 
-if st.button("Synthesize", type="primary"):
+go, stop = st.columns([1, 8])
+if stop.button("Stop", key="synth-stop", help="interrupts a running synthesis (any other change of input does too)"):
+    st.warning("Stopped: the synthesis was interrupted and nothing was kept.")
+if go.button("Synthesize", type="primary", key="synth-go"):
     bar, live, chart = st.progress(0.0, "starting"), st.empty(), st.empty()
     trace: list[float] = []
 

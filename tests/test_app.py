@@ -34,7 +34,7 @@ def test_models_page_lists_models_layers_and_shows_images():
 def test_synthesize_page_runs_a_synthesis_and_compares_with_natural_images():
     at = _page("explorer/synthesize.py")
     at.sidebar.slider[0].set_value(16).run()  # steps
-    at.button[0].click().run()
+    at.button(key="synth-go").click().run()
     assert not at.exception, at.exception
     assert any("natural maximum" in c.value for c in at.caption)
     assert at.get("download_button"), "every image can be downloaded"
@@ -57,7 +57,7 @@ def test_attack_page_attacks_both_models_and_draws_the_curve():
 def test_metamers_page_makes_a_metamer_and_asks_the_other_models():
     at = _page("explorer/metamers_page.py")
     at.sidebar.slider[0].set_value(50).run()
-    at.button[0].click().run()
+    at.button(key="metamer-go").click().run()
     assert not at.exception, at.exception
     observers = at.dataframe[1].value["observer"].tolist()
     assert {"toy-standard", "toy-robust", "toy-vone"} <= set(observers)

@@ -4,7 +4,7 @@ and one attack run through the page, what they show asserted, and a screenshot o
 Screenshots go to a temporary folder, or to ``PHOSPHENE_SCREENSHOTS`` (``docs/screenshots`` for the README).
 """
 import os
-import shutil
+import re
 import socket
 import subprocess
 import sys
@@ -104,6 +104,20 @@ def test_a_synthesis_runs_through_the_page(page, shots):
     _idle(page)
     done.scroll_into_view_if_needed()
     page.screenshot(path=str(shots / "synthesize.png"))
+
+
+def test_stop_interrupts_a_running_synthesis(page):
+    _open(page, "Synthesize")
+    slider = page.locator("[data-testid='stSidebar']").get_by_role("slider").first  # steps
+    slider.press("End")  # 512 steps: long enough to interrupt
+    page.locator("[data-testid='stSidebar']").get_by_text("512", exact=True).first.wait_for()
+    _idle(page)
+    page.get_by_role("button", name="Synthesize", exact=True).click()
+    page.get_by_text(re.compile(r"step \d+/512")).first.wait_for()
+    page.locator("[data-testid='stMain']").get_by_role("button", name="Stop", exact=True).click()
+    page.get_by_text("Stopped: the synthesis was interrupted").wait_for()
+    _idle(page)
+    assert page.get_by_text("step 512/512").count() == 0
 
 
 def test_an_attack_runs_through_the_page(page, shots):
