@@ -1,11 +1,14 @@
 """Attack: white-box PGD on a standard and a robust model side by side, with the accuracy-against-ε curve."""
+import math
+
 import matplotlib
 import streamlit as st
 import torch
 
 import attacks
 import synth
-from attacks.catalogue import CATALOGUE
+from attacks.catalogue import CATALOGUE, DECISION_BASED
+from attacks.common import parse_eps
 from explorer.common import as_uint8, download, figure_png, pick_image, pick_model, shown_errors, test_batch
 
 matplotlib.use("Agg")
@@ -15,11 +18,14 @@ st.header("Attack")
 with st.sidebar:
     left = pick_model("attack-a", "model", "toy-standard")
     right = pick_model("attack-b", "compare with", "toy-robust")
-    fixed = [n for n, e in CATALOGUE.items() if not e.minimal]
-    attack = st.selectbox("attack", fixed, format_func=lambda n: f"{n}: {CATALOGUE[n].doc.split(' (')[0]}",
-                          help="the catalogue's fixed-budget attacks; minimal-norm ones (CW, DeepFool, FMN, DDN, "
-                               "boundary) run from `phosphene attack --attack NAME`")
+    choices = [n for n in CATALOGUE if n not in DECISION_BASED]
+    attack = st.selectbox("attack", choices, format_func=lambda n: f"{n}: {CATALOGUE[n].doc.split(' (')[0]}",
+                          help="the attack catalogue: fixed-budget attacks run at each ε; minimal-norm ones (CW, "
+                               "DeepFool, FMN, DDN) find each image's smallest perturbation, and their curve is "
+                               "read off at the ε given.  The decision-based ones (boundary, HopSkipJump) take "
+                               "minutes per batch: `phosphene attack --attack boundary`")
     norm = CATALOGUE[attack].norm
+    minimal = CATALOGUE[attack].minimal
     eps_text = st.text_input("ε (a budget, or a comma-separated sweep)",
                              "1/255,2/255,4/255,8/255" if norm == "linf" else "0.25,0.5,1,2")
     native = CATALOGUE[attack].build is None
@@ -38,9 +44,11 @@ if st.button("Attack", type="primary"):
     results = {}
     with shown_errors():
         eps = [e.strip() for e in eps_text.split(",") if e.strip()]
+        grid = parse_eps(eps)
+        budget = None if minimal else eps
         for m in (left, right):
             with st.spinner(f"{attack} on {m.name}…"):
-                results[m.name] = attacks.run(attack, m, image.to(m.device), label, eps, target=target,
+                results[m.name] = attacks.run(attack, m, image.to(m.device), label, budget, target=target,
                                               progress=False, **({"steps": steps} if native else {}))
         curves = {}
         if curve_n:
@@ -48,11 +56,12 @@ if st.button("Attack", type="primary"):
             x, y = synth.data.to_tensor(batch[0]), [synth.CATEGORIES[i] for i in batch[1]]
             for m in (left, right):
                 with st.spinner(f"{attack} on {m.name}, {curve_n} test images…"):
-                    r = attacks.run(attack, m, x.to(m.device), y, eps, target=target, progress=False,
+                    r = attacks.run(attack, m, x.to(m.device), y, budget, target=target, progress=False,
                                     **({"steps": steps} if native else {}))
-                curves[m.name] = (r.eps, r.accuracy)
+                curves[m.name] = (grid, r.curve(grid)) if minimal else (r.eps, r.accuracy)
     st.session_state["attack-results"] = results
     st.session_state["attack-curves"] = (curve_n, curves)
+    st.session_state["attack-grid"] = grid
 
 for name, r in st.session_state.get("attack-results", {}).items():
     st.subheader(name)
@@ -61,7 +70,9 @@ for name, r in st.session_state.get("attack-results", {}).items():
     pert = ((adv - clean) * amplify + 0.5).clamp(0, 1)
     a, b, c, _ = st.columns([1, 1, 1, 1.5])
     a.image(as_uint8(clean), caption=f"clean: {r.classes[int(r.clean_predictions[0])]}", width="stretch")
-    b.image(as_uint8(adv), caption=f"ε {float(r.eps[k]):.3g}: {r.classes[int(r.predictions[k, 0])]} "
+    budget_text = f"minimal {norm} norm {float(r.distance[k, 0]):.3g}" if not math.isfinite(float(r.eps[k])) \
+        else f"ε {float(r.eps[k]):.3g}"
+    b.image(as_uint8(adv), caption=f"{budget_text}: {r.classes[int(r.predictions[k, 0])]} "
                                    f"({'broken' if bool(r.success[k, 0]) else 'held'})", width="stretch")
     c.image(as_uint8(pert), caption=f"perturbation ×{amplify}", width="stretch")
     st.dataframe([{"ε": float(e), "prediction": r.classes[int(p)], "success": bool(s), "distance": float(d)}
@@ -73,7 +84,9 @@ results = st.session_state.get("attack-results", {})
 if results:
     n_curve, curves = st.session_state.get("attack-curves", (0, {}))
     if not curves:
-        curves = {name: (r.eps, r.accuracy) for name, r in results.items()}
+        grid = st.session_state["attack-grid"]
+        curves = {name: (grid, r.curve(grid)) if not math.isfinite(float(r.eps[-1])) else (r.eps, r.accuracy)
+                  for name, r in results.items()}
     fig, ax = plt.subplots(figsize=(5, 2.8))
     for name, (eps, acc) in curves.items():
         ax.plot(eps.numpy(), acc.numpy(), "o-", label=name)

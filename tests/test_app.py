@@ -88,6 +88,19 @@ def test_gallery_page_browses_a_batch_folder(tmp_path):
     assert "1 of 2 stimuli" in " ".join(c.value for c in at.caption)
 
 
+def test_attack_page_runs_a_minimal_norm_attack_and_reads_its_curve_off_the_budgets():
+    at = _page("explorer/attack.py")
+    at.sidebar.selectbox[2].select("deepfool-l2").run()
+    at.sidebar.text_input[0].set_value("0.1,0.5,1,2").run()
+    at.button[0].click().run()
+    assert not at.exception, at.exception
+    table = at.dataframe[0].value  # one row: the minimal perturbation found, at no fixed budget
+    assert len(table) == 1 and np.isinf(table["ε"][0]) and 0 < table["distance"][0] < 10 and table["success"][0]
+    n, curves = at.session_state["attack-curves"]
+    std = curves["toy-standard"][1]
+    assert len(std) == 4 and (std[1:] <= std[:-1]).all()  # read off the per-image minimal norms
+
+
 @pytest.mark.parametrize("name, content, message", [
     ("notes.png", b"not an image at all", "cannot read image"),
     ("huge.png", b"\0" * (21 * 2 ** 20), "uploads are limited to 20 MB"),
