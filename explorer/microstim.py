@@ -7,7 +7,7 @@ import torch
 
 from explorer.common import figure_png, get_model, shown_errors
 from synth import topography as topo
-from synth.data import localizer
+from synth.data import localizer, to_tensor
 from synth.models import embedded_models
 
 matplotlib.use("Agg")
@@ -56,10 +56,7 @@ fig, (a, b) = plt.subplots(1, 2, figsize=(9.5, 4))
 lim = float(t.abs().max())
 dots = a.scatter(sheet.positions[:, 0], sheet.positions[:, 1], c=t.numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim,
                  s=float(np.clip(4000 / len(sheet), 2, 60)))
-img = topo.sheet_image(sheet, t, topo.PATCH_RESOLUTION_MM, topo.PATCH_SMOOTH_MM)
-grid = (np.arange(img.shape[0]) + 0.5) * sheet.size_mm / img.shape[0]
-if img.max() > threshold:
-    a.contour(grid, grid, img, levels=[threshold], colors="k", linewidths=1)
+topo.outline_patches(a, sheet, t, threshold, lw=1)
 a.add_patch(plt.Circle((x, y), lam, fill=False, color="gold", lw=2))
 a.plot([x], [y], "k*", ms=12)
 fig.colorbar(dots, ax=a, label="faces vs objects (t)")
@@ -78,8 +75,7 @@ st.write(f"Site ({x:.1f}, {y:.1f}) mm: recorded face selectivity t = {recorded:.
          f"{int((gain > 2).sum())} units more than doubled, {int((gain > 1.1).sum())} raised by over 10 %.")
 
 if st.button("Measure the shift in face choices", type="primary"):
-    faces, objects = (torch.from_numpy(np.ascontiguousarray(v)).permute(0, 3, 1, 2).float() / 255
-                      for v in stimuli(n))
+    faces, objects = (to_tensor(v) for v in stimuli(n))
     with st.spinner("psychometric curves with and without stimulation…"):
         without = topo.psychometric(model, faces, objects)
         with model.intervene(stim):

@@ -389,6 +389,15 @@ def plot_sheet(sheet: Sheet, values: torch.Tensor, path: str, title: str = "", l
     return plot_sheets([(sheet, values, title or sheet.layer, threshold)], path, label)
 
 
+def outline_patches(ax, sheet: Sheet, values: torch.Tensor, threshold: float, lw: float = 1.2) -> None:
+    """Draw on a matplotlib axis the contour of the smoothed map (σ ``PATCH_SMOOTH_MM``) at ``threshold``: the
+    outline of ``face_patches``' patches."""
+    img = sheet_image(sheet, values, PATCH_RESOLUTION_MM, PATCH_SMOOTH_MM)
+    c = (np.arange(img.shape[0]) + 0.5) * sheet.size_mm / img.shape[0]
+    if img.max() > threshold:
+        ax.contour(c, c, img, levels=[threshold], colors="k", linewidths=lw)
+
+
 def plot_sheets(panels: list[tuple[Sheet, torch.Tensor, str, float | None]], path: str | os.PathLike,
                 label: str = "selectivity (t)") -> str:
     """Sheets side by side on one colour scale (e.g. a model's face map beside its shuffled control): each panel
@@ -404,10 +413,7 @@ def plot_sheets(panels: list[tuple[Sheet, torch.Tensor, str, float | None]], pat
         dots = ax.scatter(sheet.positions[:, 0], sheet.positions[:, 1], c=values.flatten().float().numpy(),
                           cmap="RdBu_r", vmin=-lim, vmax=lim, s=float(np.clip(4000 / len(sheet), 2, 60)))
         if threshold is not None:
-            img = sheet_image(sheet, values, PATCH_RESOLUTION_MM, PATCH_SMOOTH_MM)
-            c = (np.arange(img.shape[0]) + 0.5) * sheet.size_mm / img.shape[0]
-            if img.max() > threshold:
-                ax.contour(c, c, img, levels=[threshold], colors="k", linewidths=1.2)
+            outline_patches(ax, sheet, values, threshold)
         ax.set(xlim=(0, sheet.size_mm), ylim=(0, sheet.size_mm), xlabel="mm", ylabel="mm", aspect="equal",
                title=title)
     fig.colorbar(dots, ax=list(axes[0]), label=label)
