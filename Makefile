@@ -11,14 +11,17 @@ install: $(STAMP)
 # Re-installs only when the dependency list changes; torch/torchvision come pinned from pyproject.toml.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -e ".[test]"
+	$(BIN)/python -m pip install -e ".[test,ray]"
 	touch $(STAMP)
 
 app: install
 	$(BIN)/streamlit run app.py --server.headless true --browser.gatherUsageStats false
 
+# The default suite first (under 5 minutes on 2 cores), then the slow end-to-end tests (browser, Ray, kills),
+# each with its time.
 test: install browser
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=10
+	$(BIN)/python -m pytest -m slow --durations=0
 
 # The browser the explorer's end-to-end test drives: Debian's Chromium (that test is skipped, saying why, where it
 # cannot be installed).

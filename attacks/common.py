@@ -108,11 +108,12 @@ def warn_if_stochastic(model: ProbeModel, eot: int) -> None:
 def attack_round(model: ProbeModel, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None,
                  eps: torch.Tensor, start: torch.Tensor | None, *, steps: int, norm: str, step: str,
                  step_size: float, loss: str, eot: int, seed: int, progress: bool, early_stop: bool = True,
-                 random_start: bool = True) -> Result:
+                 random_start: bool = True, engine: dict | None = None) -> Result:
     """One engine run: image i attacked inside its own ball ``eps[i]`` from ``start`` (warm), a random start, or
     the clean image (``random_start=False``), stopping as soon as it succeeds (or using every step, without
     ``early_stop`` or on a stochastic model, whose verdict at the boundary is a coin flip); ``success`` is checked
-    on the returned images either way.  Over ``eot`` draws the loss is that of the mean logits."""
+    on the returned images either way.  Over ``eot`` draws the loss is that of the mean logits.  ``engine``: the
+    engine's speed and memory options (``synth.optimize``'s ``precision``, ``channels_last``, ...)."""
     early_stop = early_stop and not model.stochastic
     p = check_norm(norm)
     if step == "apgd":
@@ -125,7 +126,7 @@ def attack_round(model: ProbeModel, x: torch.Tensor, y: torch.Tensor, target: to
                    constraints=[LpBall(x, eps, p), Box()], step=rule, lr=lr, steps=steps,
                    stop=criterion(y, target) if early_stop else None, random_start=start is None and random_start,
                    eot=eot, eot_average="activations", seed=seed, progress=progress,
-                   metadata={"attack_round": True})
+                   metadata={"attack_round": True}, **(engine or {}))
     if not early_stop:
         res.success = success_of(logits(model, res.images, eot), y, target).cpu()
     return res

@@ -46,7 +46,9 @@ def pgd(model: ProbeModel, images: torch.Tensor, labels: LabelsLike | None = Non
         eps: Budget | list[Budget] | torch.Tensor = 8 / 255, *, steps: int = 20, norm: str = "linf",
         target: LabelsLike | None = None, restarts: int = 1, step_size: float | None = None, loss: str = "ce",
         step: str = "apgd", warm_steps: int | None = None, random_start: bool = True, early_stop: bool = True,
-        eot: int = 1, seed: int = 0, batch_size: int | None = None, progress: bool = True) -> AttackResult:
+        eot: int = 1, seed: int = 0, batch_size: int | None = None, progress: bool = True, precision: str = "fp32",
+        channels_last: bool = False, compile: bool | str = False, checkpoint_activations: bool = False
+        ) -> AttackResult:
     """White-box PGD against class labels at one budget or a sweep of budgets, in one call.
 
     ``images``: N×3×H×W in [0, 1]; ``labels``: class indices or names, one per image or one for all (default: the
@@ -61,8 +63,12 @@ def pgd(model: ProbeModel, images: torch.Tensor, labels: LabelsLike | None = Non
     ``early_stop=False`` spends every step on every image (perturbations that use their whole budget, e.g. to
     transfer to other models); a stochastic model never stops early, since an image stopped where the mean of one
     step's draws first crossed the boundary is adversarial under fresh draws about half the time;
-    ``batch_size``: images per engine batch.
+    ``batch_size``: images per engine batch (``synth.max_batch`` finds the largest that fits); ``precision``,
+    ``channels_last``, ``compile``, ``checkpoint_activations``: the engine's speed and memory options for the attack's
+    steps (``synth.optimize``), while the clean verdicts and the final check of every image run in float32.
     """
+    engine = dict(precision=precision, channels_last=channels_last, compile=compile,
+                  checkpoint_activations=checkpoint_activations)
     if batch_size is not None and batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     if batch_size is not None and images.ndim == 4 and images.shape[0] > batch_size:
@@ -72,7 +78,7 @@ def pgd(model: ProbeModel, images: torch.Tensor, labels: LabelsLike | None = Non
             parts.append(pgd(model, images[sub], _slice(labels, sub), eps, steps=steps, norm=norm,
                              target=_slice(target, sub), restarts=restarts, step_size=step_size, loss=loss, step=step,
                              warm_steps=warm_steps, random_start=random_start, early_stop=early_stop, eot=eot,
-                             seed=seed + i, progress=progress))
+                             seed=seed + i, progress=progress, **engine))
         return AttackResult.concat(parts)
     t0 = time.perf_counter()
     check_norm(norm)
@@ -99,7 +105,7 @@ def pgd(model: ProbeModel, images: torch.Tensor, labels: LabelsLike | None = Non
     attacked = torch.zeros(n, dtype=torch.bool, device=device)
     runs, rounds = [], 0
     kw = dict(norm=norm, step=step, step_size=rel, loss=loss, eot=eot, progress=progress, early_stop=early_stop,
-              random_start=random_start)
+              random_start=random_start, engine=engine)
     while True:
         todo = torch.nonzero(hi - lo > 1)[:, 0]
         if not len(todo):
@@ -130,7 +136,7 @@ def pgd(model: ProbeModel, images: torch.Tensor, labels: LabelsLike | None = Non
         "warm_steps": warm_steps, "step_size": f"{rel:g}*eps" if step == "pgd" else "2*eps, halved (APGD)",
         "restarts": restarts, "loss": loss, "random_start": random_start,
         "early_stop": early_stop and not model.stochastic, "eot": eot,
-        "seed": seed, "rounds": rounds,
+        "seed": seed, "rounds": rounds, **engine,
         "gradients": sum(r.metadata["evaluations"] for r in runs) + (n * eot if k > 1 else 0),
         "seconds": round(time.perf_counter() - t0, 3)})
     result.checks.update(gradient_report(runs))

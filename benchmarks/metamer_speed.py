@@ -63,7 +63,7 @@ def plenoptic(model: synth.ProbeModel, refs: torch.Tensor, stage: str, steps: in
     with torch.no_grad(), model.noise_off():
         target = model.activations(refs, layer)[layer]
     gen = torch.Generator().manual_seed(0)
-    start = (0.5 + INIT_NOISE * torch.randn(refs.shape, generator=gen)).clamp(0, 1)
+    start = (0.5 + INIT_NOISE * torch.randn(refs.shape, generator=gen)).clamp(0, 1).to(refs.device)
     with model.noise_off():
         met = po.Metamer(refs, Stage().eval())
         met.setup(start)
@@ -80,6 +80,12 @@ def plenoptic(model: synth.ProbeModel, refs: torch.Tensor, stage: str, steps: in
     return {"median_step": first, "median_seconds": first_s, "fraction": float((e <= error).float().mean()),
             "per_step": seconds / done, "steps_run": done, "seconds": seconds, "median_error": float(e.median()),
             "curve": curve}
+
+
+def same_fraction(a: dict, b: dict) -> tuple[int, float] | None:
+    """plenoptic's steps and seconds (run ``b``) to bring as many images to the target as phosphene's whole run
+    (``a``) did; None if it never did."""
+    return next(((k, s) for k, s, f in b["curve"] if f >= a["fraction"] - 1e-9), None)
 
 
 def main() -> None:
@@ -107,7 +113,7 @@ def main() -> None:
                   f"{r['steps_run']} steps (median error {r['median_error']:.3f})"
                   + (f", {r['passed']:.0%} passed the criterion and target" if "passed" in r else "")
                   + f"; {r['per_step'] * 1e3:.0f} ms/step, {r['seconds']:.0f} s", flush=True)
-        same = next(((k, s) for k, s, f in b["curve"] if f >= a["fraction"] - 1e-9), None)
+        same = same_fraction(a, b)
         if same:
             print(f"{name}: plenoptic took {same[0]} steps, {same[1]:.0f} s to bring {a['fraction']:.0%} of the images "
                   f"to {args.error:g}: {same[1] / a['seconds']:.1f}x phosphene's whole run ({a['seconds']:.0f} s)")

@@ -231,8 +231,9 @@ def generate(model: ProbeModel, references: torch.Tensor, stage: str, *, steps: 
              range_penalty: float = 0.0, fake_relu: bool = True, surrogate: bool = True, seed: int = 0,
              names: list[str] | None = None, retries: int = RETRIES,
              checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 200,
-             progress: bool = True, watch: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None
-             ) -> MetamerResult:
+             progress: bool = True, watch: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+             precision: str = "fp32", channels_last: bool = False, compile: bool | str = False,
+             checkpoint_activations: bool = False) -> MetamerResult:
     """Metamers of N reference images (N×3×H×W in [0, 1]) at ``stage`` (a brain area, layer name or 'logits').
 
     ``steps``/``step``/``lr``/``lr_schedule``: the engine's run (defaults measured on the embedded models: Adam
@@ -248,7 +249,8 @@ def generate(model: ProbeModel, references: torch.Tensor, stage: str, *, steps: 
     its error is lower (``metadata['retried']`` names them; named stopping rules only, since a Criterion holds
     the whole batch's targets); ``checkpoint``: resume file for long runs
     (``synth.optimize``; retries write theirs beside it, ``NAME.retryK.pt``); ``watch``: the engine's live view of
-    every step, retries included."""
+    every step, retries included; ``precision``, ``channels_last``, ``compile``, ``checkpoint_activations``: the
+    engine's speed and memory options (``synth.optimize``; the metamers are judged in float32 either way)."""
     check_images(references)
     if not (init_noise >= 0 and math.isfinite(init_noise)) or range_penalty < 0:
         raise ConfigError(f"init_noise and range_penalty must be >= 0, got {init_noise} and {range_penalty}")
@@ -264,7 +266,8 @@ def generate(model: ProbeModel, references: torch.Tensor, stage: str, *, steps: 
     once = dict(stage=stage, layer=layer, steps=steps, step=step, lr_schedule=lr_schedule, init_noise=init_noise,
                 error=error, null=null, stop=stop, coarse_to_fine=coarse_to_fine, range_penalty=range_penalty,
                 fake_relu=fake_relu, surrogate=surrogate, checkpoint_every=checkpoint_every, progress=progress,
-                watch=watch)
+                watch=watch, engine=dict(precision=precision, channels_last=channels_last, compile=compile,
+                                         checkpoint_activations=checkpoint_activations))
     run = _once(model, references, lr=lr, seed=seed, checkpoint=checkpoint, **once)
     stats = judge_all(model, run.images.clamp(0, 1), references, stage, null, error)
     retried: dict[int, dict] = {}
@@ -296,7 +299,7 @@ def _once(model: ProbeModel, references: torch.Tensor, *, stage: str, layer: str
           lr_schedule: str, init_noise: float, error: float, null: torch.Tensor, stop: Criterion | str,
           coarse_to_fine: bool, range_penalty: float, fake_relu: bool, surrogate: bool, seed: int,
           checkpoint: str | os.PathLike | None, checkpoint_every: int, progress: bool,
-          watch: Callable[[int, torch.Tensor, torch.Tensor], None] | None) -> Result:
+          watch: Callable[[int, torch.Tensor, torch.Tensor], None] | None, engine: dict) -> Result:
     """One engine run from one noise start: the metamers of ``references`` before they are judged."""
     size = references.shape[-2:]
     gen = torch.Generator().manual_seed(seed)
@@ -323,7 +326,7 @@ def _once(model: ProbeModel, references: torch.Tensor, *, stage: str, layer: str
                                       "coarse_to_fine": coarse_to_fine, "range_penalty": range_penalty,
                                       "fake_relu": relu_name,
                                       "surrogate": f"{sur} on {len(smoothed)} modules" if surrogate else None,
-                                      "noise_off": silenced, "error_target": error})
+                                      "noise_off": silenced, "error_target": error}, **engine)
 
 
 def _stop_rule(stop: Criterion | str, layer: str, target: torch.Tensor, null: Null, error: float) -> Criterion | None:

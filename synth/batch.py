@@ -13,19 +13,26 @@ An experiment is a TOML file::
     [[jobs]]                         # single jobs
     objective = "onehot(IT:3)"
 
-Every job's identity is a hash of its resolved parameters, so a rerun finds finished jobs and skips them.
-A job writes its PNGs and then its record (JSON), each to a temporary name renamed into place, so a crash never
-leaves a half-written stimulus that looks finished; the manifest (``manifest.jsonl`` and ``manifest.csv``) is
-rebuilt from the records after every run.  ``run_job`` needs nothing but its arguments, so a cluster runner can
-call it for one job as well as a process pool can.
+Every job's identity is a hash of its resolved parameters and of the *content* of the weights and readouts it
+uses (retraining a model in place redoes its jobs), so a rerun finds finished jobs and skips them.  Files are
+named so that a person finds an image without the manifest — ``MODEL_OBJECTIVE_sSEED_ID_K.png``, the hash kept
+for identity.  A job writes its PNGs and then its record (JSON), each to a temporary name renamed into place, so
+a crash never leaves a half-written stimulus that looks finished; temporary files a killed run left are removed
+when the next run starts; the manifest (``manifest.jsonl`` and ``manifest.csv``) is rebuilt from the records
+after every run.  ``run_job`` needs nothing but its arguments, so any executor can run it: the ``local`` backend
+(a process pool) or ``ray`` (a Ray cluster, or a local Ray started with the given number of CPUs; the output
+folder must be on a filesystem every node sees).  Both write the same layout, so a run started on one resumes
+on the other.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import itertools
 import json
 import multiprocessing
 import os
+import re
 import tomllib
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from functools import cache
@@ -35,7 +42,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .constraints import stimulus_controls
-from .errors import ConfigError, suggest
+from .errors import ConfigError, UnknownNameError, suggest
 from .files import sha256, write_csv, write_text
 
 # Every key a job may set, with its default.
@@ -44,10 +51,13 @@ JOB_KEYS: dict[str, object] = {
     "method": "gradient", "param": "fourier", "init": "noise", "lr": 0.05, "step": "adam", "lr_schedule": "constant",
     "transforms": "standard", "eot": 1, "size": None, "target": None, "relu_override": 16, "readouts": [],
     "contrast": None, "aperture": None, "grayscale": False, "population": 40, "max_freq": 12,
+    "optimizer": "genetic", "random_weights": False,
+    "precision": "fp32", "channels_last": False, "compile": False, "checkpoint_activations": False,
 }
 SECTIONS = ("experiment", "defaults", "grid", "jobs")
 EXPERIMENT_KEYS = ("name", "description")
 METHODS = ("gradient", "evolution")
+BACKENDS = ("local", "ray")
 
 
 def _check_keys(table: dict, where: str) -> None:
@@ -92,15 +102,61 @@ def load_experiment(path: str | os.PathLike) -> tuple[dict, list[dict]]:
             raise ConfigError(f"job #{k + 1} has no objective")
         if full["method"] not in METHODS:
             raise ConfigError(f"job #{k + 1}: method {full['method']!r}; {suggest(full['method'], METHODS)}")
+        full["weights_digest"] = weights_digest(full)
         full["id"] = job_id(full)
         resolved.append(full)
     return doc.get("experiment", {}), resolved
 
 
+@cache
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    return sha256(path)
+
+
+def _digest(path: str | os.PathLike, what: str) -> str:
+    """A file's sha256, read once per process for an unchanged file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{what} not found: {p}")
+    st = p.stat()
+    return _file_digest(str(p.resolve()), st.st_size, st.st_mtime_ns)
+
+
+def weights_digest(job: dict) -> str:
+    """What a job's model computes with, by content: the sha256 of its weights file (an embedded model's shipped
+    weights, or the checkpoint given) and of every readout it attaches; 'random init' for an untrained net."""
+    from .models import embedded_models
+    from .readouts import Readout
+
+    if job["weights"]:
+        parts = [_digest(job["weights"], "weights file")]
+    elif job["model"] in (cards := embedded_models()):
+        from .training import WEIGHTS_DIR
+        parts = [_digest(Path(WEIGHTS_DIR) / cards[job["model"]]["weights"], f"weights of {job['model']}")]
+    else:
+        parts = ["random init"]
+    for path in job["readouts"]:
+        pt = Path(path).with_suffix(".pt")
+        if not pt.is_file():
+            Readout.load(path)  # raises the readout's own clear error
+        parts += [_digest(pt, "readout"), _digest(pt.with_suffix(".json"), "readout description")]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()
+
+
 def job_id(job: dict) -> str:
-    """A stable short hash of a job's parameters (its name on disk)."""
-    canon = json.dumps({k: job[k] for k in JOB_KEYS}, sort_keys=True, default=str)
+    """A stable short hash of a job's parameters and its weights' content (its identity on disk)."""
+    canon = json.dumps({**{k: job[k] for k in JOB_KEYS}, "weights_digest": job["weights_digest"]}, sort_keys=True,
+                       default=str)
     return hashlib.sha256(canon.encode()).hexdigest()[:12]
+
+
+def _slug(text: str, limit: int = 40) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "-", str(text)).strip("-")[:limit].strip("-") or "x"
+
+
+def file_name(job: dict, k: int) -> str:
+    """A name a person can read — model, objective, seed — followed by the job's hash and the image's index."""
+    return f"{_slug(job['model'], 24)}_{_slug(job['objective'])}_s{job['seed']}_{job['id']}_{k}.png"
 
 
 @cache
@@ -122,27 +178,33 @@ def run_job(job: dict, out: str | os.PathLike, progress: bool = False) -> list[d
 
     out = Path(out)
     model = _model(job["model"], job["weights"], tuple(job["readouts"]))
+    if model.info.get("weights") == "random init" and not job["random_weights"]:
+        raise ConfigError(f"job {job['id']}: {job['model']} has no trained weights here; set weights = PATH, or "
+                          f"random_weights = true to synthesize for the untrained network on purpose")
     size = job["size"] or model.input_size
     constraints = stimulus_controls(size, job["contrast"], job["aperture"], job["grayscale"])
     if job["method"] == "evolution":
         result = evolve(model, job["objective"], population=job["population"], generations=job["steps"], size=size,
-                        max_freq=job["max_freq"], seed=job["seed"], progress=progress)
-        best = int(result.scores.argmax())
-        images, scores = result.images[best:best + 1], result.scores[best:best + 1]
+                        max_freq=job["max_freq"], seed=job["seed"], optimizer=job["optimizer"], progress=progress)
+        best = int(result.best_scores.argmax())  # the best image ever evaluated (CMA-ES's last sample is new)
+        images, scores = result.best[best:best + 1], result.best_scores[best:best + 1]
     else:
         result = synthesize(model, job["objective"], n=job["n"], size=size, param=job["param"], init=job["init"],
                             steps=job["steps"], lr=job["lr"], step=job["step"], lr_schedule=job["lr_schedule"],
                             transforms=None if job["transforms"] in (None, "none") else job["transforms"],
                             eot=job["eot"], constraints=constraints, target=job["target"], seed=job["seed"],
-                            relu_override=job["relu_override"], progress=progress)
+                            relu_override=job["relu_override"], precision=job["precision"],
+                            channels_last=job["channels_last"], compile=job["compile"],
+                            checkpoint_activations=job["checkpoint_activations"], progress=progress)
         images, scores = result.images, result.scores
     rows = []
     for k, (img, score) in enumerate(zip(images, scores)):
-        name = f"{job['id']}_{k}.png"
+        name = file_name(job, k)
         meta = {**result.metadata, "job": job["id"], "image": k, "score": float(score)}
         write_png(img, out / name, meta)
         rows.append({"job": job["id"], "file": name, "sha256": sha256(out / name), "score": float(score),
                      **{key: job[key] for key in JOB_KEYS}, "weights_sha256": result.metadata["weights_sha256"],
+                     "weights_digest": job["weights_digest"], "machine": result.metadata.get("machine"),
                      "phosphene": result.metadata["phosphene"], "steps_run": result.metadata["steps_run"],
                      "seconds": result.metadata["seconds"]})
     record = out / "jobs" / f"{job['id']}.json"
@@ -168,14 +230,15 @@ def _worker(job: dict, out: str, threads: int) -> list[dict]:
     return run_job(job, out)
 
 
-def run(experiment: str | os.PathLike, out: str | os.PathLike, jobs: int = 1, progress: bool = True) -> dict:
-    """Run every unfinished job of an experiment into ``out`` (in ``jobs`` processes) and rewrite the manifest."""
-    _, todo_all = load_experiment(experiment)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    todo = [j for j in todo_all if not finished(j, out)]
-    skipped = len(todo_all) - len(todo)
-    bar = tqdm(total=len(todo), desc="jobs", unit="job", disable=not progress)
+def _clean(out: Path) -> int:
+    """Remove the temporary files a killed run left (never a finished file: those are renamed into place)."""
+    stale = [*out.glob("*.tmp"), *(out / "jobs").glob("*.tmp")]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return len(stale)
+
+
+def _local(todo: list[dict], out: Path, jobs: int, bar) -> None:
     if jobs > 1 and len(todo) > 1:
         threads = max(1, (os.cpu_count() or 1) // jobs)
         # Fresh interpreters: forking a process whose torch thread pool is running can deadlock the child.
@@ -187,9 +250,60 @@ def run(experiment: str | os.PathLike, out: str | os.PathLike, jobs: int = 1, pr
         for job in todo:
             run_job(job, out)
             bar.update(1)
-    bar.close()
-    rows = write_manifest(todo_all, out)
-    return {"jobs": len(todo_all), "ran": len(todo), "skipped": skipped, "images": len(rows), "out": str(out)}
+
+
+def _ray(todo: list[dict], out: Path, jobs: int, bar) -> None:
+    """Each job is one Ray task calling ``run_job``; joins the cluster in $RAY_ADDRESS, else starts a local Ray."""
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("the ray backend needs Ray: pip install 'phosphene[ray]' (or pip install ray)") from None
+    started = not ray.is_initialized()
+    if started:
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
+        else:
+            ray.init(num_cpus=jobs, include_dashboard=False, log_to_driver=False, object_store_memory=80 * 2**20)
+    try:
+        task = ray.remote(num_cpus=1, max_retries=0)(_worker)
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        pending = [task.remote(j, str(out.resolve()), threads) for j in todo]
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            ray.get(ready[0])
+            bar.update(1)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def run(experiment: str | os.PathLike, out: str | os.PathLike, jobs: int = 1, backend: str = "local",
+        progress: bool = True) -> dict:
+    """Run every unfinished job of an experiment into ``out`` (``jobs`` at a time, on ``backend``: 'local'
+    processes or 'ray') and rewrite the manifest."""
+    if backend not in BACKENDS:
+        raise UnknownNameError("batch backend", backend, BACKENDS)
+    if jobs < 1:
+        raise ConfigError(f"jobs must be >= 1, got {jobs}")
+    _, todo_all = load_experiment(experiment)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"another batch run is writing to {out}; wait for it or choose another --out") from None
+        _clean(out)
+        todo = [j for j in todo_all if not finished(j, out)]
+        skipped = len(todo_all) - len(todo)
+        bar = tqdm(total=len(todo), desc=f"jobs ({backend})", unit="job", disable=not progress)
+        try:
+            (_ray if backend == "ray" else _local)(todo, out, jobs, bar)
+        finally:
+            bar.close()
+            rows = write_manifest(todo_all, out)
+    return {"jobs": len(todo_all), "ran": len(todo), "skipped": skipped, "images": len(rows), "out": str(out),
+            "backend": backend}
 
 
 def write_manifest(jobs: list[dict], out: Path) -> list[dict]:

@@ -10,6 +10,19 @@ from . import __version__
 from .errors import PhospheneError
 
 
+def _load(args: argparse.Namespace, name: str, weights: str | None, **options):
+    """``load_model``, refusing an architecture without trained weights unless --random-weights asks for one."""
+    from .errors import ConfigError
+    from .models import load_model
+
+    model = load_model(name, weights=weights, **options)
+    if model.info.get("weights") == "random init" and not getattr(args, "random_weights", False):
+        raise ConfigError(f"{name} has no trained weights here (nothing is downloaded): pass --weights PATH, a "
+                          f"checkpoint file (e.g. torchvision's resnet50-0676ba61.pth or a Madry robust "
+                          f"ResNet-50), or --random-weights to probe the untrained network on purpose")
+    return model
+
+
 def _models(args: argparse.Namespace) -> None:
     from .models import CORNETS, BRAIN_SCORE_AREAS, embedded_models, load_model, torchvision_models
 
@@ -90,33 +103,52 @@ def _readout_path(name: str) -> str:
 def _synth(args: argparse.Namespace) -> None:
     from .constraints import stimulus_controls
     from .evolve import evolve
-    from .models import load_model
     from .readouts import Readout
     from .synthesis import synthesize
 
-    model = load_model(args.model, weights=args.weights)
+    model = _load(args, args.model, args.weights)
     for name in args.readout:
         model.add_readout(Readout.load(_readout_path(name)))
     size = args.size or model.input_size
     if args.evolve:
-        result = evolve(model, args.objective, population=args.population, generations=args.steps, size=size,
-                        seed=args.seed)
+        result = evolve(model, args.objective, optimizer=args.optimizer, population=args.population,
+                        generations=args.steps, size=size, seed=args.seed)
     else:
         constraints = stimulus_controls(size, args.contrast, args.aperture, args.grayscale)
         result = synthesize(model, args.objective, n=args.n, size=size, param=args.param, steps=args.steps,
                             lr=args.lr, seed=args.seed, transforms=None if args.no_transforms else "standard",
-                            constraints=constraints, relu_override=args.relu_override)
+                            constraints=constraints, relu_override=args.relu_override, **_speed(args))
     paths = result.save(args.out)
     scores = ", ".join(f"{s:.3g}" for s in result.scores.tolist()[:8])
+    if args.evolve:
+        k = int(result.best_scores.argmax())
+        print(f"best image evolved: score {float(result.best_scores[k]):.3g} after "
+              f"{result.metadata['evaluations']} evaluations")
+    which = "" if args.evolve or args.no_transforms else \
+        " (on the images themselves; the progress bar showed the score under random transforms, usually lower)"
     print(f"{result.metadata['objective']} on {model.name}: {len(paths)} image(s) in {args.out}, "
-          f"scores {scores} after {result.metadata['steps_run']} steps ({result.metadata['seconds']:.1f} s)")
+          f"final scores {scores}{which} after {result.metadata['steps_run']} steps "
+          f"({result.metadata['seconds']:.1f} s)")
+
+
+def _max_batch(args: argparse.Namespace) -> None:
+    from .memory import max_batch
+
+    model = _load(args, args.model, args.weights)
+    size = args.size or model.input_size or 224
+    memory = _bytes(args.memory) if args.memory else None
+    n = max_batch(model, args.objective, size=size, memory=memory, limit=args.limit, **_speed(args))
+    where = f"within {args.memory}" if memory else ("on " + str(model.device) if model.device.type == "cuda"
+                                                    else "within the memory available")
+    print(f"{model.name}, {args.objective} at {size} px ({args.precision}"
+          f"{', checkpointed activations' if args.checkpoint_activations else ''}): largest batch {n}"
+          f"{' (the limit)' if n >= args.limit else ''} {where}")
 
 
 def _readout(args: argparse.Namespace) -> None:
-    from .models import load_model
     from .readouts import embedded_images, fit, load_responses
 
-    model = load_model(args.model, weights=args.weights)
+    model = _load(args, args.model, args.weights)
     resp = load_responses(args.responses)
     images = embedded_images(resp.image_ids, images_dir=args.images)
     readout = fit(model, images, resp, args.layer, method=args.method, folds=args.folds, seed=args.seed,
@@ -129,10 +161,22 @@ def _readout(args: argparse.Namespace) -> None:
           f"median r {info['median_r']:.2f}{ceiling}; saved to {path} (use --readout {args.name})")
 
 
+def _simulate(args: argparse.Namespace) -> None:
+    from .control import simulate_recording
+
+    model = _load(args, args.subject, args.weights)
+    resp = simulate_recording(model, args.layer, n_images=args.images, n_sites=args.sites, repeats=args.repeats,
+                              seed=args.seed)
+    path = resp.save(args.out)
+    print(f"recorded {len(resp.sites)} sites of {model.name}:{model.layer(args.layer)} on {len(resp.image_ids)} "
+          f"embedded images x {args.repeats} repeats -> {path} (responses {resp.values.shape}, spikes/s); "
+          f"fit with: phosphene readout fit {path} --model toy-standard --layer V4 --name v4sites")
+
+
 def _batch(args: argparse.Namespace) -> None:
     from .batch import run
 
-    summary = run(args.experiment, args.out, jobs=args.jobs)
+    summary = run(args.experiment, args.out, jobs=args.jobs, backend=args.backend)
     print(f"{summary['jobs']} jobs: {summary['ran']} ran, {summary['skipped']} already done; "
           f"{summary['images']} images and manifest.jsonl in {summary['out']}")
 
@@ -179,10 +223,9 @@ def _attack(args: argparse.Namespace) -> None:
     from attacks.common import parse_eps
 
     from .errors import ConfigError, UnknownNameError
-    from .models import load_model
     from .readouts import Readout
 
-    model = load_model(args.model, weights=args.weights)
+    model = _load(args, args.model, args.weights)
     for name in args.readout:
         model.add_readout(Readout.load(_readout_path(name)))
     eps = parse_eps([e for text in args.eps for e in text.split(",")]) if args.eps else None
@@ -219,7 +262,6 @@ def _robustness(args: argparse.Namespace) -> None:
     from attacks.robustness import image_folder
 
     from .errors import ConfigError
-    from .models import load_model
 
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     weights = {}
@@ -228,7 +270,7 @@ def _robustness(args: argparse.Namespace) -> None:
         if not sep or model not in names:
             raise ConfigError(f"--weights takes MODEL=PATH for one of --models ({', '.join(names)}), got {item!r}")
         weights[model] = path
-    models = {n: load_model(n, weights=weights.get(n)) for n in names}  # unknown names fail before any work
+    models = {n: _load(args, n, weights.get(n)) for n in names}  # unknown names fail before any work
     data = image_folder(args.data, limit=args.per_class) if args.data else None
     table = attacks.robustness_table(models, data, linf=args.linf, l2=args.l2, steps=args.steps, eot=args.eot,
                                      corruptions=args.corruptions,
@@ -245,9 +287,8 @@ def _metamer(args: argparse.Namespace) -> None:
 
     import metamers
 
-    from .models import load_model
 
-    model = load_model(args.model, weights=args.weights)
+    model = _load(args, args.model, args.weights)
     images, _ = _load_images(args.images, model.input_size)  # one clear line for a file that cannot be read
     stems = [Path(p).stem for p in args.images]
     names = [s if stems.count(s) == 1 else f"{s}_{i}" for i, s in enumerate(stems)]
@@ -286,10 +327,9 @@ def _recognizability(args: argparse.Namespace) -> None:
 
 
 def _afraz(args: argparse.Namespace) -> None:
-    from .models import load_model
     from .topography import run_afraz
 
-    model = load_model(args.model, weights=args.weights, positions=args.positions)
+    model = _load(args, args.model, args.weights, positions=args.positions)
     spreads = tuple(float(v) for v in args.spreads.split(",") if v.strip())
     r = run_afraz(model, args.out, args.layer, sites=args.sites, current_ua=args.current, rate_hz=args.rate,
                   spreads_mm=spreads, n=args.n, seed=args.seed, workers=args.workers)
@@ -300,6 +340,43 @@ def _afraz(args: argparse.Namespace) -> None:
         f"{c['spread_mm']:.2g} mm {c['r']:.2f} / {c['r_shuffled']:.2f} (p {c['difference_p']:.2g})" for c in r["curve"]))
     print(f"{r['sites']} sites at {r['current_ua']:g} µA, {r['rate_hz']:g} Hz (λ = {r['spread_mm']:.2f} mm) in "
           f"{r['seconds']:.0f} s; afraz.json, afraz.png and face_map.png in {args.out}")
+
+
+RANDOM_HELP = "use the architecture's random initial weights on purpose (refused otherwise)"
+RESPONSES_FORMAT = ("Responses file: .npz with 'responses' (float, images x sites, or images x sites x repeats, "
+                    "e.g. spikes/s), 'image_ids' (strings: 'split:index' of the embedded set such as 'train:12', or "
+                    "file names in --images DIR) and optional 'sites' (names); or a .csv with a header 'image_id,"
+                    "SITE1,SITE2,...', one row per trial (a repeated image_id is a repeat).  At least 10 images; no "
+                    "NaN or infinite values.")
+
+
+def _speed_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="bf16: the network's forward under bfloat16 autocast, objective and step in float32")
+    p.add_argument("--channels-last", action="store_true", help="NHWC memory layout for the run")
+    p.add_argument("--compile", action="store_true", help="torch.compile the forward (slow to warm up)")
+    p.add_argument("--checkpoint-activations", action="store_true",
+                   help="recompute each stage in the backward pass instead of keeping its activations")
+
+
+def _speed(args: argparse.Namespace) -> dict:
+    return {"precision": args.precision, "channels_last": args.channels_last, "compile": args.compile,
+            "checkpoint_activations": args.checkpoint_activations}
+
+
+def _bytes(text: str) -> int:
+    from .errors import ConfigError
+
+    units = {"": 1, "B": 1, "KB": 2 ** 10, "MB": 2 ** 20, "GB": 2 ** 30, "TB": 2 ** 40}
+    t = text.strip().upper().replace("IB", "B")
+    number = t.rstrip("KMGTB")
+    try:
+        value = float(number) * units[t[len(number):]]
+    except (ValueError, KeyError):
+        raise ConfigError(f"--memory takes a size like 512MB or 4GB, got {text!r}") from None
+    if not value > 0:
+        raise ConfigError(f"--memory must be positive, got {text!r}")
+    return int(value)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -344,6 +421,7 @@ def parser() -> argparse.ArgumentParser:
                                    '"IT:12 + 0.1*diversity(V4)".')
     s.add_argument("--model", default="toy-standard")
     s.add_argument("--weights", help="checkpoint file or torchvision weights name")
+    s.add_argument("--random-weights", action="store_true", help=RANDOM_HELP)
     s.add_argument("--objective", required=True)
     s.add_argument("--out", required=True, help="output folder (PNGs with metadata, result.json, result.pt)")
     s.add_argument("--steps", type=int, default=256, help="optimization steps, or generations with --evolve")
@@ -359,16 +437,52 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--aperture", type=float, help="circular aperture radius (fraction of the image)")
     s.add_argument("--grayscale", action="store_true")
     s.add_argument("--readout", action="append", default=[], help="attach a saved readout (name or path)")
-    s.add_argument("--evolve", action="store_true", help="gradient-free genetic algorithm instead of gradients")
+    s.add_argument("--evolve", action="store_true", help="gradient-free evolution instead of gradients")
+    s.add_argument("--optimizer", choices=["genetic", "cmaes"], default="genetic",
+                   help="with --evolve: XDream's genetic algorithm (default) or CMA-ES")
     s.add_argument("--population", type=int, default=40, help="population size with --evolve")
+    _speed_flags(s)
     s.set_defaults(func=_synth)
+
+    mb = sub.add_parser("max-batch", help="the largest batch whose synthesis step fits in memory",
+                        description="On a GPU: trial steps at growing batches until one runs out of memory.  On a "
+                                    "CPU, or with --memory: the bytes a step keeps, measured at batches 1 and 2, "
+                                    "extrapolated to the budget and checked around the estimate.")
+    mb.add_argument("--model", default="toy-standard")
+    mb.add_argument("--weights", help="checkpoint file or torchvision weights name")
+    mb.add_argument("--random-weights", action="store_true", help=RANDOM_HELP)
+    mb.add_argument("--objective", default="IT:0", help="what the step optimizes (default IT:0)")
+    mb.add_argument("--size", type=int, help="image size (default: the model's input size, else 224)")
+    mb.add_argument("--memory", help="budget, e.g. 4GB or 512MB (default: the GPU, or the memory available)")
+    mb.add_argument("--limit", type=int, default=1024, help="largest batch tried (default 1024)")
+    _speed_flags(mb)
+    mb.set_defaults(func=_max_batch)
 
     r = sub.add_parser("readout", help="fit linear readouts from a model layer to recorded sites")
     rsub = r.add_subparsers(dest="action", required=True, metavar="ACTION")
-    rf = rsub.add_parser("fit", help="fit, cross-validate and save a readout")
-    rf.add_argument("responses", help=".npz (responses, image_ids[, sites]) or .csv (image_id, one column per site)")
+    rs = rsub.add_parser("simulate", help="record a simulated subject on embedded images (a responses.npz to fit)",
+                         description="A stand-in for a monkey's recording: --sites responsive channels of --layer of "
+                                     "--subject, spatially pooled, turned into rates (5 to 100 spikes/s) and recorded "
+                                     "as Poisson spike counts in a 100 ms window, --repeats trials per image, on "
+                                     "embedded images 'train:0' .. 'train:N-1'.  " + RESPONSES_FORMAT)
+    rs.add_argument("--out", default="responses.npz", help="output .npz (default responses.npz)")
+    rs.add_argument("--subject", default="toy-robust", help="the model playing the animal (default toy-robust)")
+    rs.add_argument("--weights", help="checkpoint of the subject model")
+    rs.add_argument("--random-weights", action="store_true", help=RANDOM_HELP)
+    rs.add_argument("--layer", default="IT", help="recorded area or layer (default IT)")
+    rs.add_argument("--images", type=int, default=640, help="embedded train images shown (default 640)")
+    rs.add_argument("--sites", type=int, default=40, help="recorded sites (default 40)")
+    rs.add_argument("--repeats", type=int, default=4, help="trials per image (default 4)")
+    rs.add_argument("--seed", type=int, default=0)
+    rs.set_defaults(func=_simulate)
+    rf = rsub.add_parser("fit", help="fit, cross-validate and save a readout",
+                         description="Fit a linear map from a model layer to recorded sites (PLS or ridge, "
+                                     "cross-validated, with split-half reliability ceilings when there are repeats).  "
+                                     + RESPONSES_FORMAT + "  'phosphene readout simulate' writes such a file.")
+    rf.add_argument("responses", help="responses .npz or .csv (format in --help's description)")
     rf.add_argument("--model", required=True)
     rf.add_argument("--weights")
+    rf.add_argument("--random-weights", action="store_true", help=RANDOM_HELP)
     rf.add_argument("--layer", required=True, help="layer or brain area, e.g. V4")
     rf.add_argument("--images", help="folder with the image files named by image_id (default: embedded "
                                      "'split:index' ids)")
@@ -389,6 +503,7 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...); resized to the model's input size")
     a.add_argument("--model", default="toy-standard")
     a.add_argument("--weights", help="checkpoint file or torchvision weights name")
+    a.add_argument("--random-weights", action="store_true", help=RANDOM_HELP)
     a.add_argument("--attack", default="pgd-linf", help="attack name (default pgd-linf)")
     a.add_argument("--eps", action="append", default=None, help="budget(s), e.g. 4/255 or 1/255,2/255,4/255")
     a.add_argument("--target", help="target class name (targeted attack)")
@@ -412,6 +527,7 @@ def parser() -> argparse.ArgumentParser:
                                     "robustness.png and robustness.json to --out.")
     rb.add_argument("--models", default="toy-standard,toy-robust,toy-vone", help="comma-separated zoo names")
     rb.add_argument("--weights", action="append", default=[], help="MODEL=PATH: weights for a zoo architecture")
+    rb.add_argument("--random-weights", action="store_true", help=RANDOM_HELP)
     rb.add_argument("--data", help="ImageFolder directory: one sub-folder per category, named as the model's classes "
                                    "(default: the embedded test split)")
     rb.add_argument("--per-class", type=int, help="with --data: at most this many images per sub-folder")
@@ -435,6 +551,7 @@ def parser() -> argparse.ArgumentParser:
     mt.add_argument("images", nargs="+", help="image files (any mode is converted; resized to the model's input size)")
     mt.add_argument("--model", default="toy-robust")
     mt.add_argument("--weights", help="checkpoint file or torchvision weights name")
+    mt.add_argument("--random-weights", action="store_true", help=RANDOM_HELP)
     mt.add_argument("--stage", default="IT", help="brain area or layer to match (default IT)")
     mt.add_argument("--steps", type=int, help="most steps per metamer (default: metamers.generate's)")
     mt.add_argument("--error", type=float, help="normalized-error target (default: metamers.generate's)")
@@ -470,6 +587,7 @@ def parser() -> argparse.ArgumentParser:
                                       "Writes afraz.json, afraz.png and face_map.png.")
     af.add_argument("--model", default="toy-topo")
     af.add_argument("--weights", help="checkpoint file (with --positions for a topographic checkpoint)")
+    af.add_argument("--random-weights", action="store_true", help=RANDOM_HELP)
     af.add_argument("--positions", help="unit positions: a phosphene .pt, a TDANN-style .npz, or a folder of them")
     af.add_argument("--layer", default="IT", help="area or layer with a cortical sheet (default IT)")
     af.add_argument("--sites", type=int, default=86, help="stimulation sites (default 86, as Afraz et al.)")
@@ -485,19 +603,44 @@ def parser() -> argparse.ArgumentParser:
     b = sub.add_parser("batch", help="run an experiment file of synthesis jobs (rerun to resume)")
     b.add_argument("experiment", help="experiment .toml (see examples/*.toml)")
     b.add_argument("--out", required=True)
-    b.add_argument("--jobs", type=int, default=1, help="parallel worker processes")
+    b.add_argument("--jobs", type=int, default=1, help="jobs at a time (worker processes, or Ray CPUs)")
+    b.add_argument("--backend", choices=["local", "ray"], default="local",
+                   help="local processes (default) or Ray: the cluster in $RAY_ADDRESS, else a local Ray with --jobs "
+                        "CPUs (the output folder must be visible to every node); runs resume across backends")
     b.set_defaults(func=_batch)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: run a subcommand, turning phosphene's errors into one line and exit status 2."""
+    """Entry point: run a subcommand; a user never sees a traceback.
+
+    phosphene's own errors (bad input, names, configs, checkpoints) print one line and exit with status 2; an
+    operating-system error (a missing file, a full disk, no permission) one line and status 2 too; an interrupt
+    status 130; anything else is a bug in phosphene: one line saying so, status 1, and the traceback only with
+    PHOSPHENE_DEBUG=1.
+    """
+    import os
+
     args = parser().parse_args(argv)
     try:
         args.func(args)
     except PhospheneError as e:
         print(f"phosphene: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        where = f": {e.filename}" if getattr(e, "filename", None) else ""
+        print(f"phosphene: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("phosphene: interrupted (finished outputs are kept; rerun the same command to resume where it "
+              "supports resuming)", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - the last line of defence between a bug and a user's terminal
+        if os.environ.get("PHOSPHENE_DEBUG"):
+            raise
+        print(f"phosphene: internal error: {type(e).__name__}: {e} (a bug in phosphene {__version__}; rerun with "
+              f"PHOSPHENE_DEBUG=1 to see the traceback and report it)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -65,6 +65,19 @@ class Subject:
         return counts / self.window
 
 
+def simulate_recording(model: ProbeModel, layer: str = "IT", n_images: int = 640, n_sites: int = 40,
+                       repeats: int = 4, split: str = "train", seed: int = 0) -> Responses:
+    """A recording session of a simulated ``Subject`` on embedded images, with ids 'split:index' that
+    ``readouts.embedded_images`` (and ``phosphene readout fit``) resolve: a stand-in for a monkey's data."""
+    from .data import render
+
+    if n_images < 10 or repeats < 1:
+        raise ConfigError(f"need at least 10 images and 1 repeat, got {n_images} and {repeats}")
+    images = render(n_images, split, workers=2).tensor()
+    subject = Subject(model, layer, images, n_sites=n_sites, seed=seed)
+    return Responses([f"{split}:{i}" for i in range(n_images)], subject.record(images, repeats, seed), subject.sites)
+
+
 def population_control(probe: ProbeModel, subject: Subject, natural: torch.Tensor, layer: str = "IT",
                        repeats: int = 4, seed: int = 0, method: str = "pls", **synth_options) -> dict:
     """Record, fit a readout, synthesize stretch and one-hot images through it, and test them on the subject."""

@@ -11,6 +11,13 @@ schedule state, random generators, step count, which images stopped, history) is
 ``checkpoint_every`` steps and at the end, and a later call with the same arguments continues from it, giving
 the same images as an uninterrupted run (bit for bit on a CPU); a call with more ``steps`` goes on from there
 (plenoptic's ``synthesize()`` again).
+
+Speed and memory on big models: ``precision='bf16'`` runs the network's forward under bfloat16 autocast while the
+objective, its reduction and the step stay in float32; ``channels_last`` lays the weights and images out NHWC for the
+run; ``compile`` runs the traced forward through ``torch.compile``; ``checkpoint_activations`` recomputes each stage
+of the network in the backward pass instead of keeping its activations (``ProbeModel.activations``).  Precision
+changes the numbers a run produces, so it is part of a checkpoint's fingerprint; the other three change only how
+they are computed (layout, kernels, when activations are made) and a run may resume with them switched.
 """
 from __future__ import annotations
 
@@ -18,7 +25,6 @@ import contextlib
 import functools
 import math
 import os
-import platform
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -33,7 +39,7 @@ from . import __version__
 from .constraints import Box, Constraint, LpBall
 from .criteria import Criterion, combine
 from .errors import CheckpointError, ConfigError, UnknownNameError
-from .files import atomic
+from .files import atomic, machine
 from .objectives import Objective, parse
 from .params import Parametrization
 from .probe import ProbeModel, check_images
@@ -41,6 +47,7 @@ from .results import Result
 from .transforms import Transform, apply as apply_transforms, describe
 
 STEP_RULES = ("adam", "sgd", "sign", "l2", "apgd", "apgd-l2")
+PRECISIONS = ("fp32", "bf16")
 SCHEDULES = ("constant", "cosine", "linear", "step")
 CHECKPOINT_FORMAT = 1
 
@@ -430,10 +437,14 @@ def surrogate_gradients(net: nn.Module, settings: Surrogate | None = None,
                 m.inplace = inplace
 
 
+# The surrogates' sharpness changes every step; torch.compile (2.14) fails to lift such a float into the graph of a
+# custom autograd Function, so these two run eagerly inside a compiled forward (a graph break; 0.3 us when eager).
+@torch.compiler.disable
 def _relu(x: torch.Tensor, settings: Surrogate) -> torch.Tensor:
     return _SoftReLU.apply(x, settings.beta)
 
 
+@torch.compiler.disable
 def _pool(x: torch.Tensor, m: nn.MaxPool2d, settings: Surrogate) -> torch.Tensor:
     return _SoftMaxPool.apply(x, m.kernel_size, m.stride or m.kernel_size, m.padding, settings.tau)
 
@@ -467,7 +478,74 @@ def _draws(acts: dict[str, torch.Tensor], eot: int) -> list[dict[str, torch.Tens
     return [{k: c[i] for k, c in chunks.items()} for i in range(eot)]
 
 
-def _evaluate(model: ProbeModel, objective: Objective, x: torch.Tensor, layers: tuple[str, ...], eot: int,
+class Forward:
+    """The truncated forward pass of a run, as its speed and memory options make it: ``forward(x, draws)`` gives
+    the activations of ``layers`` in float32 and the standard layout, whatever precision and layout the network ran
+    in, so that objectives and their reductions are computed as in a plain run.
+
+    ``precision='bf16'`` runs the network under ``torch.autocast`` to bfloat16 (convolutions and matrix products in
+    bf16, the rest as autocast decides) and nothing else: bf16 has float32's exponent range, so neither the
+    activations nor the gradients flowing back to the pixels under- or overflow and no loss scaling is needed; the
+    gradient keeps bf16's 8 bits of mantissa, plenty for a step direction.  float16 is refused: its 5-bit exponent
+    underflows small pixel gradients unless the loss is scaled, and a loss scaler skips the steps where the scaled
+    gradient overflows, which would make a run's step count and its checkpoints depend on the scaler.
+    ``channels_last`` hands the network its images in NHWC (the weights follow in ``weights_layout``);
+    ``compile`` and ``checkpoint_activations`` go to ``ProbeModel.activations``."""
+
+    def __init__(self, model: ProbeModel, layers: Sequence[str], precision: str = "fp32",
+                 channels_last: bool = False, compile: bool | str = False, checkpoint_activations: bool = False):
+        device = model.device
+        if precision == "fp16":
+            raise ConfigError("precision 'fp16' is not supported: float16's range underflows pixel gradients without "
+                              "loss scaling, which skips steps; use precision='bf16' (float32's range, no scaling)")
+        if precision not in PRECISIONS:
+            raise UnknownNameError("precision", precision, PRECISIONS)
+        if precision == "bf16" and not (torch.amp.is_autocast_available(device.type) and
+                                        (device.type != "cuda" or torch.cuda.is_bf16_supported())):
+            raise ConfigError(f"precision 'bf16' needs bfloat16 autocast, which {device} does not offer; use 'fp32'")
+        if isinstance(compile, str) and compile not in torch.compiler.list_backends(exclude_tags=()):
+            raise UnknownNameError("torch.compile backend", compile, torch.compiler.list_backends())
+        self.model, self.layers, self.precision, self.channels_last = model, tuple(layers), precision, channels_last
+        self.options = {"compile": compile, "checkpoint_activations": checkpoint_activations}
+        self.plain = precision == "fp32" and not channels_last
+        self.device_type = device.type
+
+    def __call__(self, x: torch.Tensor, draws: int = 1) -> dict[str, torch.Tensor]:
+        """Activations of ``draws`` noise draws of images ``x`` (validated by the caller)."""
+        if self.plain:
+            return self.model.activations(x, self.layers, check=False, draws=draws, **self.options)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            acts = self.model.activations(x, self.layers, check=False, draws=draws, **self.options)
+        return {k: v.to(torch.float32, memory_format=torch.contiguous_format) for k, v in acts.items()}
+
+    def describe(self) -> dict:
+        """The options as a run's metadata records them."""
+        compile = self.options["compile"]
+        return {"precision": self.precision, "channels_last": self.channels_last,
+                "compile": "inductor" if compile is True else compile,
+                "checkpoint_activations": self.options["checkpoint_activations"]}
+
+
+@contextlib.contextmanager
+def weights_layout(model: ProbeModel, channels_last: bool) -> Iterator[None]:
+    """Temporarily lay the model's 4-d weights out channels-last (NHWC), the layout its convolutions then run
+    fastest in, and restore the very tensors it had afterwards; the model's other users see no change."""
+    moved = []
+    if channels_last:
+        for t in [*model.parameters(), *model.buffers()]:
+            if t.dim() == 4 and not t.is_contiguous(memory_format=torch.channels_last):
+                moved.append((t, t.data))
+                t.data = t.data.contiguous(memory_format=torch.channels_last)
+    try:
+        yield
+    finally:
+        for t, data in moved:
+            t.data = data
+
+
+def _evaluate(forward: Forward, objective: Objective, x: torch.Tensor, eot: int,
               transforms: Sequence[Transform], gen: torch.Generator, mean: bool = True,
               average: str = "scores") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Scores of images ``x`` over ``eot`` draws of the transforms (and of the model's own noise): with
@@ -476,10 +554,9 @@ def _evaluate(model: ProbeModel, objective: Objective, x: torch.Tensor, layers: 
     logits a stochastic model's verdict reads).  Also returns the activations averaged over draws when ``mean``
     (for stopping criteria), else those of the first draw."""
     if transforms:
-        acts = model.activations(torch.cat([apply_transforms(transforms, x, gen) for _ in range(eot)]), layers,
-                                 check=False)
+        acts = forward(torch.cat([apply_transforms(transforms, x, gen) for _ in range(eot)]))
     else:  # the same images drawn eot times: a model with a Draws site runs its noise-free layers once
-        acts = model.activations(x, layers, check=False, draws=eot)
+        acts = forward(x, eot)
     if eot == 1:
         return objective(acts), acts
     mean_acts = {k: v.view(eot, -1, *v.shape[1:]).mean(0) for k, v in acts.items()}
@@ -498,7 +575,9 @@ def optimize(model: ProbeModel, objective: Objective | str, param: Parametrizati
              seed: int = 0, relu_override: int = 0, checkpoint: str | os.PathLike | None = None,
              checkpoint_every: int = 100, callback: Callable[[int, int], None] | None = None,
              watch: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
-             progress: bool = True, metadata: dict | None = None) -> Result:
+             progress: bool = True, metadata: dict | None = None, precision: str = "fp32",
+             channels_last: bool = False, compile: bool | str = False,
+             checkpoint_activations: bool = False) -> Result:
     """Maximize ``objective`` over the images of ``param``; the single loop behind synthesis, attacks, metamers.
 
     ``constraints`` apply in the forward pass and project pixel parameters after each step (a projecting
@@ -518,6 +597,11 @@ def optimize(model: ProbeModel, objective: Objective | str, param: Parametrizati
     each step (e.g. to fade surrogate gradients); it must depend on ``t`` alone for a resumed run to match.
     ``watch(t, images, scores)`` sees each step's images (N×3×H×W as rendered for that step, detached) and every
     image's latest score (N), for live displays and progress; what it does to them does not reach the run.
+    Speed and memory (see ``Forward``; recorded in the metadata): ``precision`` 'fp32' or 'bf16' (the network's
+    forward under bfloat16 autocast, the objective in float32), ``channels_last`` (NHWC weights and images),
+    ``compile`` (``torch.compile`` the forward: True for inductor, or a backend's name; the first steps pay for
+    the compilation), ``checkpoint_activations`` (recompute each stage in the backward pass: less memory, about
+    one more forward pass of compute per step).  Every step and the final scores use them.
     """
     objective = parse(objective).resolve(model)
     if steps < 0 or eot < 1:
@@ -562,6 +646,7 @@ def optimize(model: ProbeModel, objective: Objective | str, param: Parametrizati
     elif isinstance(lr, torch.Tensor):
         raise ConfigError("per-image step sizes need a gradient step rule")
     layers = tuple(dict.fromkeys((*objective.layers, *(rule.layers if rule is not None else ()))))
+    forward = Forward(model, layers, precision, channels_last, compile, checkpoint_activations)
     recipe = {
         "model": model.name, "weights_sha256": model.info.get("sha256", model.info.get("weights", "")),
         "layers": list(layers), "objective": str(objective), "parametrization": str(param),
@@ -571,6 +656,7 @@ def optimize(model: ProbeModel, objective: Objective | str, param: Parametrizati
         "target": target, "stop": None if stop is None else str(combine(None, stop)), "random_start": random_start,
         "relu_override": relu_override, "seed": seed,
         "interventions": [str(i) for i in model.interventions],  # a run inside model.intervene(...)
+        **forward.describe(),
     }
     state = {"t": 0, "done": torch.zeros(n, dtype=torch.bool, device=device), "frozen": first.clone(),
              "last": torch.full((n,), math.nan, device=device), "best": first.clone(),
@@ -597,78 +683,82 @@ def optimize(model: ProbeModel, objective: Objective | str, param: Parametrizati
     bar = tqdm(range(start, steps), desc=str(objective)[:40], unit="step", disable=not progress, leave=False,
                initial=start, total=steps)
     t_next = start
-    for t in bar if not bool(done.all()) else ():
-        param.schedule(t / max(1, steps))
-        if callback is not None:
-            callback(t, steps)
-        with redirected_relu(model.net) if t < relu_override else contextlib.nullcontext():
-            with torch.set_grad_enabled(not gradient_free):
-                x = render(param, constraints)
-                xa = x if len(active) == n else x[active]
-                scores, acts = _evaluate(model, obj, xa, layers, eot, transforms, gen, mean=crit is not None,
-                                         average=eot_average)
-                if not gradient_free:
-                    opt.zero_grad(set_to_none=True)
-                    (-scores.sum()).backward()
-        evaluations += len(active) * eot
-        scores = scores.detach()
-        last[active] = scores
-        history.append(last.clone())
-        if watch is not None:
-            watch(t, x.detach().clone(), last.clone())
-        better = scores > best_scores[active]
-        best[active[better]] = xa.detach()[better]
-        best_scores[active[better]] = scores[better]
-        if not gradient_free:
-            grad_norms.append(_grad_norms(param, n, active))
-        t_next = t + 1
-        reached = None
-        if crit is not None:
-            reached = crit(scores, {k: v.detach() for k, v in acts.items()})
-            if reached.any():  # keep the image that met the criterion, before this step moves it
-                rows = active[reached]
-                frozen[rows] = xa.detach()[reached]
-                done[rows] = True
-                if bool(done.all()):
-                    break
-            else:
-                reached = None
-        if gradient_free:
-            step.update(scores)
-        else:
-            if hasattr(opt, "observe"):
-                opt.observe(scores, active)
-            opt.step()
-            sched.step()
-        if pixels is not None:
-            with torch.no_grad():
-                project_(pixels)
-                if done.any():
-                    pixels[done] = frozen[done]
-        if reached is not None and not gradient_free:  # finished images leave the batch
-            active = active[~reached]
-            obj, crit = objective.select(active), rule.select(active)
-        if path is not None and t_next % checkpoint_every == 0 and t_next < steps:
-            save(t_next, time.perf_counter() - t0)
-        if progress and t % 8 == 0:
-            bar.set_postfix(score=f"{float(scores.mean()):.3g}", done=f"{int(done.sum())}/{n}")
-    bar.close()
-    elapsed = time.perf_counter() - t0
-    if path is not None:
-        save(max(t_next, start), elapsed)
-    with torch.no_grad():
-        final = render(param, constraints).clone()
-        final[done] = frozen[done]
-        project_(final)  # the safety net: whatever the step rule did, the returned images are feasible
-        final_scores, final_acts = _evaluate(model, objective, final, layers, eot, transforms, gen,
+    with weights_layout(model, channels_last):  # NHWC weights for this run only
+        for t in bar if not bool(done.all()) else ():
+            param.schedule(t / max(1, steps))
+            if callback is not None:
+                callback(t, steps)
+            with redirected_relu(model.net) if t < relu_override else contextlib.nullcontext():
+                with torch.set_grad_enabled(not gradient_free):
+                    x = render(param, constraints)
+                    xa = x if len(active) == n else x[active]
+                    scores, acts = _evaluate(forward, obj, xa, eot, transforms, gen, mean=crit is not None,
                                              average=eot_average)
-        success = rule.final(final_scores, final_acts) if rule is not None else None
-        better = final_scores > best_scores
-        best[better], best_scores[better] = final[better], final_scores[better]
-        project_(best)
+                    if not gradient_free:
+                        opt.zero_grad(set_to_none=True)
+                        (-scores.sum()).backward()
+            evaluations += len(active) * eot
+            scores = scores.detach()
+            last[active] = scores
+            history.append(last.clone())
+            if watch is not None:
+                watch(t, x.detach().clone(), last.clone())
+            better = scores > best_scores[active]
+            best[active[better]] = xa.detach()[better]
+            best_scores[active[better]] = scores[better]
+            if not gradient_free:
+                grad_norms.append(_grad_norms(param, n, active))
+            t_next = t + 1
+            reached = None
+            if crit is not None:
+                reached = crit(scores, {k: v.detach() for k, v in acts.items()})
+                if reached.any():  # keep the image that met the criterion, before this step moves it
+                    rows = active[reached]
+                    frozen[rows] = xa.detach()[reached]
+                    done[rows] = True
+                    if bool(done.all()):
+                        break
+                else:
+                    reached = None
+            if gradient_free:
+                step.update(scores)
+            else:
+                if hasattr(opt, "observe"):
+                    opt.observe(scores, active)
+                opt.step()
+                sched.step()
+            if pixels is not None:
+                with torch.no_grad():
+                    project_(pixels)
+                    if done.any():
+                        pixels[done] = frozen[done]
+            if reached is not None and not gradient_free:  # finished images leave the batch
+                active = active[~reached]
+                obj, crit = objective.select(active), rule.select(active)
+            if path is not None and t_next % checkpoint_every == 0 and t_next < steps:
+                save(t_next, time.perf_counter() - t0)
+            if progress and t % 8 == 0:
+                # With transforms, the step's score is on jittered/scaled/rotated copies: the bar says so, since the
+                # result's final score (on the image itself) is usually higher.
+                bar.set_postfix({"score under transforms" if transforms else "score": f"{float(scores.mean()):.3g}",
+                                 "done": f"{int(done.sum())}/{n}"})
+        bar.close()
+        elapsed = time.perf_counter() - t0
+        if path is not None:
+            save(max(t_next, start), elapsed)
+        with torch.no_grad():
+            final = render(param, constraints).clone()
+            final[done] = frozen[done]
+            project_(final)  # the safety net: whatever the step rule did, the returned images are feasible
+            final_scores, final_acts = _evaluate(forward, objective, final, eot, transforms, gen,
+                                                 average=eot_average)
+            success = rule.final(final_scores, final_acts) if rule is not None else None
+            better = final_scores > best_scores
+            best[better], best_scores[better] = final[better], final_scores[better]
+            project_(best)
     meta = {**recipe, "steps": steps, "steps_run": len(history), "evaluations": evaluations,
             "seconds": round(elapsed, 3), "device": str(device), "phosphene": __version__, "torch": torch.__version__,
-            "machine": platform.machine(), **({"checkpoint": str(path)} if path is not None else {}),
+            "machine": machine(), **({"checkpoint": str(path)} if path is not None else {}),
             **(metadata or {})}
     hist = torch.stack(history).cpu() if history else torch.zeros(0, n)
     grads = torch.stack(grad_norms).cpu() if grad_norms else torch.zeros(0, n)
@@ -707,7 +797,9 @@ def _optimizer(step: str | OptimizerFactory, params: list[torch.Tensor], lr: flo
 # What must agree between a checkpoint and the call continuing it (more steps are allowed: the run goes on).
 _FINGERPRINT = ("model", "weights_sha256", "objective", "parametrization", "constraints", "transforms", "eot",
                 "eot_average", "step_rule", "lr", "lr_schedule", "target", "stop", "random_start", "relu_override",
-                "seed", "interventions")
+                "seed", "interventions", "precision")
+# What a checkpoint written before a key joined the fingerprint stands for.
+_FINGERPRINT_DEFAULTS = {"precision": "fp32"}
 
 
 def _save_checkpoint(path: Path, recipe: dict, t_next: int, param: Parametrization, opt, sched, free, rule,
@@ -737,6 +829,7 @@ def _resume(path: Path, state: dict, recipe: dict, param: Parametrization, opt, 
         raise CheckpointError(f"cannot read checkpoint {path}: {e}") from None
     if blob.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a phosphene run checkpoint (format {blob.get('format')!r})")
+    blob["recipe"] = {**_FINGERPRINT_DEFAULTS, **blob["recipe"]}
     differ = [k for k in _FINGERPRINT if blob["recipe"].get(k) != recipe[k]]
     if differ or blob["done"].shape[0] != n:
         what = "; ".join(f"{k} was {blob['recipe'].get(k)!r}, now {recipe[k]!r}" for k in differ[:3]) or \

@@ -4,8 +4,10 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
+import functools
 import json
 import os
+import platform
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -45,3 +47,19 @@ def sha256(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+@functools.cache
+def machine() -> dict:
+    """Which machine and library versions made an output: recorded beside every generated image, because
+    bit-identical results hold only on the same machine with the same libraries."""
+    import numpy
+    import PIL
+    import torch
+    import torchvision
+
+    return {"host": platform.node(), "platform": platform.platform(), "cpu": platform.processor() or
+            platform.machine(), "python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "numpy": numpy.__version__, "pillow": PIL.__version__,
+            "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}

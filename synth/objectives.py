@@ -28,6 +28,7 @@ Objectives are small classes, not closures, so a debugger can show what they hol
 from __future__ import annotations
 
 import hashlib
+import inspect
 import math
 import re
 import weakref
@@ -79,7 +80,9 @@ class Objective(ABC):
     __rmul__ = __mul__
 
     def __truediv__(self, w: float) -> Objective:
-        return Sum([(1.0 / _number(w), self)])
+        if _number(w) == 0:
+            raise ConfigError(f"cannot divide objective {self} by zero")
+        return Sum([(1.0 / w, self)])
 
     def __neg__(self) -> Objective:
         return Sum([(-1.0, self)])
@@ -734,15 +737,24 @@ class _Parser:
             self.take()
             return -self.term()
         if tok and tok[0] == "num":
-            w = float(self.take()[1])
+            w = self.number()
             self.take("*")
             return w * self.term()
         out = self.factor()
         while self.peek() and self.peek()[1] in "*/":
             op = self.take()[1]
-            w = float(self.take()[1])
+            w = self.number()
             out = out * w if op == "*" else out / w
         return out
+
+    def number(self) -> float:
+        """A weight: objectives are scaled by numbers, never multiplied together."""
+        tok = self.peek()
+        if tok is None or tok[0] != "num":
+            found = tok[1] if tok else "the end"
+            raise ConfigError(f"objective {self.text!r}: expected a number after '*' or '/', found {found!r} "
+                              f"(objectives add and scale, e.g. 'IT:1 + IT:2' or '2*IT:1', but do not multiply)")
+        return float(self.take()[1])
 
     def factor(self) -> Objective:
         kind, name = self.take()
@@ -768,6 +780,11 @@ class _Parser:
             try:
                 return site(arg, cls, **kwargs) if issubclass(cls, Site) else cls(arg, **kwargs)
             except TypeError:
+                accepted = inspect.signature(cls).parameters
+                if all(k in accepted for k in kwargs):
+                    raise ConfigError(f"objective {self.text!r}: a value of {name}() has the wrong type "
+                                      f"({', '.join(f'{k}={v!r}' for k, v in kwargs.items())}); numbers are written "
+                                      f"like 0.5, class names in quotes") from None
                 takes = {LayerNorm: "only a layer", Diversity: "only a layer", CrossEntropy: "a layer, y= or target=",
                          Margin: "a layer, y= or target=, and kappa=", Match: "a layer, target= or image=, and metric=",
                          Direction: "a layer and target=", Outside: "a layer, lo= and hi="}.get(cls, "a site and tau=")

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError, UnknownNameError
+from .probe import check_images
 
 # Lucid's square root of the ImageNet colour correlation matrix, columns normalized to unit max norm.
 _COLOR_SQRT = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]])
@@ -58,9 +59,13 @@ def start_images(n: int, size: int | tuple[int, int], init: str | torch.Tensor, 
     'grey', 'uniform', or a given N×3×H×W tensor in [0, 1]."""
     h, w = (size, size) if isinstance(size, int) else size
     if isinstance(init, torch.Tensor):
-        x = init.detach().float().cpu().clone()
+        x = init.detach().cpu().clone()
         if x.ndim == 3:
             x = x[None]
+        check_images(x)
+        x = x.float()
+        if x.shape[0] not in (1, n):
+            raise ConfigError(f"{x.shape[0]} start images for {n} images: give one, or one per image")
         if x.shape[0] == 1 and n > 1:
             x = x.expand(n, -1, -1, -1).clone()
         return x

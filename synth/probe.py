@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.fx.passes.split_module import split_module
+from torch.utils.checkpoint import checkpoint
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
 from .errors import ConfigError, ImageError, UnknownNameError
@@ -85,6 +87,47 @@ class _Stop(Exception):
     """Raised inside a hook once every requested layer has been captured, to end the forward pass early."""
 
 
+_EAGER = (False, None)  # the traced forward's mode: (checkpoint_activations, compile backend)
+
+
+class _Recomputed(nn.Module):
+    """One stage of a traced forward that keeps only its inputs for the backward pass and runs again there."""
+
+    def __init__(self, stage: nn.Module):
+        super().__init__()
+        self.stage = stage
+
+    def forward(self, *args):
+        if not torch.is_grad_enabled():  # nothing to save: no need to go through checkpoint
+            return self.stage(*args)
+        return checkpoint(self.stage, *args, use_reentrant=False)
+
+
+def _stages(traced: torch.fx.GraphModule, net: nn.Module) -> torch.fx.GraphModule:
+    """``traced`` cut at the network's stages, each recomputed in the backward pass (gradient checkpointing): the
+    stages are the children of the network (below any chain of single-child wrappers), a child without parameters
+    (a ReLU, a pool) joining the stage before it.  Activations inside a stage are freed after the forward pass and
+    made again during the backward; only the tensors that cross between stages are kept.  Stages run again with
+    the random state they first ran with (``checkpoint`` restores it), so noise layers draw the same noise."""
+    prefix, root = "", net
+    while len(children := list(root.named_children())) == 1:
+        name, root = children[0]
+        prefix += name + "."
+    heavy = {name for name, child in root.named_children() if next(child.parameters(), None) is not None}
+    stage_of, stage, current = {}, 0, None
+    for node in traced.graph.nodes:  # in execution order; a node outside any module joins the running stage
+        if node.op == "call_module" and node.target.startswith(prefix):
+            top = node.target[len(prefix):].split(".")[0]
+            if top in heavy and top != current:
+                stage += current is not None
+                current = top
+        stage_of[node] = stage
+    split = split_module(traced, net, stage_of.__getitem__)
+    for name in [n for n, _ in split.named_children() if n.startswith("submod_")]:
+        setattr(split, name, _Recomputed(getattr(split, name)))
+    return split
+
+
 class ProbeModel(nn.Module):
     """A network with its preprocessing, category names, layer list and brain-area map."""
 
@@ -99,7 +142,7 @@ class ProbeModel(nn.Module):
         self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
         self.input_size = input_size
         self.info = dict(info or {})
-        self._extractors: dict[tuple[str, ...], nn.Module] = {}
+        self._extractors: dict[tuple, nn.Module] = {}  # (layers, recomputed, compile backend) -> traced forward
         self.readouts: dict[str, nn.Module] = {}  # virtual layers: linear maps to recorded sites
         self.sheets: dict = {}  # layer -> topography.Sheet: the units' positions on a cortical sheet
         self._traceable: bool | None = None
@@ -184,13 +227,20 @@ class ProbeModel(nn.Module):
 
     # ---------------------------------------------------------------------------------------------- activations
     def activations(self, x: torch.Tensor, layers: str | Iterable[str], check: bool = True,
-                    draws: int = 1) -> dict[str, torch.Tensor]:
+                    draws: int = 1, *, checkpoint_activations: bool = False,
+                    compile: bool | str = False) -> dict[str, torch.Tensor]:
         """Responses of the requested layers (names, areas, readouts, 'input', 'logits') to [0,1] images,
         computing nothing past the deepest.  ``check=False`` skips the input validation (for inner loops that
         validated once).  ``draws=k`` returns k noise draws of each image, stacked as ``torch.cat([x] * k)`` would
-        be; a network whose noise begins at a ``Draws`` module (VOneNet's V1) runs the layers before it once."""
+        be; a network whose noise begins at a ``Draws`` module (VOneNet's V1) runs the layers before it once.
+        ``checkpoint_activations``: keep only each stage's input for the backward pass and run the stage again
+        there (``torch.utils.checkpoint``; see ``_stages``), trading compute for memory; ``compile``: run the
+        traced forward through ``torch.compile`` (True for inductor, or a backend's name).  Both need the traced
+        forward: they are refused for a network torch.fx cannot trace and inside ``intervene``."""
         if check:
             check_images(x)
+            if x.dtype != self.mean.dtype:  # float64 (or half) images from a user: the network's own dtype
+                x = x.to(self.mean.dtype)
         names = [layers] if isinstance(layers, str) else list(layers)
         if not names:
             raise UnknownNameError(f"layer of model {self.name!r}", "", self.layers)
@@ -200,7 +250,11 @@ class ProbeModel(nn.Module):
         wanted = tuple(dict.fromkeys(resolved.values()))
         targets = tuple(dict.fromkeys(self.readouts[t].layer if t in self.readouts else t for t in wanted
                                       if t not in (INPUT, LOGITS)))
-        site = self._draw_site() if draws > 1 else None
+        mode = (bool(checkpoint_activations), "inductor" if compile is True else compile or None)
+        if mode != _EAGER and (targets or LOGITS in wanted):
+            self._check_traced(LOGITS in wanted)
+        # a stage run again in the backward pass must see the batch it saw: no Draws site changing size after it
+        site = self._draw_site() if draws > 1 and not checkpoint_activations else None
         if draws > 1 and site is None:
             x = x.repeat(draws, 1, 1, 1)
         xp = self.preprocess(x)
@@ -208,12 +262,12 @@ class ProbeModel(nn.Module):
             site.copies = draws
         try:
             if LOGITS in wanted:
-                out = self._full(xp, targets)
+                out = self._full(xp, targets, mode)
             elif not targets:
                 out = {}
             else:  # a traced graph inlines container modules, so an intervened pass runs the network with hooks
                 traced = self._traceable and not self._interventions
-                out = self._traced(xp, targets) if traced else self._hooked(xp, targets)
+                out = self._traced(xp, targets, mode) if traced else self._hooked(xp, targets)
         finally:
             if site is not None:
                 site.copies = 1
@@ -236,22 +290,42 @@ class ProbeModel(nn.Module):
             self._site = (found[0][1] if ok else None,)
         return self._site[0]
 
-    def _full(self, x: torch.Tensor, targets: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    def _check_traced(self, logits: bool) -> None:
+        """Refuse recomputation and compilation where the forward pass runs with hooks instead of a traced graph."""
+        if self._interventions:
+            why = "runs with interventions (hooks)"
+        elif not self._traceable or (logits and self._output_node is None):
+            why = "cannot be traced by torch.fx"
+        else:
+            return
+        raise ConfigError(f"checkpoint_activations and compile work on the traced forward pass, but model "
+                          f"{self.name!r} {why}: run it without them")
+
+    def _full(self, x: torch.Tensor, targets: tuple[str, ...],
+              mode: tuple[bool, str | None] = _EAGER) -> dict[str, torch.Tensor]:
         """The whole forward pass to the logits, keeping the requested inner layers on the way."""
-        if not targets:
+        if not targets and mode == _EAGER:
             return {LOGITS: self.net(x)}
         if self._traceable and self._output_node is not None and not self._interventions:
             keep = self._output_node in targets
-            out = self._traced(x, targets if keep else (*targets, self._output_node))
+            out = self._traced(x, targets if keep else (*targets, self._output_node), mode)
             out[LOGITS] = out[self._output_node] if keep else out.pop(self._output_node)
             return out
         return self._hooked(x, targets, stop=False)
 
-    def _traced(self, x: torch.Tensor, targets: tuple[str, ...]) -> dict[str, torch.Tensor]:
-        extractor = self._extractors.get(targets)
+    def _traced(self, x: torch.Tensor, targets: tuple[str, ...],
+                mode: tuple[bool, str | None] = _EAGER) -> dict[str, torch.Tensor]:
+        """The requested layers from the network traced as far as they need (cut into recomputed stages and
+        compiled as ``mode`` = (checkpoint_activations, compile backend) says), built once per layer set."""
+        key = (targets, *mode)
+        extractor = self._extractors.get(key)
         if extractor is None:
             extractor = create_feature_extractor(self.net, return_nodes=list(targets), tracer_kwargs=_TRACER)
-            self._extractors[targets] = extractor
+            if mode[0]:
+                extractor = _stages(extractor, self.net)
+            if mode[1]:
+                extractor = torch.compile(extractor, backend=mode[1])
+            self._extractors[key] = extractor
         if extractor.training != self.net.training:
             extractor.train(self.net.training)
         out = extractor(x)

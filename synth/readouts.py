@@ -100,6 +100,15 @@ class Responses:
                               "drop or impute them before fitting")
         self.values = v
 
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the ``.npz`` that ``load_responses`` (and ``phosphene readout fit``) reads, atomically."""
+        path = Path(path).with_suffix(".npz")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic(path) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, responses=self.values, image_ids=np.array(self.image_ids), sites=np.array(self.sites))
+        return path
+
     @property
     def mean(self) -> np.ndarray:
         """Trial-averaged responses, images × sites."""

@@ -22,6 +22,7 @@ from .files import atomic, write_text
 
 FORMAT_VERSION = 3
 MAX_PIXELS = 50_000_000  # larger images are refused before decoding (decompression bombs)
+MIN_SIDE = 8  # smaller images are refused: resized to a model's input they are a flat colour
 
 
 @dataclass
@@ -151,9 +152,16 @@ def check_weights(metadata: dict, model, where: str | os.PathLike) -> None:
                               f"{model.name} has weights {current[:12]}…: load the model it was made with")
 
 
+# Metadata that differs between two runs of the same recipe: kept in result.json and manifests, not in the PNG,
+# so that the same seed and config give a bit-identical file.
+VOLATILE = ("seconds",)
+
+
 def write_png(image: torch.Tensor, path: str | os.PathLike, metadata: dict) -> None:
-    """Save one 3×H×W [0,1] image as an 8-bit PNG with ``metadata`` as text chunks (one per key, plus JSON)."""
+    """Save one 3×H×W [0,1] image as an 8-bit PNG with ``metadata`` as text chunks (one per key, plus JSON);
+    run timings are left out, so the same recipe writes the same bytes."""
     arr = (image.detach().cpu().clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+    metadata = {k: v for k, v in metadata.items() if k not in VOLATILE}
     info = PngImagePlugin.PngInfo()
     for key, value in metadata.items():
         info.add_text(f"phosphene:{key}", value if isinstance(value, str) else json.dumps(value))
@@ -172,6 +180,9 @@ def read_png(path: str | os.PathLike) -> tuple[torch.Tensor, dict]:
             if im.width * im.height > MAX_PIXELS:
                 raise ImageError(f"cannot read image {path}: {im.width}×{im.height} pixels is more than phosphene "
                                  f"reads ({MAX_PIXELS:,}); a decompression bomb, or an image to shrink first")
+            if min(im.width, im.height) < MIN_SIDE:
+                raise ImageError(f"image {path} is {im.width}×{im.height} pixels: too small to show a model anything "
+                                 f"(at least {MIN_SIDE}×{MIN_SIDE})")
             im.load()
             text = dict(getattr(im, "text", {}) or {})
             if im.mode in ("I;16", "I;16B", "I", "F"):
@@ -186,5 +197,8 @@ def read_png(path: str | os.PathLike) -> tuple[torch.Tensor, dict]:
                 rgb = np.asarray(im.convert("RGB"), dtype=np.float64) / 255.0
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise ImageError(f"cannot read image {path}: {e}") from None
-    meta = json.loads(text["phosphene"]) if "phosphene" in text else {}
+    try:
+        meta = json.loads(text["phosphene"]) if "phosphene" in text else {}
+    except json.JSONDecodeError:
+        meta = {}  # another program's (or a damaged) text chunk: the pixels are still the image
     return torch.from_numpy(rgb).permute(2, 0, 1).float(), meta

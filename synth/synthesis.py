@@ -27,13 +27,16 @@ def synthesize(model: ProbeModel, objective: Objective | str, *, n: int = 1, siz
                transforms: Sequence[Transform] | str | None = "standard", eot: int = 1,
                constraints: Sequence[Constraint] = (), target: float | None = None, seed: int = 0,
                relu_override: int = 16, progress: bool = True,
-               watch: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None, **param_options) -> Result:
+               watch: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None, precision: str = "fp32",
+               channels_last: bool = False, compile: bool | str = False, checkpoint_activations: bool = False,
+               **param_options) -> Result:
     """Optimize ``n`` images (size defaults to the model's input size) to maximize ``objective``.
 
     ``param``: 'fourier' (default), 'pixels' or 'blurred' (Walker et al. 2019 gradient blur); ``init``:
     'noise' (default), 'grey', 'uniform' or an image tensor; ``transforms``: 'standard', None or a list;
     ``constraints`` are added to the pixel box (e.g. ``Contrast()``, ``Mask.aperture(64)``, ``Grayscale()``);
-    ``watch(t, images, scores)`` is called at every step (``optimize``'s live view).
+    ``watch(t, images, scores)`` is called at every step (``optimize``'s live view); ``precision``,
+    ``channels_last``, ``compile`` and ``checkpoint_activations`` are ``optimize``'s speed and memory options.
     """
     size = size or model.input_size or 224
     gen = torch.Generator().manual_seed(seed)
@@ -43,7 +46,8 @@ def synthesize(model: ProbeModel, objective: Objective | str, *, n: int = 1, siz
     return optimize(model, objective, p, constraints=(Box(), *constraints), step=step, lr=lr,
                     lr_schedule=lr_schedule, steps=steps, transforms=transforms or (), eot=eot, target=target,
                     seed=seed, relu_override=relu_override, progress=progress, watch=watch,
-                    metadata={"init": _init_name(init)})
+                    metadata={"init": _init_name(init)}, precision=precision, channels_last=channels_last,
+                    compile=compile, checkpoint_activations=checkpoint_activations)
 
 
 def _init_name(init: str | torch.Tensor) -> str:

@@ -6,7 +6,7 @@ import pytest
 from synth import batch
 from synth.batch import load_experiment, run
 from synth.cli import main
-from synth.errors import ConfigError
+from synth.errors import ConfigError, PhospheneError
 from synth.results import read_png
 
 EXPERIMENT = """
@@ -53,7 +53,7 @@ def test_grid_and_jobs_expand_with_defaults_and_stable_ids(experiment):
 def test_run_writes_images_and_manifest_then_resumes_without_redoing(experiment, tmp_path):
     out = tmp_path / "out"
     summary = run(experiment, out, progress=False)
-    assert summary == {"jobs": 6, "ran": 6, "skipped": 0, "images": 6, "out": str(out)}
+    assert summary == {"jobs": 6, "ran": 6, "skipped": 0, "images": 6, "out": str(out), "backend": "local"}
     rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     assert len(rows) == 6 and (out / "manifest.csv").is_file()
     for row in rows:
@@ -73,7 +73,7 @@ def test_a_crash_loses_only_the_unfinished_job(experiment, tmp_path, monkeypatch
 
     def crashing(job, out_dir, progress=False):
         if len(calls) == 3:
-            (out_dir / f"{job['id']}_0.png.tmp").write_bytes(b"half a png")  # a write cut short
+            (out_dir / (batch.file_name(job, 0) + ".tmp")).write_bytes(b"half a png")  # a write cut short
             raise KeyboardInterrupt
         calls.append(job["id"])
         return real(job, out_dir, progress)
@@ -84,6 +84,7 @@ def test_a_crash_loses_only_the_unfinished_job(experiment, tmp_path, monkeypatch
     monkeypatch.setattr(batch, "run_job", real)
     resumed = run(experiment, out, progress=False)
     assert resumed["skipped"] == 3 and resumed["ran"] == 3 and resumed["images"] == 6
+    assert not list(out.glob("*.tmp"))  # the cut-short write is gone
     # a finished image whose file was damaged is redone
     victim = next(out.glob("*_0.png"))
     victim.write_bytes(b"corrupt")
@@ -162,3 +163,95 @@ seed = 1
         t = model.activations(((ref * 255).round() / 255)[None], "IT")["IT"]
     err = (a - t).flatten(1).norm(dim=1) / t.flatten(1).norm()
     assert err[0] < err[1] and abs(float(-err[0]) - row["score"]) < 0.02  # it moved towards the reference
+
+
+SMALL = """
+[defaults]
+model = "toy-standard"
+steps = 3
+size = 32
+{extra}
+[[grid]]
+objective = ["stretch(IT:1)", "IT:2 + 0.5*IT:3"]
+seed = [0, 4]
+"""
+
+
+def _small(tmp_path, extra: str = "", name: str = "small.toml"):
+    path = tmp_path / name
+    path.write_text(SMALL.format(extra=extra))
+    return path
+
+
+def test_file_names_say_model_objective_and_seed_and_keep_the_hash(tmp_path):
+    out = tmp_path / "out"
+    run(_small(tmp_path), out, progress=False)
+    names = sorted(p.name for p in out.glob("*.png"))
+    _, jobs = load_experiment(tmp_path / "small.toml")
+    assert names == sorted(f"toy-standard_{slug}_s{seed}_{j['id']}_0.png" for j, (slug, seed) in zip(
+        jobs, [("stretch-IT-1", 0), ("stretch-IT-1", 4), ("IT-2-0.5-IT-3", 0), ("IT-2-0.5-IT-3", 4)]))
+
+
+def test_retraining_weights_in_place_redoes_their_jobs(tmp_path):
+    import torch
+    from synth.training import WEIGHTS_DIR
+    weights = tmp_path / "mine.pt"
+    weights.write_bytes((WEIGHTS_DIR / "toy-standard.pt").read_bytes())
+    exp = _small(tmp_path, extra=f"weights = '{weights}'")
+    out = tmp_path / "out"
+    assert run(exp, out, progress=False)["ran"] == 4
+    assert run(exp, out, progress=False)["ran"] == 0
+    before = {j["id"] for j in load_experiment(exp)[1]}
+    state = torch.load(weights, weights_only=True)  # "retrain": same path, new content
+    key = next(k for k, v in state.items() if v.is_floating_point())
+    state[key] = state[key] + 0.01
+    torch.save(state, weights)
+    after = {j["id"] for j in load_experiment(exp)[1]}
+    assert not before & after
+    assert run(exp, out, progress=False)["ran"] == 4
+
+
+def test_an_untrained_architecture_is_refused_unless_asked_for(tmp_path):
+    path = tmp_path / "rn.toml"
+    path.write_text("[defaults]\nmodel = 'resnet18'\nsteps = 1\nsize = 32\n[[jobs]]\nobjective = 'layer4:0'\n")
+    with pytest.raises(ConfigError, match="no trained weights.*random_weights = true"):
+        run(path, tmp_path / "out", progress=False)
+    assert not list((tmp_path / "out").glob("*.png"))
+    path.write_text(path.read_text().replace("steps = 1", "steps = 1\nrandom_weights = true"))
+    assert run(path, tmp_path / "out", progress=False)["images"] == 1
+
+
+def test_a_second_run_on_the_same_folder_is_refused_while_one_writes(tmp_path):
+    import fcntl
+    out = tmp_path / "out"
+    out.mkdir()
+    with open(out / ".lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(ConfigError, match="another batch run is writing"):
+            run(_small(tmp_path), out, progress=False)
+    assert run(_small(tmp_path), out, progress=False)["ran"] == 4
+
+
+def test_unknown_backend_is_named(tmp_path):
+    with pytest.raises(PhospheneError, match="did you mean 'ray'"):
+        run(_small(tmp_path), tmp_path / "out", backend="rya", progress=False)
+
+
+@pytest.mark.slow
+def test_ray_backend_writes_the_same_layout_and_resumes_across_backends(tmp_path):
+    pytest.importorskip("ray")
+    exp = _small(tmp_path)
+    ray_out, local_out = tmp_path / "ray", tmp_path / "local"
+    half = tmp_path / "half.toml"  # the first two jobs only, run locally: Ray must skip them
+    half.write_text(SMALL.format(extra="").replace('seed = [0, 4]', 'seed = [0]'))
+    assert run(half, ray_out, progress=False)["ran"] == 2
+    summary = run(exp, ray_out, jobs=2, backend="ray", progress=False)
+    assert summary["ran"] == 2 and summary["skipped"] == 2 and summary["images"] == 4
+    run(exp, local_out, progress=False)
+    rows = [json.loads(line) for line in (ray_out / "manifest.jsonl").open()]
+    assert {r["file"] for r in rows} == {p.name for p in local_out.glob("*.png")}
+    for r in rows:
+        a, _ = read_png(ray_out / r["file"])
+        b, _ = read_png(local_out / r["file"])
+        assert (a - b).abs().max() <= 2 / 255
+    assert run(exp, ray_out, progress=False)["ran"] == 0  # and back on the local backend: nothing to redo

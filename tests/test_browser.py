@@ -16,6 +16,7 @@ import pytest
 
 ROOT = Path(__file__).parent.parent
 CHROMIUM = "/usr/bin/chromium"
+pytestmark = pytest.mark.slow  # a server and a browser: run by `make test` after the default suite
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync"]
 

@@ -150,3 +150,53 @@ def test_microstim_afraz_writes_its_report_and_figures(tmp_path, capsys):
     assert main(["microstim", "afraz", "--model", "toy-standard", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("phosphene: error: model 'toy-standard' has no cortical sheets") and err.count("\n") == 1
+
+
+def test_readout_simulate_makes_a_recording_that_fit_reads(tmp_path, capsys):
+    import numpy as np
+
+    path = tmp_path / "responses.npz"
+    assert main(["readout", "simulate", "--out", str(path), "--images", "60", "--sites", "5", "--repeats", "3"]) == 0
+    assert "5 sites of toy-robust:IT on 60 embedded images x 3 repeats" in capsys.readouterr().out
+    with np.load(path) as z:
+        assert z["responses"].shape == (60, 5, 3) and list(z["image_ids"][:2]) == ["train:0", "train:1"]
+        assert (z["responses"] >= 0).all() and np.allclose(z["responses"] * 0.1, np.round(z["responses"] * 0.1))
+        assert len(set(z["sites"])) == 5  # spike counts in a 100 ms window, five distinct channels
+    assert main(["readout", "fit", str(path), "--model", "toy-standard", "--layer", "V4", "--folds", "3",
+                 "--name", str(tmp_path / "r")]) == 0
+    assert "5 sites" in capsys.readouterr().out
+
+
+def test_readout_fit_help_documents_the_responses_format(capsys):
+    with pytest.raises(SystemExit):
+        main(["readout", "fit", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "images x sites x repeats" in text and "'image_ids'" in text and "readout simulate" in text
+
+
+def test_synth_refuses_an_untrained_architecture_unless_asked(tmp_path, capsys):
+    assert main(["synth", "--model", "resnet18", "--objective", "layer4:1", "--steps", "1", "--size", "32",
+                 "--out", str(tmp_path / "s")]) == 2
+    assert "--random-weights" in capsys.readouterr().err and not (tmp_path / "s").exists()
+    assert main(["synth", "--model", "resnet18", "--random-weights", "--objective", "layer4:1", "--steps", "1",
+                 "--size", "32", "--out", str(tmp_path / "s")]) == 0
+
+
+def test_synth_says_which_score_is_which(tmp_path, capsys):
+    assert main(["synth", "--objective", "IT:12", "--steps", "3", "--size", "32", "--out", str(tmp_path / "s")]) == 0
+    assert "progress bar showed the score under random transforms" in capsys.readouterr().out
+    assert main(["synth", "--objective", "IT:12", "--steps", "3", "--size", "32", "--no-transforms",
+                 "--out", str(tmp_path / "t")]) == 0
+    assert "under random transforms" not in capsys.readouterr().out
+
+
+def test_max_batch_finds_a_batch_within_the_budget_and_checkpointing_raises_it(capsys):
+    import re
+
+    assert main(["max-batch", "--memory", "64MB", "--limit", "4096"]) == 0
+    plain = int(re.search(r"largest batch (\d+)", capsys.readouterr().out)[1])
+    assert main(["max-batch", "--memory", "64MB", "--limit", "4096", "--checkpoint-activations"]) == 0
+    recomputed = int(re.search(r"largest batch (\d+)", capsys.readouterr().out)[1])
+    assert 1 <= plain < recomputed
+    assert main(["max-batch", "--memory", "lots"]) == 2
+    assert "512MB or 4GB" in capsys.readouterr().err

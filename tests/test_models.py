@@ -3,6 +3,7 @@ import fractions
 import math
 
 import pytest
+import numpy as np
 import torch
 import torchvision
 from torch import nn
@@ -29,23 +30,20 @@ def test_shipped_model_reaches_its_card_accuracy_on_held_out_images(name, test_s
     assert card["sha256"] == model.info["sha256"]
 
 
-def test_card_targets_hold():
-    cards = embedded_models()
-    std, rob, vone = (cards[n]["metrics"] for n in ("toy-standard", "toy-robust", "toy-vone"))
-    assert std["test_top1"] >= 0.90 and std["pgd_linf"]["accuracy"] < 0.10 and std["pgd_linf"]["foolbox"] < 0.10
-    assert rob["test_top1"] >= 0.85 and min(rob["pgd_linf"]["accuracy"], rob["pgd_linf"]["foolbox"]) >= 0.55
-    assert rob["pgd_linf"]["eps_255"] == std["pgd_linf"]["eps_255"] == vone["pgd_linf"]["eps_255"] == 4
-    # The V1 front-end sits between the two under white-box attack, by either attack.
-    for key in ("accuracy", "foolbox"):
-        assert std["pgd_linf"][key] < vone["pgd_linf"][key] < rob["pgd_linf"][key]
-    assert vone["stochastic"] and vone["pgd_linf"]["eot"] == 8 and not std["stochastic"]
-    for m in (std, rob):  # deterministic models: attacks.pgd at least as strong as foolbox's PGD, within noise
-        assert m["pgd_linf"]["accuracy"] <= m["pgd_linf"]["foolbox"] + 0.01
-    topo = cards["toy-topo"]  # topographic: as accurate as its start, IT's face map smooth and in patches
-    assert topo["metrics"]["test_top1"] >= std["test_top1"] - 0.02
-    it = topo["metrics"]["topography"]["IT"]
-    assert it["face_smoothness"] > it["face_smoothness_shuffled"] + 0.2 and it["patches"] and not it["patches_shuffled"]
-    assert topo["history"][-1]["spatial_loss"] < topo["history"][0]["spatial_loss"]
+@pytest.mark.slow
+def test_under_attack_the_v1_front_end_sits_between_the_standard_and_the_robust_model(toy_standard, toy_robust,
+                                                                                      test_sample):
+    """The robustness ordering the cards report, measured here: attacks.pgd at 4/255 on a balanced sample (the
+    stochastic toy-vone through 8 noise draws per step and verdict, as its card)."""
+    import attacks
+    idx = np.concatenate([np.flatnonzero(test_sample.labels == c)[:8] for c in range(8)])
+    x, y = test_sample.tensor()[idx], torch.from_numpy(test_sample.labels[idx])
+    vone = synth.load_model("toy-vone", device="cpu")
+    acc = {m.name: float(attacks.pgd(m, x, y, eps=4 / 255, steps=10, eot=8 if m.stochastic else 1,
+                                     progress=False).accuracy[0])
+           for m in (toy_standard, vone, toy_robust)}
+    assert acc["toy-standard"] < 0.15 and acc["toy-robust"] > 0.4, acc
+    assert acc["toy-standard"] < acc["toy-vone"] < acc["toy-robust"], acc
 
 
 def test_robust_model_resists_pgd_where_the_standard_model_falls(toy_standard, toy_robust, test_sample):
@@ -227,9 +225,21 @@ def test_unsafe_pickles_are_refused(tmp_path):
         synth.load_model("resnet18", weights=path)
 
 
-def test_device_is_chosen_not_hard_coded(toy_standard):
-    assert toy_standard.device.type == "cpu"
-    assert synth.default_device().type in ("cpu", "cuda", "mps")
+def test_device_is_chosen_not_hard_coded(monkeypatch):
+    """load_model goes where default_device() says, which prefers CUDA when there is one; and no source file
+    hard-codes a device."""
+    from pathlib import Path
+    assert synth.load_model("toy-standard").device.type == synth.default_device().type
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert synth.default_device().type == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert synth.default_device().type == "cpu"
+    root = Path(__file__).resolve().parents[1]
+    offenders = [f"{p.relative_to(root)}:{k + 1}" for folder in ("synth", "attacks", "metamers", "explorer")
+                 for p in sorted((root / folder).rglob("*.py")) for k, line in enumerate(p.read_text().splitlines())
+                 if ".cuda()" in line or 'device="cuda"' in line or "device='cuda'" in line]
+    assert not offenders, offenders
 
 
 def test_every_layer_at_once_matches_hooks_even_where_a_container_and_its_last_module_are_one_node(toy_standard):
