@@ -11,6 +11,7 @@ metamer, each labelled with the command that made it.
 from __future__ import annotations
 
 import argparse
+import csv
 import os
 import sys
 import time
@@ -45,10 +46,9 @@ def run_tour(root: Path, slow: bool) -> dict[str, float]:
     root.mkdir(parents=True, exist_ok=True)
     os.chdir(root)
     times = {}
-    for argv in TOUR + (SLOW if slow else []):
-        argv = [a for pattern in argv for a in (sorted(glob.glob(pattern)) if "*" in pattern else [pattern])]
-        line = "phosphene " + " ".join(a if " " not in a and "(" not in a else repr(a) for a in argv
-                                       if not a.startswith("stimuli/img_test_0000") or a.endswith("000.png"))
+    for command in TOUR + (SLOW if slow else []):
+        line = "phosphene " + " ".join(a if " " not in a and "(" not in a else repr(a) for a in command)
+        argv = [a for pattern in command for a in (sorted(glob.glob(pattern)) if "*" in pattern else [pattern])]
         print(f"$ {line}", flush=True)
         t = time.perf_counter()
         status = phosphene(argv)
@@ -75,7 +75,9 @@ def sheet(root: Path, path: Path) -> Path:
     batch = sorted((root / "runs/stretch_it").glob("*_s0_*.png"))[:4]
     fooled = [p for p in sorted((root / "runs/attack/eps_2").glob("*.png")) if read_png(p)[1]["success"]][:2]
     metamer = sorted((root / "runs/metamer").glob("*_IT.png"))[:1]
-    panels = [(img(p), f"images: {read_png(p)[1].get('category', '')}") for p in every[:4]]
+    with open(root / "stimuli/metadata.csv", newline="") as f:
+        category = {r["file"]: r["category"] for r in csv.DictReader(f)}
+    panels = [(img(p), f"images: {category.get(p.name, '')}") for p in every[:4]]
     panels += [(img(root / "runs/it12/image_000.png"), "synth stretch(IT:12)"),
                (img(root / "runs/v4site0/image_000.png"), "synth stretch(V4:readout:0)")]
     panels += [(img(p), "batch " + read_png(p)[1]["objective"]) for p in batch]
@@ -109,8 +111,9 @@ def main() -> None:
     ap.add_argument("--sheet", default=None, help="where to draw the sheet (default ROOT/tour.png)")
     args = ap.parse_args()
     root = Path(args.root).resolve()
+    out = Path(args.sheet).resolve() if args.sheet else root / "tour.png"  # before the tour moves into root
     times = run_tour(root, args.all)
-    print(f"sheet: {sheet(root, Path(args.sheet).resolve() if args.sheet else root / 'tour.png')}")
+    print(f"sheet: {sheet(root, out)}")
     print("times: " + "; ".join(f"{line.split(' --out')[0]}: {t:.0f} s" for line, t in times.items()))
 
 

@@ -350,6 +350,12 @@ RESPONSES_FORMAT = ("Responses file: .npz with 'responses' (float, images x site
                     "NaN or infinite values.")
 
 
+def _model_flags(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--model", default=default)
+    p.add_argument("--weights", help="checkpoint file or torchvision weights name")
+    p.add_argument("--random-weights", action="store_true", help=RANDOM_HELP)
+
+
 def _speed_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="bf16: the network's forward under bfloat16 autocast, objective and step in float32")
@@ -419,9 +425,7 @@ def parser() -> argparse.ArgumentParser:
                        description='Objectives: "IT:12" (channel 12 of IT, averaged over space), "V4:c5[3,4]" (a '
                                    'unit), "stretch(V4:readout:site3)", "onehot(IT:7)", "norm(V4)", sums like '
                                    '"IT:12 + 0.1*diversity(V4)".')
-    s.add_argument("--model", default="toy-standard")
-    s.add_argument("--weights", help="checkpoint file or torchvision weights name")
-    s.add_argument("--random-weights", action="store_true", help=RANDOM_HELP)
+    _model_flags(s, "toy-standard")
     s.add_argument("--objective", required=True)
     s.add_argument("--out", required=True, help="output folder (PNGs with metadata, result.json, result.pt)")
     s.add_argument("--steps", type=int, default=256, help="optimization steps, or generations with --evolve")
@@ -448,9 +452,7 @@ def parser() -> argparse.ArgumentParser:
                         description="On a GPU: trial steps at growing batches until one runs out of memory.  On a "
                                     "CPU, or with --memory: the bytes a step keeps, measured at batches 1 and 2, "
                                     "extrapolated to the budget and checked around the estimate.")
-    mb.add_argument("--model", default="toy-standard")
-    mb.add_argument("--weights", help="checkpoint file or torchvision weights name")
-    mb.add_argument("--random-weights", action="store_true", help=RANDOM_HELP)
+    _model_flags(mb, "toy-standard")
     mb.add_argument("--objective", default="IT:0", help="what the step optimizes (default IT:0)")
     mb.add_argument("--size", type=int, help="image size (default: the model's input size, else 224)")
     mb.add_argument("--memory", help="budget, e.g. 4GB or 512MB (default: the GPU, or the memory available)")
@@ -501,9 +503,7 @@ def parser() -> argparse.ArgumentParser:
                                    "make one sweep.  With --site, the attack raises (or --down lowers) one unit's or "
                                    "readout site's response instead.")
     a.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...); resized to the model's input size")
-    a.add_argument("--model", default="toy-standard")
-    a.add_argument("--weights", help="checkpoint file or torchvision weights name")
-    a.add_argument("--random-weights", action="store_true", help=RANDOM_HELP)
+    _model_flags(a, "toy-standard")
     a.add_argument("--attack", default="pgd-linf", help="attack name (default pgd-linf)")
     a.add_argument("--eps", action="append", default=None, help="budget(s), e.g. 4/255 or 1/255,2/255,4/255")
     a.add_argument("--target", help="target class name (targeted attack)")
@@ -549,9 +549,7 @@ def parser() -> argparse.ArgumentParser:
                                     "normalized error --error, and Feather's criterion holds against 256 natural "
                                     "images.  Writes NAME_STAGE.png per input, metamers.json/.csv and sheet.png.")
     mt.add_argument("images", nargs="+", help="image files (any mode is converted; resized to the model's input size)")
-    mt.add_argument("--model", default="toy-robust")
-    mt.add_argument("--weights", help="checkpoint file or torchvision weights name")
-    mt.add_argument("--random-weights", action="store_true", help=RANDOM_HELP)
+    _model_flags(mt, "toy-robust")
     mt.add_argument("--stage", default="IT", help="brain area or layer to match (default IT)")
     mt.add_argument("--steps", type=int, help="most steps per metamer (default: metamers.generate's)")
     mt.add_argument("--error", type=float, help="normalized-error target (default: metamers.generate's)")
