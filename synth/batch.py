@@ -125,14 +125,14 @@ def _digest(path: str | os.PathLike, what: str) -> str:
 def weights_digest(job: dict) -> str:
     """What a job's model computes with, by content: the sha256 of its weights file (an embedded model's shipped
     weights, or the checkpoint given) and of every readout it attaches; 'random init' for an untrained net."""
-    from .models import embedded_models
+    from .models import WEIGHTS_DIR
     from .readouts import Readout
 
+    card = WEIGHTS_DIR / f"{job['model']}.json"
     if job["weights"]:
         parts = [_digest(job["weights"], "weights file")]
-    elif job["model"] in (cards := embedded_models()):
-        from .training import WEIGHTS_DIR
-        parts = [_digest(Path(WEIGHTS_DIR) / cards[job["model"]]["weights"], f"weights of {job['model']}")]
+    elif card.is_file():  # an embedded model: its shipped weights, named by its card
+        parts = [_digest(WEIGHTS_DIR / json.loads(card.read_text())["weights"], f"weights of {job['model']}")]
     else:
         parts = ["random init"]
     for path in job["readouts"]:
@@ -173,14 +173,15 @@ def _model(name: str, weights: str | None, readouts: tuple[str, ...]):
 def run_job(job: dict, out: str | os.PathLike, progress: bool = False) -> list[dict]:
     """Run one job and write its images and record into ``out``; returns its manifest rows. Pure in its inputs."""
     from .evolve import evolve
+    from .models import require_trained
     from .results import write_png
     from .synthesis import synthesize
 
     out = Path(out)
     model = _model(job["model"], job["weights"], tuple(job["readouts"]))
-    if model.info.get("weights") == "random init" and not job["random_weights"]:
-        raise ConfigError(f"job {job['id']}: {job['model']} has no trained weights here; set weights = PATH, or "
-                          f"random_weights = true to synthesize for the untrained network on purpose")
+    if not job["random_weights"]:
+        require_trained(model, f"job {job['id']}: set weights = PATH, or random_weights = true to synthesize for "
+                               f"the untrained network on purpose")
     size = job["size"] or model.input_size
     constraints = stimulus_controls(size, job["contrast"], job["aperture"], job["grayscale"])
     if job["method"] == "evolution":
@@ -225,22 +226,25 @@ def finished(job: dict, out: Path) -> bool:
     return all((out / r["file"]).is_file() and sha256(out / r["file"]) == r["sha256"] for r in rows)
 
 
+def _threads(jobs: int) -> int:
+    """Torch threads per worker when ``jobs`` run at once on this machine."""
+    return max(1, (os.cpu_count() or 1) // jobs)
+
+
 def _worker(job: dict, out: str, threads: int) -> list[dict]:
     torch.set_num_threads(threads)
     return run_job(job, out)
 
 
-def _clean(out: Path) -> int:
+def _clean(out: Path) -> None:
     """Remove the temporary files a killed run left (never a finished file: those are renamed into place)."""
-    stale = [*out.glob("*.tmp"), *(out / "jobs").glob("*.tmp")]
-    for p in stale:
+    for p in [*out.glob("*.tmp"), *(out / "jobs").glob("*.tmp")]:
         p.unlink(missing_ok=True)
-    return len(stale)
 
 
 def _local(todo: list[dict], out: Path, jobs: int, bar) -> None:
     if jobs > 1 and len(todo) > 1:
-        threads = max(1, (os.cpu_count() or 1) // jobs)
+        threads = _threads(jobs)
         # Fresh interpreters: forking a process whose torch thread pool is running can deadlock the child.
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             for fut in as_completed([pool.submit(_worker, j, str(out), threads) for j in todo]):
@@ -266,8 +270,7 @@ def _ray(todo: list[dict], out: Path, jobs: int, bar) -> None:
             ray.init(num_cpus=jobs, include_dashboard=False, log_to_driver=False, object_store_memory=80 * 2**20)
     try:
         task = ray.remote(num_cpus=1, max_retries=0)(_worker)
-        threads = max(1, (os.cpu_count() or 1) // jobs)
-        pending = [task.remote(j, str(out.resolve()), threads) for j in todo]
+        pending = [task.remote(j, str(out.resolve()), _threads(jobs)) for j in todo]
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
             ray.get(ready[0])

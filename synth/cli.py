@@ -12,15 +12,14 @@ from .errors import PhospheneError
 
 def _load(args: argparse.Namespace, name: str, weights: str | None, **options):
     """``load_model``, refusing an architecture without trained weights unless --random-weights asks for one."""
-    from .errors import ConfigError
-    from .models import load_model
+    from .models import load_model, require_trained
 
     model = load_model(name, weights=weights, **options)
-    if model.info.get("weights") == "random init" and not getattr(args, "random_weights", False):
-        raise ConfigError(f"{name} has no trained weights here (nothing is downloaded): pass --weights PATH, a "
-                          f"checkpoint file (e.g. torchvision's resnet50-0676ba61.pth or a Madry robust "
-                          f"ResNet-50), or --random-weights to probe the untrained network on purpose")
-    return model
+    if getattr(args, "random_weights", False):
+        return model
+    return require_trained(model, "pass --weights PATH, a checkpoint file (e.g. torchvision's "
+                                  "resnet50-0676ba61.pth or a Madry robust ResNet-50), or --random-weights to probe "
+                                  "the untrained network on purpose")
 
 
 def _models(args: argparse.Namespace) -> None:
@@ -286,7 +285,6 @@ def _metamer(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     import metamers
-
 
     model = _load(args, args.model, args.weights)
     images, _ = _load_images(args.images, model.input_size)  # one clear line for a file that cannot be read

@@ -21,7 +21,7 @@ from torch import nn
 
 from . import checkpoints, topography
 from .cornet import AREAS as CORNET_AREAS, cornet_s, cornet_z
-from .errors import CheckpointError, UnknownNameError
+from .errors import CheckpointError, ConfigError, UnknownNameError
 from .files import sha256
 from .probe import ProbeModel
 from .ventral import VentralNet
@@ -69,6 +69,14 @@ def default_device() -> torch.device:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def require_trained(model: ProbeModel, how: str) -> ProbeModel:
+    """Refuse a model built with its architecture's random initial weights (nothing is downloaded here, so a
+    torchvision name without weights is untrained); ``how`` says how to pass weights or accept random ones."""
+    if model.info.get("weights") == "random init":
+        raise ConfigError(f"{model.name} has no trained weights here (nothing is downloaded): {how}")
+    return model
 
 
 def embedded_models() -> dict[str, dict]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import io
 import json
 import os
@@ -148,17 +149,9 @@ def _write(folder: Path, name: str, data: bytes) -> str:
     return str(path)
 
 
+@functools.cache
 def _model() -> synth.ProbeModel:
-    return _cached("toy-standard")
-
-
-_MODELS: dict[str, synth.ProbeModel] = {}
-
-
-def _cached(name: str) -> synth.ProbeModel:
-    if name not in _MODELS:
-        _MODELS[name] = synth.load_model(name, device="cpu")
-    return _MODELS[name]
+    return synth.load_model("toy-standard", device="cpu")
 
 
 class _Evil:
