@@ -18,6 +18,7 @@ from .data import CATEGORIES, ImageBatch, ObjectImages, World, localizer, render
 from .engine import optimize  # noqa: E402
 from .errors import CheckpointError, ConfigError, ImageError, PhospheneError, UnknownNameError  # noqa: E402
 from .evolve import evolve  # noqa: E402
+from .generators import available_generators, load_generator  # noqa: E402
 from .memory import max_batch  # noqa: E402
 from .models import available_models, default_device, load_model  # noqa: E402
 from .objectives import Objective, parse  # noqa: E402
@@ -29,6 +30,6 @@ from .synthesis import synthesize  # noqa: E402
 
 __all__ = ["Box", "CATEGORIES", "CheckpointError", "ConfigError", "Contrast", "Grayscale", "ImageBatch", "ImageError",
            "Intervention", "LpBall", "Mask", "Objective", "ObjectImages", "PhospheneError", "ProbeModel", "Readout", "Result",
-           "UnknownNameError", "World", "available_models", "default_device", "evolve", "fit_readout", "load_model",
+           "UnknownNameError", "World", "available_generators", "available_models", "default_device", "evolve", "fit_readout", "load_generator", "load_model",
            "load_responses", "localizer", "max_batch", "optimize", "parse", "read_png", "render", "synthesize",
            "__version__"]

@@ -51,7 +51,7 @@ JOB_KEYS: dict[str, object] = {
     "method": "gradient", "param": "fourier", "init": "noise", "lr": 0.05, "step": "adam", "lr_schedule": "constant",
     "transforms": "standard", "eot": 1, "size": None, "target": None, "relu_override": 16, "readouts": [],
     "contrast": None, "aperture": None, "grayscale": False, "population": 40, "max_freq": 12,
-    "optimizer": "genetic", "random_weights": False,
+    "optimizer": "genetic", "code": "fourier", "random_weights": False,
     "precision": "fp32", "channels_last": False, "compile": False, "checkpoint_activations": False,
 }
 SECTIONS = ("experiment", "defaults", "grid", "jobs")
@@ -140,6 +140,14 @@ def weights_digest(job: dict) -> str:
         if not pt.is_file():
             Readout.load(path)  # raises the readout's own clear error
         parts += [_digest(pt, "readout"), _digest(pt.with_suffix(".json"), "readout description")]
+    space = job["code"] if job["method"] == "evolution" else job["param"]
+    if str(space).startswith("generator:"):  # the images are the generator's: its weights count too
+        from .generators import GENERATORS_DIR
+
+        name = str(space).split(":", 1)[1]
+        card = GENERATORS_DIR / f"{name}.json"
+        weights = GENERATORS_DIR / json.loads(card.read_text())["weights"] if card.is_file() else name
+        parts.append(_digest(weights, f"weights of generator {name}"))
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
@@ -186,7 +194,8 @@ def run_job(job: dict, out: str | os.PathLike, progress: bool = False) -> list[d
     constraints = stimulus_controls(size, job["contrast"], job["aperture"], job["grayscale"])
     if job["method"] == "evolution":
         result = evolve(model, job["objective"], population=job["population"], generations=job["steps"], size=size,
-                        max_freq=job["max_freq"], seed=job["seed"], optimizer=job["optimizer"], progress=progress)
+                        max_freq=job["max_freq"], seed=job["seed"], optimizer=job["optimizer"], code=job["code"],
+                        progress=progress)
         best = int(result.best_scores.argmax())  # the best image ever evaluated (CMA-ES's last sample is new)
         images, scores = result.best[best:best + 1], result.best_scores[best:best + 1]
     else:

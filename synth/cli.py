@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import textwrap
 from collections.abc import Sequence
@@ -31,6 +32,13 @@ def _models(args: argparse.Namespace) -> None:
             m, r = card["metrics"], card["metrics"]["pgd_linf"]
             print(f"  {name:<16} test top-1 {m['test_top1']:.1%}, Linf PGD-{r['steps']} at {r['eps_255']:g}/255 "
                   f"{r['accuracy']:.1%} (foolbox {r['foolbox']:.1%}){', stochastic' if m.get('stochastic') else ''}")
+        from .generators import GENERATORS_DIR, available_generators
+
+        print("generators (for --param / --code generator:NAME; DeePSiM fc6 as generator:PATH):")
+        for name in available_generators():
+            m = json.loads((GENERATORS_DIR / f"{name}.json").read_text())["metrics"]
+            print(f"  {name:<16} {m['confident_share']:.1%} of samples classified by {m['judge']} with confidence "
+                  f">= {m['confidence']:g}, {m['categories_present']} categories")
         print("CORnet (architecture in phosphene; weights from a local file via --weights):")
         for name in CORNETS:
             print(f"  {name}")
@@ -77,8 +85,21 @@ def _images(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from .training import remeasure, train
+    from .generators import GENERATOR_RECIPES, GENERATORS_DIR, remeasure_generator, train_generator
+    from .training import WEIGHTS_DIR, remeasure, train
 
+    if args.name in GENERATOR_RECIPES:
+        args.out = args.out or str(GENERATORS_DIR)
+        if args.card_only:
+            card = remeasure_generator(args.name, out_dir=args.out, workers=args.workers)
+        else:
+            card = train_generator(args.name, out_dir=args.out, workers=args.workers, epochs=args.epochs)
+        m = card["metrics"]
+        print(f"{card['name']}: {m['confident_share']:.1%} of {m['n']} samples classified by {m['judge']} with "
+              f"confidence >= {m['confidence']:g} (real images {m['real_confident_share']:.1%}), "
+              f"{m['categories_present']} of {len(m['histogram'])} categories among them; card in {args.out}")
+        return
+    args.out = args.out or str(WEIGHTS_DIR)
     if args.card_only:
         card = remeasure(args.name, out_dir=args.out, workers=args.workers)
     else:
@@ -110,8 +131,8 @@ def _synth(args: argparse.Namespace) -> None:
         model.add_readout(Readout.load(_readout_path(name)))
     size = args.size or model.input_size
     if args.evolve:
-        result = evolve(model, args.objective, optimizer=args.optimizer, population=args.population,
-                        generations=args.steps, size=size, seed=args.seed)
+        result = evolve(model, args.objective, code=args.code, optimizer=args.optimizer,
+                        population=args.population, generations=args.steps, size=size, seed=args.seed)
     else:
         constraints = stimulus_controls(size, args.contrast, args.aperture, args.grayscale)
         result = synthesize(model, args.objective, n=args.n, size=size, param=args.param, steps=args.steps,
@@ -383,10 +404,20 @@ def _bytes(text: str) -> int:
     return int(value)
 
 
+def _space(*names: str):
+    """An argparse type for a parametrization: one of ``names`` or 'generator:NAME'."""
+    def check(value: str) -> str:
+        if value in names or (value.startswith("generator:") and len(value) > len("generator:")):
+            return value
+        raise argparse.ArgumentTypeError(f"{value!r}: choose from {', '.join(names)} or generator:NAME")
+    return check
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser of the ``phosphene`` command."""
     from .data import CONTROLS, SPLITS, VARIATION
     from .shapes import CATEGORIES
+    from .generators import GENERATOR_RECIPES
     from .training import RECIPES, WEIGHTS_DIR
 
     p = argparse.ArgumentParser(prog="phosphene", description="Probe models of the primate ventral stream.")
@@ -410,9 +441,10 @@ def parser() -> argparse.ArgumentParser:
     i.add_argument("--workers", type=int, default=2, help="rendering processes (default 2)")
     i.set_defaults(func=_images)
 
-    t = sub.add_parser("train", help="re-run the recipe of an embedded model (slow: minutes on a CPU)")
-    t.add_argument("name", choices=list(RECIPES))
-    t.add_argument("--out", default=str(WEIGHTS_DIR), help="where to write NAME.pt and its card")
+    t = sub.add_parser("train", help="re-run the recipe of an embedded model or generator (slow: minutes on a CPU)")
+    t.add_argument("name", choices=[*RECIPES, *GENERATOR_RECIPES])
+    t.add_argument("--out", help=f"where to write NAME.pt and its card (default {WEIGHTS_DIR}, generators in "
+                                 f"its generators/ folder)")
     t.add_argument("--epochs", type=int, help="override the recipe's epoch count")
     t.add_argument("--workers", type=int, default=2)
     t.add_argument("--card-only", action="store_true",
@@ -429,7 +461,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int, default=256, help="optimization steps, or generations with --evolve")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--n", type=int, default=1, help="images to optimize together")
-    s.add_argument("--param", choices=["fourier", "pixels", "blurred"], default="fourier")
+    s.add_argument("--param", type=_space("fourier", "pixels", "blurred"), default="fourier",
+                   help="image parametrization: fourier (default), pixels, blurred, or generator:NAME (a generator's "
+                        "latent code: generator:toy-gan, or generator:PATH to DeePSiM fc6 weights)")
     s.add_argument("--lr", type=float, default=0.05)
     s.add_argument("--size", type=int, help="image size (default: the model's input size)")
     s.add_argument("--no-transforms", action="store_true", help="no jitter/scale/rotate robustness transforms")
@@ -443,6 +477,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--optimizer", choices=["genetic", "cmaes"], default="genetic",
                    help="with --evolve: XDream's genetic algorithm (default) or CMA-ES")
     s.add_argument("--population", type=int, default=40, help="population size with --evolve")
+    s.add_argument("--code", type=_space("fourier"), default="fourier",
+                   help="with --evolve: the code searched, fourier (default) or generator:NAME (XDream's space)")
     _speed_flags(s)
     s.set_defaults(func=_synth)
 

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torch import nn
+from tqdm.auto import tqdm
 
-from .errors import ConfigError
-from .objectives import OneHot, Stretch
+from .errors import ConfigError, UnknownNameError
+from .objectives import Objective, OneHot, Stretch
 from .probe import ProbeModel
 from .readouts import Responses, features, fit
 from .synthesis import synthesize
@@ -52,6 +54,20 @@ class Subject:
         self.channels = sorted(live[torch.randperm(len(live), generator=g)[:n_sites]].tolist())
         self.scale = resp[:, self.channels].quantile(0.95, dim=0).clamp_min(1e-6)
         self.sites = [f"site{c}" for c in self.channels]
+        self.input_size = model.input_size or calibration.shape[-1]
+
+    def __str__(self) -> str:
+        return f"subject({self.model.name}:{self.layer}, {len(self.sites)} sites)"
+
+    def site(self, site: str | int) -> int:
+        """The column of a site given by name ('site40') or by position (0 … n_sites − 1)."""
+        if isinstance(site, (int, np.integer)) and not isinstance(site, bool):
+            if not 0 <= site < len(self.sites):
+                raise ConfigError(f"site index {site} is out of range: the subject has {len(self.sites)} sites")
+            return int(site)
+        if str(site) not in self.sites:
+            raise UnknownNameError("site of the subject", str(site), self.sites)
+        return self.sites.index(str(site))
 
     def rates(self, images: torch.Tensor) -> np.ndarray:
         """Expected firing rates (images × sites, spikes/s)."""
@@ -63,6 +79,87 @@ class Subject:
         lam = self.rates(images)[..., None] * self.window
         counts = np.random.default_rng(seed).poisson(np.repeat(lam, repeats, axis=2))
         return counts / self.window
+
+
+class Presented(Objective):
+    """Fitness from a black box: a ``Subject``'s trial-mean response at one site to each image over ``repeats``
+    presentations, fresh Poisson noise at every call.  It reads only the images (the 'input' pseudo-layer), asks
+    the subject under ``torch.no_grad`` and returns plain numbers: no gradient can flow through it."""
+
+    layers = ("input",)
+
+    def __init__(self, subject: Subject, site: str | int, repeats: int = 1, seed: int = 0):
+        self.subject, self.index, self.repeats, self.seed, self.calls = subject, subject.site(site), repeats, seed, 0
+
+    def __str__(self) -> str:
+        return f"presented({self.subject.sites[self.index]}, repeats={self.repeats})"
+
+    def score(self, acts: dict[str, torch.Tensor]) -> torch.Tensor:
+        images = acts["input"]
+        with torch.no_grad():
+            trials = self.subject.record(images.detach(), self.repeats, seed=[self.seed, self.calls])
+        self.calls += 1
+        return torch.as_tensor(trials[:, self.index].mean(-1), dtype=torch.float32, device=images.device)
+
+
+def evolve_sites(subject: Subject, natural: torch.Tensor, sites: list[int] | None = None, *,
+                 code: str = "generator:toy-gan", optimizer: str = "cmaes", population: int = 40,
+                 generations: int = 100, repeats: int = 1, check: int = 10, budgets: list[int] | None = None,
+                 seed: int = 0, progress: bool = True, **options) -> dict:
+    """XDream's experiment on a simulated subject: evolve images for each site from its noisy responses alone,
+    then show the subject the best image found within each evaluation budget, ``check`` fresh presentations,
+    beside its best natural image (the natural images shown ``check`` times each, the best by its mean).
+
+    Per site and budget: the evolved image's mean response and its ratio to the natural best (both measured
+    with the same noise), and the noise-free ratio the experimenter could not see (``Subject.rates``).  The
+    natural best is the max of noisy means over many images, so it is biased upwards: the ratio is conservative."""
+    from .evolve import evolve
+
+    sites = list(range(len(subject.sites))) if sites is None else [subject.site(s) for s in sites]
+    budgets = sorted(budgets or [population * generations])
+    if budgets[-1] > population * generations:
+        raise ConfigError(f"budget {budgets[-1]} is more than {generations} generations of {population} evaluate")
+    nat = subject.record(natural, check, seed=[seed, 1]).mean(2)[:, sites]
+    nat_rates = subject.rates(natural)[:, sites]
+    best_nat = nat.argmax(0)
+    rows, evolved_images, trajectories = [], [], []
+    for k, site in enumerate(tqdm(sites, desc=f"evolve {code} {optimizer}", unit="site", disable=not progress)):
+        best = {"score": -np.inf, "image": None}
+        kept: dict[int, torch.Tensor] = {}
+
+        def watch(t: int, images: torch.Tensor, scores: torch.Tensor) -> None:
+            i = int(scores.argmax())
+            if float(scores[i]) > best["score"]:
+                best["score"], best["image"] = float(scores[i]), images[i].cpu()
+            for b in budgets:
+                if (t + 1) * population == b - b % population:
+                    kept[b] = best["image"]
+
+        r = evolve(subject, site, code=code, optimizer=optimizer, population=population,
+                   generations=max(b // population for b in budgets), repeats=repeats, seed=seed + site,
+                   progress=False, watch=watch, **options)
+        images = torch.stack([kept[b] for b in budgets])
+        shown = subject.record(images, check, seed=[seed, 2, site]).mean(2)[:, site]
+        true = subject.rates(images)[:, site]
+        rows.append({"site": subject.sites[site], "natural_best": float(nat[best_nat[k], k]),
+                     "natural_best_image": int(best_nat[k]), "natural_true_max": float(nat_rates[:, k].max()),
+                     "evolved": shown.tolist(), "ratio": (shown / max(float(nat[best_nat[k], k]), 1e-9)).tolist(),
+                     "true_ratio": (true / max(float(nat_rates[:, k].max()), 1e-9)).tolist()})
+        evolved_images.append(images[-1])
+        trajectories.append(r.history.mean(1).numpy())
+    ratios = np.array([row["ratio"] for row in rows])
+    return {"subject": str(subject), "code": code, "optimizer": optimizer, "population": population,
+            "repeats": repeats, "check": check, "budgets": budgets, "natural_images": int(len(natural)),
+            "sites": rows, "median_ratio": np.median(ratios, 0).tolist(),
+            "fraction_above_1_5": (ratios >= 1.5).mean(0).tolist(),
+            "median_true_ratio": np.median([row["true_ratio"] for row in rows], 0).tolist(),
+            "images": torch.stack(evolved_images), "generation_means": np.stack(trajectories)}
+
+
+def display(size: int) -> ProbeModel:
+    """The screen a black box is shown images on: a pseudo-model with nothing but the 'input' layer, so the
+    engine can run an evolution whose fitness (``Presented``) comes from outside any model it holds."""
+    return ProbeModel(nn.Identity(), name="display", classes=(), input_size=size)
 
 
 def simulate_recording(model: ProbeModel, layer: str = "IT", n_images: int = 640, n_sites: int = 40,

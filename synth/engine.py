@@ -654,7 +654,7 @@ def optimize(model: ProbeModel, objective: Objective | str, param: Parametrizati
         "eot_average": eot_average, "step_rule": _describe(step),
         "lr": lr if not isinstance(lr, torch.Tensor) else "per image", "lr_schedule": _describe(lr_schedule),
         "target": target, "stop": None if stop is None else str(combine(None, stop)), "random_start": random_start,
-        "relu_override": relu_override, "seed": seed,
+        "relu_override": relu_override, "seed": seed, "parametrization_info": param.recipe(),
         "interventions": [str(i) for i in model.interventions],  # a run inside model.intervene(...)
         **forward.describe(),
     }
@@ -662,11 +662,15 @@ def optimize(model: ProbeModel, objective: Objective | str, param: Parametrizati
              "last": torch.full((n,), math.nan, device=device), "best": first.clone(),
              "best_scores": torch.full((n,), -math.inf, device=device), "history": [], "grad_norms": [],
              "evaluations": 0, "active": torch.arange(n, device=device), "seconds": 0.0}
+    codes = param.codes()  # a generator's latent codes: tracked beside the images they make
+    if codes is not None:
+        state["best_codes"], state["frozen_codes"] = codes.clone(), codes.clone()
     path = Path(checkpoint) if checkpoint is not None else None
     if path is not None and path.is_file():
         _resume(path, state, recipe, param, opt, sched, step if gradient_free else None, rule, gen, device, n)
     done, frozen, last, best, best_scores = (state[k] for k in ("done", "frozen", "last", "best", "best_scores"))
     history, grad_norms, active = state["history"], state["grad_norms"], state["active"]
+    best_codes, frozen_codes = state.get("best_codes"), state.get("frozen_codes")
     evaluations = state["evaluations"]
     obj, crit = objective, rule
     if len(active) < n:
@@ -676,7 +680,8 @@ def optimize(model: ProbeModel, objective: Objective | str, param: Parametrizati
         _save_checkpoint(path, recipe, t_next, param, opt, sched, step if gradient_free else None, rule, gen,
                          {"done": done, "frozen": frozen, "last": last, "best": best, "best_scores": best_scores,
                           "history": history, "grad_norms": grad_norms, "active": active,
-                          "evaluations": evaluations, "seconds": seconds})
+                          "evaluations": evaluations, "seconds": seconds,
+                          **({"best_codes": best_codes, "frozen_codes": frozen_codes} if codes is not None else {})})
 
     start = min(state["t"], steps)
     t0 = time.perf_counter() - state["seconds"]
@@ -692,6 +697,7 @@ def optimize(model: ProbeModel, objective: Objective | str, param: Parametrizati
                 with torch.set_grad_enabled(not gradient_free):
                     x = render(param, constraints)
                     xa = x if len(active) == n else x[active]
+                    ca = param.codes()[active].clone() if codes is not None else None
                     scores, acts = _evaluate(forward, obj, xa, eot, transforms, gen, mean=crit is not None,
                                              average=eot_average)
                     if not gradient_free:
@@ -706,6 +712,8 @@ def optimize(model: ProbeModel, objective: Objective | str, param: Parametrizati
             better = scores > best_scores[active]
             best[active[better]] = xa.detach()[better]
             best_scores[active[better]] = scores[better]
+            if codes is not None:
+                best_codes[active[better]] = ca[better]
             if not gradient_free:
                 grad_norms.append(_grad_norms(param, n, active))
             t_next = t + 1
@@ -715,6 +723,8 @@ def optimize(model: ProbeModel, objective: Objective | str, param: Parametrizati
                 if reached.any():  # keep the image that met the criterion, before this step moves it
                     rows = active[reached]
                     frozen[rows] = xa.detach()[reached]
+                    if codes is not None:
+                        frozen_codes[rows] = ca[reached]
                     done[rows] = True
                     if bool(done.all()):
                         break
@@ -756,6 +766,10 @@ def optimize(model: ProbeModel, objective: Objective | str, param: Parametrizati
             better = final_scores > best_scores
             best[better], best_scores[better] = final[better], final_scores[better]
             project_(best)
+            if codes is not None:
+                final_codes = param.codes().clone()
+                final_codes[done] = frozen_codes[done]
+                best_codes[better] = final_codes[better]
     meta = {**recipe, "steps": steps, "steps_run": len(history), "evaluations": evaluations,
             "seconds": round(elapsed, 3), "device": str(device), "phosphene": __version__, "torch": torch.__version__,
             "machine": machine(), **({"checkpoint": str(path)} if path is not None else {}),
@@ -767,7 +781,9 @@ def optimize(model: ProbeModel, objective: Objective | str, param: Parametrizati
                   {k: v.detach().cpu() for k, v in final_acts.items() if k != "input"}, meta,
                   success=success.cpu() if success is not None else None, best=best.cpu(),
                   best_scores=best_scores.cpu(), grad_norm=grads,
-                  distance=balls[0].distance(final).cpu() if balls else None, targets=objective.tensors())
+                  distance=balls[0].distance(final).cpu() if balls else None, targets=objective.tensors(),
+                  codes=final_codes.cpu() if codes is not None else None,
+                  best_codes=best_codes.cpu() if codes is not None else None)
 
 
 def _describe(thing: object) -> str:
@@ -797,9 +813,9 @@ def _optimizer(step: str | OptimizerFactory, params: list[torch.Tensor], lr: flo
 # What must agree between a checkpoint and the call continuing it (more steps are allowed: the run goes on).
 _FINGERPRINT = ("model", "weights_sha256", "objective", "parametrization", "constraints", "transforms", "eot",
                 "eot_average", "step_rule", "lr", "lr_schedule", "target", "stop", "random_start", "relu_override",
-                "seed", "interventions", "precision")
+                "seed", "interventions", "precision", "parametrization_info")
 # What a checkpoint written before a key joined the fingerprint stands for.
-_FINGERPRINT_DEFAULTS = {"precision": "fp32"}
+_FINGERPRINT_DEFAULTS = {"precision": "fp32", "parametrization_info": {}}
 
 
 def _save_checkpoint(path: Path, recipe: dict, t_next: int, param: Parametrization, opt, sched, free, rule,
@@ -849,8 +865,9 @@ def _resume(path: Path, state: dict, recipe: dict, param: Parametrization, opt, 
     torch.set_rng_state(blob["torch_rng"].cpu())
     if blob["cuda_rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in blob["cuda_rng"]])
-    for k in ("done", "frozen", "last", "best", "best_scores", "active"):
-        state[k] = blob[k].to(device)
+    for k in ("done", "frozen", "last", "best", "best_scores", "active", "best_codes", "frozen_codes"):
+        if k in blob:
+            state[k] = blob[k].to(device)
     state["history"] = list(blob["history"].to(device)) if blob["history"] is not None else []
     state["grad_norms"] = list(blob["grad_norms"].to(device)) if blob["grad_norms"] is not None else []
     state["t"], state["evaluations"], state["seconds"] = blob["t"], blob["evaluations"], blob["seconds"]

@@ -5,9 +5,12 @@
   (Olah, Mordvintsev & Schubert 2017); ``max_freq`` keeps only low frequencies, a compact code for evolution.
 - ``Blurred``: pixels whose gradient is Gaussian-blurred before each step, σ annealed over the run
   (the preconditioning of Walker et al. 2019, 'Inception loops').
+- ``Generated`` ('generator:NAME'): the code is an image generator's latent vector and the image its output
+  (XDream's search space, Ponce et al. 2019), a natural-image prior for gradient synthesis and evolution alike.
 """
 from __future__ import annotations
 
+import functools
 import math
 from abc import ABC, abstractmethod
 
@@ -49,6 +52,15 @@ class Parametrization(nn.Module, ABC):
 
     def schedule(self, progress: float) -> None:
         """Called by the engine with the fraction of the run done; most parametrizations ignore it."""
+
+    def codes(self) -> torch.Tensor | None:
+        """What regenerates the images beside the parametrization's name (a generator's latent codes), or None
+        when the images are the record."""
+        return None
+
+    def recipe(self) -> dict:
+        """Entries a run's metadata records about the parametrization beyond its name (e.g. weights digests)."""
+        return {}
 
     def __str__(self) -> str:
         return self.name
@@ -200,14 +212,93 @@ class Fourier(Parametrization):
         return p
 
 
-PARAMETRIZATIONS = ("pixels", "fourier", "blurred")
+class Generated(Parametrization):
+    """An image generator's output: the code (N × latent) is the parameter, the frozen generator maps it to images
+    (resized to ``size`` when the generator makes another size: DeePSiM's 256 px for a 64-pixel model).
+
+    The generator is held outside the module's children, so a run's state and checkpoints hold the codes alone
+    (DeePSiM fc6's 60 million weights are not copied into every checkpoint); it follows the codes' device."""
+
+    bounded = True
+
+    def __init__(self, generator: nn.Module, codes: torch.Tensor, size: int | tuple[int, int]):
+        super().__init__()
+        latent = generator.latent_dim
+        if codes.ndim != 2 or codes.shape[1] != latent:
+            raise ConfigError(f"{generator.name} takes codes of shape N×{latent}, got {tuple(codes.shape)}")
+        if not torch.isfinite(codes).all():
+            raise ConfigError("generator codes must be finite numbers (NaN or inf found)")
+        self.code = nn.Parameter(codes.detach().float().clone())
+        self.__dict__["generator"] = generator  # not a submodule: see the class docstring
+        self.size = (size, size) if isinstance(size, int) else tuple(size)
+        self.source = generator.name  # what ``make('generator:SOURCE')`` loads it by
+
+    @classmethod
+    def start(cls, name: str, n: int, size: int | tuple[int, int], init: str | torch.Tensor,
+              generator: torch.Generator, sd: float | None = None) -> Generated:
+        """Codes drawn from the generator's prior N(0, sd²) ('noise', sd defaulting to the generator's), its mean
+        ('grey': all zeros), or given as an N×latent tensor (e.g. a saved result's ``codes``)."""
+        g = load_generator_cached(name)
+        if isinstance(init, torch.Tensor):
+            codes = init.detach().cpu().float()
+            if codes.ndim == 4:
+                raise ConfigError(f"a generator parametrization starts from codes (N×{g.latent_dim}), not images")
+            codes = codes.expand(n, -1).clone() if codes.ndim == 2 and codes.shape[0] == 1 else codes
+            if codes.shape[0] != n:
+                raise ConfigError(f"{codes.shape[0]} start codes for {n} images: give one, or one per image")
+        elif init == "noise":
+            codes = (g.code_sd if sd is None else sd) * torch.randn(n, g.latent_dim, generator=generator)
+        elif init == "grey":
+            codes = torch.zeros(n, g.latent_dim)
+        else:
+            raise UnknownNameError("start of a generator parametrization", str(init), ["noise", "grey"])
+        p = cls(g, codes, size)
+        p.source = name
+        return p
+
+    @property
+    def name(self) -> str:
+        return f"generator:{self.source}"
+
+    @property
+    def batch(self) -> int:
+        return self.code.shape[0]
+
+    def codes(self) -> torch.Tensor:
+        return self.code.detach()
+
+    def recipe(self) -> dict:
+        return {"generator_sha256": getattr(self.generator, "info", {}).get("sha256", "")}
+
+    def image(self) -> torch.Tensor:
+        g = self.generator
+        weights = next(g.parameters())
+        if weights.device != self.code.device:
+            g.to(self.code.device)
+        x = g(self.code.to(weights.dtype))
+        if tuple(x.shape[-2:]) != self.size:
+            x = F.interpolate(x, self.size, mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
+        return x.to(self.code.dtype)
+
+
+@functools.cache
+def load_generator_cached(name: str) -> nn.Module:
+    """``generators.load_generator`` on the CPU, once per process: parametrizations share the frozen network."""
+    from .generators import load_generator
+
+    return load_generator(name, device="cpu")
+
+
+PARAMETRIZATIONS = ("pixels", "fourier", "blurred", "generator:NAME")
 
 
 def make(kind: str | Parametrization, n: int, size: int | tuple[int, int], init: str | torch.Tensor,
          generator: torch.Generator, **kw) -> Parametrization:
-    """Build a parametrization by name ('pixels', 'fourier', 'blurred') from a start."""
+    """Build a parametrization by name ('pixels', 'fourier', 'blurred', 'generator:NAME') from a start."""
     if isinstance(kind, Parametrization):
         return kind
+    if isinstance(kind, str) and kind.startswith("generator:"):
+        return Generated.start(kind.split(":", 1)[1], n, size, init, generator, **kw)
     if kind == "pixels":
         return Pixels(start_images(n, size, init, generator))
     if kind == "blurred":

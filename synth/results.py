@@ -30,8 +30,9 @@ class Result:
     """Images (N×3×H×W, CPU, [0,1]), per-step scores (steps×N), final scores (N), activations, metadata; with a
     stopping rule, which returned images meet it (``success``); the best-scoring iterate of each image (``best``,
     ``best_scores``); the per-image gradient norm at every step (``grad_norm``, NaN once an image stopped);
-    under an Lp ball, each returned image's distance from its center (``distance``); and the target tensors the
-    objective's text names by digest (``targets``).  ``activations`` holds the full response of every layer the
+    under an Lp ball, each returned image's distance from its center (``distance``); the target tensors the
+    objective's text names by digest (``targets``); and for a generator parametrization the latent codes of the
+    returned and of the best images (``codes``, ``best_codes``: N × latent), which remake them.  ``activations`` holds the full response of every layer the
     run read (N×C×H×W for a conv layer); ``population(layer)`` gives its spatial means."""
 
     images: torch.Tensor
@@ -45,6 +46,8 @@ class Result:
     grad_norm: torch.Tensor | None = None
     distance: torch.Tensor | None = None
     targets: dict[str, torch.Tensor] = field(default_factory=dict)
+    codes: torch.Tensor | None = None
+    best_codes: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -57,7 +60,7 @@ class Result:
         return Result(self.images[keep], cols(self.history), self.scores[keep],
                       {k: v[keep] for k, v in self.activations.items()}, self.metadata, pick(self.success),
                       pick(self.best), pick(self.best_scores), cols(self.grad_norm), pick(self.distance),
-                      dict(self.targets))
+                      dict(self.targets), pick(self.codes), pick(self.best_codes))
 
     def with_rows(self, index: torch.Tensor, other: Result) -> Result:
         """A copy whose images ``index`` are replaced by ``other``'s images 0 … len(index)−1 (a rerun of some
@@ -89,7 +92,8 @@ class Result:
                       {k: rows(v, other.activations.get(k)) for k, v in self.activations.items()},
                       dict(self.metadata), rows(self.success, other.success), rows(self.best, other.best),
                       rows(self.best_scores, other.best_scores), steps(self.grad_norm, other.grad_norm, math.nan),
-                      rows(self.distance, other.distance), dict(self.targets))
+                      rows(self.distance, other.distance), dict(self.targets), rows(self.codes, other.codes),
+                      rows(self.best_codes, other.best_codes))
 
     def population(self, layer: str) -> torch.Tensor:
         """N×C responses of a layer the run read: spatial means of a conv layer, the layer itself otherwise."""
@@ -118,7 +122,8 @@ class Result:
             torch.save({"format": FORMAT_VERSION, "images": self.images, "history": self.history,
                         "scores": self.scores, "activations": self.activations, "success": self.success,
                         "best": self.best, "best_scores": self.best_scores, "grad_norm": self.grad_norm,
-                        "distance": self.distance, "targets": self.targets}, tmp)
+                        "distance": self.distance, "targets": self.targets, "codes": self.codes,
+                        "best_codes": self.best_codes}, tmp)
         return paths
 
     @classmethod
@@ -140,7 +145,8 @@ class Result:
             register_target(t)
         return cls(tensors["images"], tensors["history"], tensors["scores"], tensors["activations"], meta,
                    success=tensors.get("success"), best=tensors.get("best"), best_scores=tensors.get("best_scores"),
-                   grad_norm=tensors.get("grad_norm"), distance=tensors.get("distance"), targets=targets)
+                   grad_norm=tensors.get("grad_norm"), distance=tensors.get("distance"), targets=targets,
+                   codes=tensors.get("codes"), best_codes=tensors.get("best_codes"))
 
 
 def check_weights(metadata: dict, model, where: str | os.PathLike) -> None:
