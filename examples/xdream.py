@@ -5,8 +5,9 @@ experimenter never sees its model or a gradient, only its responses.  For each s
 2020's strongest optimizer in XDream) searches the latent code of the embedded generator ``toy-deepsim``: 40 images per
 generation, each presented once, fitness = the site's firing rate.  The best image found is then shown 10 more
 times and compared with the site's best of 2,000 natural images (each also shown 10 times) — the comparison
-XDream opens with.  Writes the figure (the best natural and the evolved image of every site, the responses per
-generation, evolved against natural per site) and the numbers to --out.
+XDream opens with; it is checked after 400, 1,200 and all evaluations, as in ``benchmarks/evolution.py``.  Writes
+the figure (a sheet: each site's best natural image and its best evolved image at each budget; the responses per
+generation; evolved against natural per site) and the numbers to --out.
 
 Run:  .venv/bin/python examples/xdream.py [--generations 100] [--optimizer cmaes] [--out examples/results]
 """
@@ -26,26 +27,30 @@ from synth.files import atomic  # noqa: E402
 
 
 def figure(report: dict, natural, path: Path) -> None:
-    """Best natural vs evolved image per site, the population's mean response per generation, and the ratios."""
-    rows = report["sites"]
-    n = len(rows)
-    cols = 5
+    """Per site its best natural image and the best evolved within each budget (the sheet), then the population's
+    mean response per generation and evolved against natural per site."""
+    rows, budgets = report["sites"], report["budgets"]
+    n, per = len(rows), 1 + len(budgets)
+    cols = 4
     grid = -(-n // cols)
-    top_h, bottom_h = grid * 1.5, 3.0  # inches
+    width = cols * per * 0.95  # inches
+    panel = 0.775 * width / (cols * per + (cols - 1) * 0.35) / 1.06  # the axes' share of the width, less wspace
+    top_h, bottom_h = grid * (panel + 0.42), 3.0
     height = top_h + bottom_h + 1.2
-    fig = plt.figure(figsize=(cols * 2.4, height))
-    top = fig.add_gridspec(grid, cols * 2, top=1 - 0.3 / height, bottom=(bottom_h + 1.0) / height, wspace=0.05,
-                           hspace=0.45)
+    fig = plt.figure(figsize=(width, height))
+    top = fig.add_gridspec(grid, cols * (per + 1) - 1, top=1 - 0.3 / height, bottom=(bottom_h + 1.0) / height,
+                           wspace=0.06, hspace=0.4, width_ratios=([1] * per + [0.35]) * (cols - 1) + [1] * per)
     for k, row in enumerate(rows):
         r, c = divmod(k, cols)
-        for j, (img, label) in enumerate(((natural[row["natural_best_image"]], f"natural {row['natural_best']:.0f}"),
-                                          (report["images"][k], f"evolved {row['evolved'][-1]:.0f}"))):
-            ax = fig.add_subplot(top[r, 2 * c + j])
+        panels = [(natural[row["natural_best_image"]], row["site"], f"natural {row['natural_best']:.0f}")]
+        panels += [(report["images"][k][i], f"@{b:,}", f"{e:.0f} ({q:.2f}x)")
+                   for i, (b, e, q) in enumerate(zip(budgets, row["evolved"], row["ratio"]))]
+        for j, (img, title, label) in enumerate(panels):
+            ax = fig.add_subplot(top[r, c * (per + 1) + j])
             ax.imshow(img.permute(1, 2, 0).numpy())
             ax.set_xticks([]), ax.set_yticks([])
-            ax.set_xlabel(label, fontsize=7, labelpad=1)
-            if j == 0:
-                ax.set_title(f"{row['site']}: {row['ratio'][-1]:.2f}x", fontsize=8, loc="left")
+            ax.set_title(title, fontsize=7, pad=2, fontweight="bold" if j == 0 else "normal")
+            ax.set_xlabel(label, fontsize=6.5, labelpad=1)
     bottom = fig.add_gridspec(1, 2, top=(bottom_h + 0.4) / height, bottom=0.6 / height, wspace=0.3)
     ax = fig.add_subplot(bottom[0])
     best = np.array([row["natural_best"] for row in rows])
@@ -64,7 +69,7 @@ def figure(report: dict, natural, path: Path) -> None:
     ax.plot(lim, lim, "k--", lw=1)
     ax.plot(lim, [1.5 * v for v in lim], color="0.6", lw=1, ls=":", label="1.5x")
     ax.set_xlim(lim), ax.set_ylim(lim)
-    ax.set_xlabel("best natural image (spikes/s, 10 trials)"), ax.set_ylabel("evolved image (spikes/s, 10 trials)")
+    ax.set_xlabel("best natural image (spikes/s, 10 trials)"), ax.set_ylabel(f"evolved image @{budgets[-1]:,} (spikes/s, 10 trials)")
     ax.legend(fontsize=7, frameon=False)
     with atomic(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
@@ -89,7 +94,8 @@ def main() -> None:
 
     natural = synth.render(args.natural, "test", workers=2).tensor()
     subject = Subject(synth.load_model(args.subject), "IT", natural, n_sites=args.sites, seed=args.seed)
-    budgets = sorted({min(1200, args.population * args.generations), args.population * args.generations})
+    total = args.population * args.generations
+    budgets = sorted({min(b, total) for b in (400, 1200, total)})  # benchmarks/evolution.py checks at the same
     report = evolve_sites(subject, natural, code=args.code, optimizer=args.optimizer, population=args.population,
                           generations=args.generations, repeats=args.repeats, check=args.check, budgets=budgets,
                           seed=args.seed)

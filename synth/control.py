@@ -110,8 +110,9 @@ def evolve_sites(subject: Subject, natural: torch.Tensor, sites: list[int] | Non
     then show the subject the best image found within each evaluation budget, ``check`` fresh presentations,
     beside its best natural image (the natural images shown ``check`` times each, the best by its mean).
 
-    Per site and budget: the evolved image's mean response and its ratio to the natural best (both measured
-    with the same noise), and the noise-free ratio the experimenter could not see (``Subject.rates``).  The
+    Per site and budget: the evolved image (``images``: sites × budgets × C × H × W), its mean response and its
+    ratio to the natural best (both measured with the same noise), and the noise-free ratio the experimenter
+    could not see (``Subject.rates``).  The
     natural best is the max of noisy means over many images, so it is biased upwards: the ratio is conservative."""
     from .evolve import evolve
 
@@ -119,6 +120,8 @@ def evolve_sites(subject: Subject, natural: torch.Tensor, sites: list[int] | Non
     budgets = sorted(budgets or [population * generations])
     if budgets[-1] > population * generations:
         raise ConfigError(f"budget {budgets[-1]} is more than {generations} generations of {population} evaluate")
+    if budgets[0] < population:
+        raise ConfigError(f"budget {budgets[0]} is less than one generation of {population} images")
     nat = subject.record(natural, check, seed=[seed, 1]).mean(2)[:, sites]
     nat_rates = subject.rates(natural)[:, sites]
     best_nat = nat.argmax(0)
@@ -145,7 +148,7 @@ def evolve_sites(subject: Subject, natural: torch.Tensor, sites: list[int] | Non
                      "natural_best_image": int(best_nat[k]), "natural_true_max": float(nat_rates[:, k].max()),
                      "evolved": shown.tolist(), "ratio": (shown / max(float(nat[best_nat[k], k]), 1e-9)).tolist(),
                      "true_ratio": (true / max(float(nat_rates[:, k].max()), 1e-9)).tolist()})
-        evolved_images.append(images[-1])
+        evolved_images.append(images)
         trajectories.append(r.history.mean(1).numpy())
     ratios = np.array([row["ratio"] for row in rows])
     return {"subject": str(subject), "code": code, "optimizer": optimizer, "population": population,

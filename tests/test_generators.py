@@ -249,3 +249,30 @@ def test_batch_jobs_in_generator_space_hash_the_generator(tmp_path):
     torch.save(state, copy)
     assert weights_digest({**job, "code": f"generator:{copy}"}) != gan
     assert weights_digest({**job, "method": "gradient", "param": "generator:toy-gan"}) == gan
+
+
+def test_evolve_sites_keeps_each_budgets_best_and_measures_it_as_the_natural_images(guarded_subject, test_sample):
+    from synth.control import evolve_sites
+
+    subject, grad_on = guarded_subject
+    natural = test_sample.tensor()[:60]
+    grad_on.clear()
+    report = evolve_sites(subject, natural, [0, subject.sites[2]], code="generator:toy-gan", optimizer="genetic",
+                          population=8, generations=5, budgets=[40, 16], check=4, seed=3, progress=False)
+    assert grad_on and not any(grad_on)
+    assert report["budgets"] == [16, 40] and report["images"].shape == (2, 2, 3, 64, 64)
+    nat = subject.record(natural, 4, seed=[3, 1]).mean(2)[:, [0, 2]]  # the same trials the report drew
+    rates = subject.rates(natural)[:, [0, 2]]
+    for k, (row, site) in enumerate(zip(report["sites"], [0, 2])):
+        assert row["site"] == subject.sites[site] and row["natural_best_image"] == int(nat[:, k].argmax())
+        assert row["natural_best"] == pytest.approx(float(nat[:, k].max()))
+        assert row["ratio"] == pytest.approx([e / row["natural_best"] for e in row["evolved"]])
+        true = subject.rates(report["images"][k])[:, site] / float(rates[:, k].max())
+        assert row["true_ratio"] == pytest.approx(true.tolist(), rel=1e-5)
+    assert report["median_ratio"] == pytest.approx(np.median([r["ratio"] for r in report["sites"]], 0).tolist())
+    with pytest.raises(ConfigError, match="more than 5 generations"):
+        evolve_sites(subject, natural, [0], code="fourier", population=8, generations=5, budgets=[48],
+                     progress=False)
+    with pytest.raises(ConfigError, match="less than one generation"):
+        evolve_sites(subject, natural, [0], code="fourier", population=8, generations=5, budgets=[4, 40],
+                     progress=False)
