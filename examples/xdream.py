@@ -33,13 +33,13 @@ def figure(report: dict, natural, path: Path) -> None:
     n, per = len(rows), 1 + len(budgets)
     cols = 4
     grid = -(-n // cols)
-    width = cols * per * 0.95  # inches
-    panel = 0.775 * width / (cols * per + (cols - 1) * 0.35) / 1.06  # the axes' share of the width, less wspace
+    width, wspace = cols * per * 0.95, 0.06  # inches; gap between panels as a share of a panel
+    panel = 0.775 * width / (cols * per + (cols - 1) * 0.35) / (1 + wspace)  # matplotlib's default 0.775 of the width
     top_h, bottom_h = grid * (panel + 0.42), 3.0
     height = top_h + bottom_h + 1.2
     fig = plt.figure(figsize=(width, height))
     top = fig.add_gridspec(grid, cols * (per + 1) - 1, top=1 - 0.3 / height, bottom=(bottom_h + 1.0) / height,
-                           wspace=0.06, hspace=0.4, width_ratios=([1] * per + [0.35]) * (cols - 1) + [1] * per)
+                           wspace=wspace, hspace=0.4, width_ratios=([1] * per + [0.35]) * (cols - 1) + [1] * per)
     for k, row in enumerate(rows):
         r, c = divmod(k, cols)
         panels = [(natural[row["natural_best_image"]], row["site"], f"natural {row['natural_best']:.0f}")]
@@ -69,7 +69,8 @@ def figure(report: dict, natural, path: Path) -> None:
     ax.plot(lim, lim, "k--", lw=1)
     ax.plot(lim, [1.5 * v for v in lim], color="0.6", lw=1, ls=":", label="1.5x")
     ax.set_xlim(lim), ax.set_ylim(lim)
-    ax.set_xlabel("best natural image (spikes/s, 10 trials)"), ax.set_ylabel(f"evolved image @{budgets[-1]:,} (spikes/s, 10 trials)")
+    ax.set_xlabel("best natural image (spikes/s, 10 trials)")
+    ax.set_ylabel(f"evolved image @{budgets[-1]:,} (spikes/s, 10 trials)")
     ax.legend(fontsize=7, frameon=False)
     with atomic(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
