@@ -5,6 +5,8 @@ PyTorch wrapper on the same ProbeModel ([0,1] pixels in, normalization inside), 
 AttackResult, re-checked by a forward pass of the model.  Fixed-budget attacks take ``eps`` (one or a list);
 minimal-perturbation attacks (CW, DeepFool, FMN, DDN, the decision-based ones) search the smallest perturbation
 per image and return one set of images (budget ∞) whose norms give the accuracy at any ε (``result.curve``).
+Foolbox's attacks run their own loops, which see one noise draw per pass of a stochastic model; their verdicts
+(success, accuracy) are judged as the native attacks judge theirs, on the mean logits over ``eot`` draws.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import torch
 
 from synth.errors import ConfigError, UnknownNameError
 from synth.probe import ProbeModel
+from synth.rng import seeded_globals
 
 from .common import Budget, LabelsLike, inputs, logits, parse_eps, warn_if_stochastic
 from .pgd import finish, pgd
@@ -56,6 +59,7 @@ CATALOGUE: dict[str, Entry] = {
 
 
 DECISION_BASED = ("boundary", "hsj-l2")
+VERDICT_DRAWS = 8  # noise draws behind a foolbox attack's verdicts on a stochastic model, unless eot says otherwise
 
 
 def available() -> dict[str, str]:
@@ -65,9 +69,13 @@ def available() -> dict[str, str]:
 
 def run(name: str, model: ProbeModel, images: torch.Tensor, labels: LabelsLike | None = None,
         eps: Budget | list[Budget] | torch.Tensor | None = None, *, target: LabelsLike | None = None,
-        progress: bool = True, **options) -> AttackResult:
+        eot: int | None = None, seed: int = 0, progress: bool = True, **options) -> AttackResult:
     """Run a catalogue attack by name; ``options`` go to the attack (e.g. ``steps=100``).  Fixed-budget attacks
-    need ``eps``; minimal ones ignore it and report per-image minimal norms."""
+    need ``eps``; minimal ones ignore it and report per-image minimal norms.  ``eot``: noise draws of a stochastic
+    model whose mean logits give the verdicts (for the native attacks their gradients too, default as in ``pgd``;
+    for foolbox's, default ``VERDICT_DRAWS`` on a stochastic model and 1 otherwise); ``seed``: the random starts
+    and noise draws (foolbox's loops draw from the global generators: they run inside ``rng.seeded_globals``, a
+    seeded copy restored afterwards)."""
     if name not in CATALOGUE:
         raise UnknownNameError("attack", name, CATALOGUE)
     entry = CATALOGUE[name]
@@ -75,15 +83,18 @@ def run(name: str, model: ProbeModel, images: torch.Tensor, labels: LabelsLike |
         if eps is None:
             raise ConfigError(f"{name} needs a budget: pass eps (e.g. 4/255)")
         _check_options(pgd, options, name)
-        return pgd(model, images, labels, eps, norm=entry.norm, target=target, progress=progress, **options)
-    return _foolbox(name, entry, model, images, labels, eps, target, options)
+        if eot is not None:
+            options["eot"] = eot
+        return pgd(model, images, labels, eps, norm=entry.norm, target=target, seed=seed, progress=progress, **options)
+    return _foolbox(name, entry, model, images, labels, eps, target, eot, seed, options)
 
 
-def _starting_points(model: ProbeModel, x: torch.Tensor, y: torch.Tensor,
-                     tgt: torch.Tensor | None) -> torch.Tensor | None:
+def _starting_points(model: ProbeModel, x: torch.Tensor, y: torch.Tensor, tgt: torch.Tensor | None,
+                     eot: int, seed: int) -> torch.Tensor | None:
     """Starts for a decision-based attack: for each image, another image of the batch that the model already
-    calls something else (untargeted) or the target (targeted); None when some image has none."""
-    preds = logits(model, x).argmax(1)
+    calls something else (untargeted) or the target (targeted), on the mean logits over ``eot`` draws; None when
+    some image has none."""
+    preds = logits(model, x, eot, seed=seed).argmax(1)
     starts = []
     for i in range(x.shape[0]):
         ok = (preds == tgt[i]) if tgt is not None else (preds != y[i])
@@ -105,7 +116,7 @@ def _check_options(fn: Callable, options: dict, name: str) -> None:
 
 
 def _foolbox(name: str, entry: Entry, model: ProbeModel, images: torch.Tensor, labels, eps, target,
-             options: dict) -> AttackResult:
+             eot: int | None, seed: int, options: dict) -> AttackResult:
     import foolbox as fb
 
     t0 = time.perf_counter()
@@ -119,22 +130,27 @@ def _foolbox(name: str, entry: Entry, model: ProbeModel, images: torch.Tensor, l
     else:
         budgets = parse_eps(eps)
     x, y, tgt = inputs(model, images, labels, target)
-    warn_if_stochastic(model, 1)
+    if eot is None:
+        eot = VERDICT_DRAWS if model.stochastic else 1
+    warn_if_stochastic(model, eot)
     fmodel = fb.PyTorchModel(model, bounds=(0, 1), device=model.device)
     criterion = fb.criteria.TargetedMisclassification(tgt) if tgt is not None else fb.criteria.Misclassification(y)
     extra = {}
     if name in DECISION_BASED:
-        starts = _starting_points(model, x, y, tgt)
+        starts = _starting_points(model, x, y, tgt, eot, seed)
         if starts is not None:
             extra["starting_points"] = starts
     try:
-        _, clipped, _ = attack(fmodel, x, criterion, epsilons=None if entry.minimal else budgets.tolist(), **extra)
+        with seeded_globals(seed):
+            _, clipped, _ = attack(fmodel, x, criterion, epsilons=None if entry.minimal else budgets.tolist(), **extra)
     except (NotImplementedError, ValueError) as e:
         hint = " (decision-based attacks start from images the model already calls another class: attack a batch " \
                "holding several categories)" if name in DECISION_BASED else ""
         raise ConfigError(f"{name} cannot run this way: {e}{hint}") from None
     adversarial = (clipped[None] if entry.minimal else torch.stack(list(clipped))).detach().to(x.device)
-    result = finish(model, x, y, tgt, budgets, adversarial, logits(model, x), entry.norm, 1, "ce")
-    result.metadata.update({"attack": name, "implementation": f"foolbox {fb.__version__} {entry.build}",
+    result = finish(model, x, y, tgt, budgets, adversarial, logits(model, x, eot, seed=seed), entry.norm, eot, "ce",
+                    seed)
+    result.metadata.update({"attack": name, "implementation": f"foolbox {fb.__version__} {entry.build}", "eot": eot,
+                            "seed": seed,
                             "options": {k: v for k, v in options.items()}, "seconds": round(time.perf_counter() - t0, 3)})
     return result

@@ -16,6 +16,7 @@ from synth.objectives import CrossEntropy, Label, Labels, Margin, Objective
 from synth.params import Pixels
 from synth.probe import ProbeModel, check_images
 from synth.results import Result
+from synth.rng import derive, generator, noise_generator
 
 from .result import NORMS
 
@@ -70,7 +71,7 @@ def inputs(model: ProbeModel, images: torch.Tensor, labels: LabelsLike | None,
     n = x.shape[0]
     if labels is None:
         with torch.no_grad():
-            y = model(x).argmax(1)
+            y = logits(model, x).argmax(1)
     else:
         y = as_labels(model, labels, n)
     t = as_labels(model, target, n) if target is not None else None
@@ -133,12 +134,14 @@ def attack_round(model: ProbeModel, x: torch.Tensor, y: torch.Tensor, target: to
 
 
 @torch.no_grad()
-def logits(model: ProbeModel, x: torch.Tensor, eot: int = 1, batch_size: int = 500) -> torch.Tensor:
-    """The model's class scores for a batch (averaged over ``eot`` passes of a noisy model)."""
+def logits(model: ProbeModel, x: torch.Tensor, eot: int = 1, batch_size: int = 500, seed: int = 0) -> torch.Tensor:
+    """The model's class scores for a batch (averaged over ``eot`` passes of a noisy model): a verdict, so a noisy
+    model's draws come from a generator seeded with ``seed``, and the same images always get the same verdict."""
     out = []
-    for i in range(0, x.shape[0], batch_size):
-        chunk = x[i:i + batch_size].to(model.device)
-        out.append(mean_logits(model, chunk, eot))
+    with noise_generator(generator(derive(seed, 2), model.device)):
+        for i in range(0, x.shape[0], batch_size):
+            chunk = x[i:i + batch_size].to(model.device)
+            out.append(mean_logits(model, chunk, eot))
     return torch.cat(out)
 
 

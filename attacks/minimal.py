@@ -23,8 +23,15 @@ from .common import LabelsLike, check_norm, inputs, logits, success_of, warn_if_
 from .pgd import REL_STEP, attack_with_restarts, finish, first_order_distance
 from .result import distances
 
-# L-inf budgets in pixel units ([0, 1]); the L2 default is the same per-pixel change over a 64×64×3 image.
-EPS_MAX = {"linf": 32 / 255, "l2": 32 / 255 * math.sqrt(3 * 64 * 64)}
+# The default largest budget: L-inf in pixel units ([0, 1]); L2 the same per-pixel change over the whole image,
+# so it grows with the side (the square root of the pixel count), as attacks.robustness scales its L2 budgets.
+LINF_EPS_MAX = 32 / 255
+
+
+def default_eps_max(norm: str, shape: tuple[int, ...]) -> float:
+    """The largest budget ``minimal`` tries by default on images of ``shape`` (…×C×H×W) under ``norm``."""
+    check_norm(norm)
+    return LINF_EPS_MAX if norm == "linf" else LINF_EPS_MAX * math.sqrt(math.prod(shape[-3:]))
 
 
 def minimal(model: ProbeModel, images: torch.Tensor, labels: LabelsLike | None = None, *, norm: str = "linf",
@@ -37,10 +44,10 @@ def minimal(model: ProbeModel, images: torch.Tensor, labels: LabelsLike | None =
     the accuracy at any budget, and ``metadata['robust_below']`` each image's largest failed budget."""
     t0 = time.perf_counter()
     check_norm(norm)
-    eps_max = float(eps_max if eps_max is not None else EPS_MAX[norm])
+    x, y, tgt = inputs(model, images, labels, target)
+    eps_max = float(eps_max if eps_max is not None else default_eps_max(norm, tuple(x.shape)))
     if not (eps_max > 0 and math.isfinite(eps_max)) or not 0 < tol < 1 or rounds < 1 or steps < 1:
         raise ConfigError("need eps_max > 0, 0 < tol < 1, rounds >= 1 and steps >= 1")
-    x, y, tgt = inputs(model, images, labels, target)
     warn_if_stochastic(model, eot)
     n, device = x.shape[0], x.device
     clean = logits(model, x, eot)

@@ -32,6 +32,7 @@ from synth import Box, LpBall, __version__
 from synth.errors import ConfigError
 from synth.objectives import Margin
 from synth.probe import ProbeModel
+from synth.rng import derive, generator, noise_generator
 
 from .checks import gradient_report, monotone_report
 from .common import (Budget, LabelsLike, attack_round, check_norm, inputs, logits, mean_logits, objective,
@@ -94,13 +95,14 @@ def pgd(model: ProbeModel, images: torch.Tensor, labels: LabelsLike | None = Non
     device = x.device
     n, k = x.shape[0], len(budgets)
     levels = budgets.to(device)
-    clean = logits(model, x, eot)
+    clean = logits(model, x, eot, seed=seed)
     lo = torch.full((n,), int((levels == 0).sum()) - 1, device=device)  # a zero budget is the clean image
     hi = torch.full((n,), k, device=device)
     hi[success_of(clean, y, tgt)] = 0
     nxt = torch.zeros(n, dtype=torch.long, device=device)
     if k > 1:  # where to attack each image first: the budget just above its first-order distance
-        nxt = torch.bucketize(first_order_distance(model, x, y, tgt, norm, eot), levels).clamp(max=k - 1)
+        with noise_generator(generator(derive(seed, 3), device)):
+            nxt = torch.bucketize(first_order_distance(model, x, y, tgt, norm, eot), levels).clamp(max=k - 1)
     found, at_lo, last = x.clone(), x.clone(), x.clone()
     attacked = torch.zeros(n, dtype=torch.bool, device=device)
     runs, rounds = [], 0
@@ -130,7 +132,7 @@ def pgd(model: ProbeModel, images: torch.Tensor, labels: LabelsLike | None = Non
         rounds += 1
     adversarial = torch.stack([torch.where((hi <= j).view(-1, 1, 1, 1), found, _into_ball(at_lo, x, e, norm))
                                for j, e in enumerate(levels.tolist())])
-    result = finish(model, x, y, tgt, budgets, adversarial, clean, norm, eot, loss)
+    result = finish(model, x, y, tgt, budgets, adversarial, clean, norm, eot, loss, seed)
     result.metadata.update({
         "attack": f"pgd-{norm}", "step_rule": "Auto-PGD" if step == "apgd" else "fixed", "steps": steps,
         "warm_steps": warm_steps, "step_size": f"{rel:g}*eps" if step == "pgd" else "2*eps, halved (APGD)",
@@ -199,11 +201,13 @@ def _into_ball(adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> tor
 
 
 def finish(model: ProbeModel, x: torch.Tensor, y: torch.Tensor, tgt: torch.Tensor | None, budgets: torch.Tensor,
-           adversarial: torch.Tensor, clean: torch.Tensor, norm: str, eot: int, loss: str) -> AttackResult:
-    """Check every returned image (K×N) with a forward pass, carry a success at a small budget to every larger one,
-    and assemble the result with norms, predictions, objective values and the monotonicity check."""
+           adversarial: torch.Tensor, clean: torch.Tensor, norm: str, eot: int, loss: str,
+           seed: int = 0) -> AttackResult:
+    """Check every returned image (K×N) with a forward pass (a noisy model's ``eot`` draws from a generator seeded
+    with ``seed``, as ``logits`` says), carry a success at a small budget to every larger one, and assemble the
+    result with norms, predictions, objective values and the monotonicity check."""
     k, n = adversarial.shape[:2]
-    z = logits(model, adversarial.flatten(0, 1), eot).view(k, n, -1)
+    z = logits(model, adversarial.flatten(0, 1), eot, seed=seed).view(k, n, -1)
     success = success_of(z, y, tgt)
     raw = success.clone()
     for j in range(1, k):  # an image adversarial at a smaller budget lies in every larger ball too
@@ -216,7 +220,7 @@ def finish(model: ProbeModel, x: torch.Tensor, y: torch.Tensor, tgt: torch.Tenso
         distance=distances(adversarial, x[None], norm).cpu(), predictions=z.argmax(-1).cpu(),
         clean_predictions=clean.argmax(-1).cpu(), norm=norm, target=tgt.cpu() if tgt is not None else None,
         scores=scores.cpu(), clean_scores=obj.score({"logits": clean}).cpu(), classes=list(model.classes),
-        metadata={"model": model.name, "weights_sha256": model.info.get("sha256", model.info.get("weights", "")),
+        metadata={"model": model.name, "weights_sha256": model.weights_digest(),
                   "objective": f"{'margin' if loss == 'margin' else 'xent'}(logits, "
                                f"{'target' if tgt is not None else 'y'}=<labels in attack.pt>)",
                   "targeted": tgt is not None,

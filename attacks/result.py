@@ -18,9 +18,10 @@ import torch
 
 from synth.errors import ConfigError
 from synth.files import atomic, write_text
-from synth.results import write_png
+from synth.probe import ProbeModel
+from synth.results import check_weights, write_png
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: 'weights_sha256' is the digest of the model's weights (ProbeModel.weights_digest)
 NORMS = {"linf": math.inf, "l2": 2.0}
 
 
@@ -156,13 +157,15 @@ class AttackResult:
         return paths
 
     @classmethod
-    def load(cls, folder: str | os.PathLike) -> AttackResult:
-        """Read a saved result back."""
+    def load(cls, folder: str | os.PathLike, model: ProbeModel | None = None) -> AttackResult:
+        """Read a saved result back; with ``model``, refuse one whose weights are not those it was made with."""
         folder = Path(folder)
         record = json.loads((folder / "attack.json").read_text())
         t = torch.load(folder / "attack.pt", map_location="cpu", weights_only=True)
         if t.get("format") != FORMAT_VERSION:
             raise ConfigError(f"{folder}: attack result format {t.get('format')} is not {FORMAT_VERSION}")
+        if model is not None:
+            check_weights(record["metadata"], model, folder)
         return cls(t["images"], t["labels"], t["eps"], t["adversarial"], t["success"], t["distance"], t["predictions"],
                    t["clean_predictions"], record["norm"], target=t["target"], scores=t["scores"],
                    clean_scores=t["clean_scores"], classes=record["classes"], metadata=record["metadata"],

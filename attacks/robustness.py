@@ -31,6 +31,7 @@ from synth import __version__
 from synth.errors import ConfigError, ImageError, UnknownNameError
 from synth.files import write_csv, write_text
 from synth.probe import ProbeModel
+from synth.rng import seeded_globals
 
 from .common import logits
 from .pgd import pgd
@@ -202,10 +203,9 @@ def _corrupt_job(args: tuple[np.ndarray, str, int, int]) -> np.ndarray:
     kwargs = {}
     for i, img in enumerate(images):
         s = (seed * 1_000_003 + i) % (2 ** 31)
-        np.random.seed(s)  # most corruptions draw from numpy's global generator
         if name in ("glass_blur", "impulse_noise"):
             kwargs = {"seed": s}
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), seeded_globals(s):  # most corruptions draw from numpy's global generator
             warnings.simplefilter("ignore")
             out[i] = corrupt(img, severity=severity, corruption_name=name, **kwargs)
     return out
@@ -332,9 +332,9 @@ class RobustnessTable:
         return cls(blob["rows"], conds, blob["settings"])
 
 
-def _accuracy(model: ProbeModel, x: torch.Tensor, y: torch.Tensor, draws: int) -> float:
+def _accuracy(model: ProbeModel, x: torch.Tensor, y: torch.Tensor, draws: int, seed: int) -> float:
     with torch.no_grad():
-        return float((logits(model, x, draws).argmax(1).cpu() == y.cpu()).float().mean())
+        return float((logits(model, x, draws, seed=seed).argmax(1).cpu() == y.cpu()).float().mean())
 
 
 def robustness_table(models: Sequence[str | ProbeModel] | Mapping[str, ProbeModel], data: EvalImages | None = None, *,
@@ -384,15 +384,13 @@ def robustness_table(models: Sequence[str | ProbeModel] | Mapping[str, ProbeMode
             cache[cache_key] = corrupted(x, names, severities, seed, workers, progress)
         corr = cache[cache_key]
         bar = tqdm(total=1 + 2 + len(corr), desc=key, unit="condition", disable=not progress)
-        torch.manual_seed(seed)
         row = {"model": key, "n": len(x), "eot": draws}
         bar.set_postfix_str("clean")
-        row["clean"] = _accuracy(model, x, y, draws)
+        row["clean"] = _accuracy(model, x, y, draws, seed)
         bar.update()
         wb = []
         for norm, budgets in (("linf", linf_eps), ("l2", l2_eps)):
             bar.set_postfix_str(f"pgd {norm}")
-            torch.manual_seed(seed)
             res = pgd(model, x, y, budgets, norm=norm, steps=steps, eot=draws, seed=seed, batch_size=batch_size,
                       progress=False)
             for e, a in zip(res.eps.tolist(), res.accuracy.tolist()):
@@ -406,7 +404,7 @@ def robustness_table(models: Sequence[str | ProbeModel] | Mapping[str, ProbeMode
         per_sev: dict[int, list[float]] = {}
         for (c, s), xc in corr.items():
             bar.set_postfix_str(f"{c} {s}")
-            a = _accuracy(model, xc, y, draws)
+            a = _accuracy(model, xc, y, draws, seed)
             per_corr.setdefault(c, []).append(a)
             per_sev.setdefault(s, []).append(a)
             conds.append({"model": key, "kind": "corruption", "condition": c, "family": family_of(c), "eps": 0.0,
@@ -433,7 +431,8 @@ def robustness_table(models: Sequence[str | ProbeModel] | Mapping[str, ProbeMode
         "model_seconds": {k: round(v, 1) for k, v in model_seconds.items()},
         "device": f"{default_device()} ({platform.machine()}, {torch.get_num_threads()} threads)",
         "versions": {"phosphene": __version__, "torch": torch.__version__},
-        "models": {k: {"weights": m.info.get("weights"), "sha256": m.info.get("sha256")} for k, m in probes.items()},
+        "models": {k: {"weights": m.info.get("weights"), "weights_sha256": m.weights_digest()}
+                   for k, m in probes.items()},
     }
     return RobustnessTable(rows, conds, settings)
 

@@ -22,6 +22,7 @@ from synth.errors import ConfigError
 from synth.objectives import Match, Objective, Site, parse
 from synth.params import Pixels
 from synth.probe import ProbeModel
+from synth.rng import derive, generator, noise_generator
 
 from .checks import gradient_report
 from .common import Budget, check_norm, inputs, logits, parse_eps, warn_if_stochastic
@@ -60,7 +61,9 @@ def site_attack(model: ProbeModel, images: torch.Tensor, site: str | Site, eps: 
     warn_if_stochastic(model, eot)
     n, k = x.shape[0], len(budgets)
     response = _PopulationDistance(model, target.layer, toward, x) if toward is not None else _SiteResponse(target)
-    clean_r = response.measure(model, x)
+    seeded = lambda: noise_generator(generator(derive(seed, 2), x.device))  # each measurement: the same noise draws
+    with seeded():
+        clean_r = response.measure(model, x)
     sign = -1.0 if (direction == "down" or toward is not None) else 1.0
     eps_rep = budgets.to(x.device).repeat_interleave(n)
     x_rep = x.repeat(k, 1, 1, 1)
@@ -75,17 +78,18 @@ def site_attack(model: ProbeModel, images: torch.Tensor, site: str | Site, eps: 
                    steps=steps, stop=stop, random_start=random_start, eot=eot, seed=seed, progress=progress,
                    metadata={"attack_round": True})
     adversarial = run.images.to(x.device).view(k, n, *x.shape[1:])
-    adv_r = response.measure(model, adversarial.flatten(0, 1)).view(k, n)
+    with seeded():
+        adv_r = response.measure(model, adversarial.flatten(0, 1)).view(k, n)
     change = sign * (adv_r - clean_r[None])
     success = change >= delta if delta is not None else change > 0
-    z = logits(model, adversarial.flatten(0, 1), eot).view(k, n, -1)
+    z = logits(model, adversarial.flatten(0, 1), eot, seed=seed).view(k, n, -1)
     sd = float(clean_r.std()) if n > 1 else math.nan
     result = AttackResult(
         images=x.cpu(), labels=y.cpu(), eps=budgets, adversarial=adversarial.cpu(), success=success.cpu(),
         distance=distances(adversarial, x[None], norm).cpu(), predictions=z.argmax(-1).cpu(),
         clean_predictions=y.cpu(), norm=norm, scores=adv_r.cpu(), clean_scores=clean_r.cpu(),
         classes=list(model.classes),
-        metadata={"model": model.name, "weights_sha256": model.info.get("sha256", model.info.get("weights", "")),
+        metadata={"model": model.name, "weights_sha256": model.weights_digest(),
                   "attack": f"site-{norm}", "site": str(target), "direction": direction if toward is None else "toward",
                   "response": response.name, "steps": steps,
                   "step_size": f"{rel:g}*eps" if step == "pgd" else "2*eps, halved (APGD)", "step_rule": rule,

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 import synth
 from synth.errors import ImageError, PhospheneError
-from synth.models import embedded_models
+from synth.models import embedded_models, require_trained
 from synth.results import read_png, write_png
 
 MAX_UPLOAD_MB = 20
@@ -25,8 +25,21 @@ CHECKPOINT = "a checkpoint file…"
 
 @st.cache_resource(show_spinner="loading the model…")
 def get_model(name: str, weights: str | None = None) -> synth.ProbeModel:
-    """Load a model once per server process (a zoo name, or a checkpoint path with ``weights``)."""
-    return synth.load_model(name, weights=weights or None)
+    """Load a model once per server process (a zoo name, or a checkpoint path with ``weights``), shared by every
+    session: nothing may change it (runs change forks of it, and each session has its own, ``session_model``).
+    An architecture without trained weights is refused, as on the command line."""
+    return require_trained(synth.load_model(name, weights=weights or None),
+                           "name its weights file in the sidebar (nothing is downloaded here)")
+
+
+def session_model(name: str, weights: str | None = None) -> synth.ProbeModel:
+    """This browser session's own fork of the shared model (``ProbeModel.fork``: the same weights, its own modules
+    and readouts), so what one user attaches or changes is never seen by another."""
+    forks = st.session_state.setdefault("models", {})
+    key = (name, weights or "")
+    if key not in forks:
+        forks[key] = get_model(name, weights).fork()
+    return forks[key]
 
 
 @st.cache_data(show_spinner="rendering images…")
@@ -86,8 +99,8 @@ def pick_model(key: str = "model", label: str = "model", default: str = "toy-sta
             if not arch:
                 st.info("Name an architecture (and a weights file) in the sidebar.")
                 st.stop()
-            return get_model(arch, path)
-        return get_model(choice)
+            return session_model(arch, path)
+        return session_model(choice)
 
 
 def to_model_size(x: torch.Tensor, model: synth.ProbeModel) -> torch.Tensor:

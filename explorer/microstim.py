@@ -78,8 +78,7 @@ if st.button("Measure the shift in face choices", type="primary"):
     faces, objects = (to_tensor(v) for v in stimuli(n))
     with st.spinner("psychometric curves with and without stimulation…"):
         without = topo.psychometric(model, faces, objects)
-        with model.intervene(stim):
-            stimulated = topo.psychometric(model, faces, objects)
+        stimulated = topo.psychometric(model.intervene(stim), faces, objects)
     st.session_state["microstim"] = (without, stimulated, (x, y, current, rate))
 if "microstim" in st.session_state:
     without, stimulated, (sx, sy, si, sr) = st.session_state["microstim"]

@@ -1,4 +1,6 @@
 """Synthesize: images that drive a unit, a channel, a population or a recorded site, watched as they form."""
+from pathlib import Path
+
 import matplotlib
 import numpy as np
 import streamlit as st
@@ -21,12 +23,13 @@ model = pick_model("synth-model")
 st.header("Synthesize")
 readout_path = st.sidebar.text_input("readout (optional)", "", help="a readout fitted by `phosphene readout fit` "
                                      "(its .pt path): its sites become a layer, addressed by name or number")
-if readout_path:
+if readout_path:  # attached to this session's own model, once per file version; a second one keeps the first
+    attached = st.session_state.setdefault("readouts", {})
     with shown_errors():
-        readout = Readout.load(readout_path)
-        name = f"{readout.layer}:readout"
-        if name not in model.readouts:
-            model.add_readout(readout)
+        key = (model.name, readout_path, Path(readout_path).stat().st_mtime_ns if Path(readout_path).is_file() else 0)
+        if key not in attached:
+            attached[key] = model.add_readout(Readout.load(readout_path))
+    st.sidebar.caption(f"readout sites: layer `{attached[key]}`")
 layers = [*model.areas, *(l for l in model.layers if l not in model.areas.values() and l != "input")]
 with st.sidebar:
     layer = st.selectbox("layer or area", layers, index=layers.index("IT") if "IT" in layers else 0)

@@ -205,8 +205,8 @@ def judge_all(model: ProbeModel, images: torch.Tensor, references: torch.Tensor,
     all_stages = list(dict.fromkeys([*stages(model), stage]))
     layers = [model.layer(s) for s in all_stages]
     null = null if null is not None else null_images(NULL_IMAGES, model.input_size or images.shape[-1])
-    with model.noise_off():
-        a_m, a_r, a_n = (_acts(model, x, layers) for x in (images, references, null))
+    quiet = model.without_noise()
+    a_m, a_r, a_n = (_acts(quiet, x, layers) for x in (images, references, null))
     out = {}
     for st, layer in zip(all_stages, layers):
         stats = judge(a_m[layer], a_r[layer], Null.measure(a_r[layer], a_n[layer], layer))
@@ -304,29 +304,30 @@ def _once(model: ProbeModel, references: torch.Tensor, *, stage: str, layer: str
     size = references.shape[-2:]
     gen = torch.Generator().manual_seed(seed)
     start = (0.5 + init_noise * torch.randn(references.shape[0], 3, *size, generator=gen)).clamp(0, 1)
-    with model.noise_off() as silenced:
-        target = _acts(model, references, [layer])[layer]
-        null_acts = _acts(model, null, [layer])[layer]
-        objective = Match(layer, target, metric="normalized")
-        if range_penalty > 0:
-            objective = objective - range_penalty * Outside(INPUT)
-        rule = _stop_rule(stop, layer, target, Null.measure(target, null_acts, layer), error)
-        param = Blurred(start, sigma=2.0, sigma_end=0.0) if coarse_to_fine else Pixels(start)
-        fake = last_relu(model.net, layer) if fake_relu and layer != LOGITS else None
-        relu_ctx = fake_relu_ctx(model.net, layer) if fake else contextlib.nullcontext()
-        sur = Surrogate(RELU_BETA, POOL_TAU)
-        smooth = surrogate_gradients(model.net, sur, skip=[fake] if fake else []) if surrogate \
-            else contextlib.nullcontext()
-        with relu_ctx as relu_name, smooth as smoothed:
-            return optimize(model, objective, param, constraints=() if range_penalty > 0 else (Box(),), step=step,
-                            lr=lr, lr_schedule=lr_schedule, steps=steps, stop=rule, seed=seed, checkpoint=checkpoint,
-                            checkpoint_every=checkpoint_every, progress=progress, watch=watch,
-                            callback=(lambda t, n: sur.at(t / max(1, n))) if surrogate else None,
-                            metadata={"method": "metamer", "stage": stage, "init_noise": init_noise,
-                                      "coarse_to_fine": coarse_to_fine, "range_penalty": range_penalty,
-                                      "fake_relu": relu_name,
-                                      "surrogate": f"{sur} on {len(smoothed)} modules" if surrogate else None,
-                                      "noise_off": silenced, "error_target": error}, **engine)
+    silenced = model.has_noise
+    run = model.without_noise().fork()  # the run's own modules: its patched backward passes are seen by no one else
+    target = _acts(run, references, [layer])[layer]
+    null_acts = _acts(run, null, [layer])[layer]
+    objective = Match(layer, target, metric="normalized")
+    if range_penalty > 0:
+        objective = objective - range_penalty * Outside(INPUT)
+    rule = _stop_rule(stop, layer, target, Null.measure(target, null_acts, layer), error)
+    param = Blurred(start, sigma=2.0, sigma_end=0.0) if coarse_to_fine else Pixels(start)
+    fake = last_relu(run.net, layer) if fake_relu and layer != LOGITS else None
+    relu_ctx = fake_relu_ctx(run.net, layer) if fake else contextlib.nullcontext()
+    sur = Surrogate(RELU_BETA, POOL_TAU)
+    smooth = surrogate_gradients(run.net, sur, skip=[fake] if fake else []) if surrogate \
+        else contextlib.nullcontext()
+    with relu_ctx as relu_name, smooth as smoothed:
+        settings = {"fake_relu": relu_name, "surrogate": f"{sur} on {len(smoothed)} modules" if surrogate else None,
+                    "noise_off": silenced}
+        return optimize(run, objective, param, constraints=() if range_penalty > 0 else (Box(),), step=step,
+                        lr=lr, lr_schedule=lr_schedule, steps=steps, stop=rule, seed=seed, checkpoint=checkpoint,
+                        checkpoint_every=checkpoint_every, progress=progress, watch=watch,
+                        callback=(lambda t, n: sur.at(t / max(1, n))) if surrogate else None,
+                        metadata={"method": "metamer", "stage": stage, "init_noise": init_noise,
+                                  "coarse_to_fine": coarse_to_fine, "range_penalty": range_penalty, **settings,
+                                  "error_target": error}, settings=settings, **engine)
 
 
 def _stop_rule(stop: Criterion | str, layer: str, target: torch.Tensor, null: Null, error: float) -> Criterion | None:

@@ -28,6 +28,7 @@ from synth.files import write_csv, write_text
 from synth.models import load_model
 from synth.params import gaussian_blur
 from synth.probe import ProbeModel
+from synth.rng import seeded_globals
 
 from .generate import RETRY_LR, STEPS, MetamerResult, generate
 
@@ -43,9 +44,7 @@ def observe(model: ProbeModel, images: torch.Tensor, sigma: float = 0.0, batch: 
     a verdict does not depend on what ran before it (the global generator is left as it was)."""
     draws = DRAWS if model.stochastic else 1
     out = []
-    devices = [model.device] if model.device.type == "cuda" else []
-    with torch.no_grad(), torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+    with torch.no_grad(), seeded_globals(seed):  # a seeded copy of the global generators, restored afterwards
         for i in range(0, images.shape[0], batch):
             x = gaussian_blur(images[i:i + batch], sigma).clamp(0, 1).to(model.device)
             z = model.activations(x, "logits", draws=draws)["logits"]

@@ -144,10 +144,8 @@ def _synth(args: argparse.Namespace) -> None:
         k = int(result.best_scores.argmax())
         print(f"best image evolved: score {float(result.best_scores[k]):.3g} after "
               f"{result.metadata['evaluations']} evaluations")
-    which = "" if args.evolve or args.no_transforms else \
-        " (on the images themselves; the progress bar showed the score under random transforms, usually lower)"
     print(f"{result.metadata['objective']} on {model.name}: {len(paths)} image(s) in {args.out}, "
-          f"final scores {scores}{which} after {result.metadata['steps_run']} steps "
+          f"final scores {scores} (of the saved images themselves) after {result.metadata['steps_run']} steps "
           f"({result.metadata['seconds']:.1f} s)")
 
 

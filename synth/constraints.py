@@ -13,6 +13,7 @@ import math
 import torch
 
 from .errors import ConfigError
+from .files import tensor_digest
 
 # ITU-R BT.601 luma weights: luminance of an RGB image for contrast constraints.
 LUMA = (0.299, 0.587, 0.114)
@@ -34,6 +35,10 @@ class Constraint:
     def to(self, device: torch.device) -> Constraint:
         """Move tensors the constraint holds to a device."""
         return self
+
+    def fingerprint(self) -> str:
+        """Everything that defines the constraint, tensors by digest: what a run's checkpoint must agree on."""
+        return str(self)
 
 
 class Box(Constraint):
@@ -115,6 +120,10 @@ class LpBall(Constraint):
             f"{float(self.eps.min()):.4g}..{float(self.eps.max()):.4g} per image"
         return f"l{'inf' if self.p == math.inf else 2}-ball(eps={eps})"
 
+    def fingerprint(self) -> str:
+        eps = f", eps sha256:{tensor_digest(self.eps)}" if self.eps.ndim else ""
+        return f"{self} center sha256:{tensor_digest(self.center)}{eps}"
+
 
 class Contrast(Constraint):
     """Fixed mean luminance and RMS contrast per image (the usual control in physiology stimulus sets)."""
@@ -163,6 +172,9 @@ class Mask(Constraint):
 
     def __str__(self) -> str:
         return self.label
+
+    def fingerprint(self) -> str:
+        return f"{self} mask sha256:{tensor_digest(self.mask)} background {self.background:g}"
 
 
 class Grayscale(Constraint):

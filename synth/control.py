@@ -16,6 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .errors import ConfigError, UnknownNameError
+from .files import tensor_digest
 from .objectives import Objective, OneHot, Stretch
 from .probe import ProbeModel
 from .readouts import Responses, features, fit
@@ -59,6 +60,11 @@ class Subject:
     def __str__(self) -> str:
         return f"subject({self.model.name}:{self.layer}, {len(self.sites)} sites)"
 
+    def fingerprint(self) -> str:
+        """Everything that defines the subject's responses: its model's weights, sites, calibration and rates."""
+        return (f"{self} weights sha256:{self.model.weights_digest()[:16]} channels {self.channels} scale "
+                f"sha256:{tensor_digest(self.scale)} rates {self.baseline:g}-{self.max_rate:g}/s window {self.window:g}")
+
     def site(self, site: str | int) -> int:
         """The column of a site given by name ('site40') or by position (0 … n_sites − 1)."""
         if isinstance(site, (int, np.integer)) and not isinstance(site, bool):
@@ -93,6 +99,15 @@ class Presented(Objective):
 
     def __str__(self) -> str:
         return f"presented({self.subject.sites[self.index]}, repeats={self.repeats})"
+
+    def fingerprint(self) -> str:
+        return f"{self} of {self.subject.fingerprint()}, seed {self.seed}"
+
+    def state_dict(self) -> dict:
+        return {"calls": self.calls}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.calls = int(state["calls"])
 
     def score(self, acts: dict[str, torch.Tensor]) -> torch.Tensor:
         images = acts["input"]

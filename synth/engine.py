@@ -39,17 +39,18 @@ from . import __version__
 from .constraints import Box, Constraint, LpBall
 from .criteria import Criterion, combine
 from .errors import CheckpointError, ConfigError, UnknownNameError
-from .files import atomic, machine
+from .files import atomic, machine, tensor_digest
 from .objectives import Objective, parse
 from .params import Parametrization
-from .probe import ProbeModel, check_images
+from .probe import SHARED, ProbeModel, check_images
 from .results import Result
+from .rng import derive, generator, noise_generator
 from .transforms import Transform, apply as apply_transforms, describe
 
 STEP_RULES = ("adam", "sgd", "sign", "l2", "apgd", "apgd-l2")
 PRECISIONS = ("fp32", "bf16")
 SCHEDULES = ("constant", "cosine", "linear", "step")
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: the model's noise from the run's own generator; the global generators untouched
 
 
 def _per_image(lr: float | torch.Tensor) -> tuple[float, torch.Tensor | None]:
@@ -575,8 +576,8 @@ def optimize(model: ProbeModel, objective: Objective | str, param: Parametrizati
              seed: int = 0, relu_override: int = 0, checkpoint: str | os.PathLike | None = None,
              checkpoint_every: int = 100, callback: Callable[[int, int], None] | None = None,
              watch: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
-             progress: bool = True, metadata: dict | None = None, precision: str = "fp32",
-             channels_last: bool = False, compile: bool | str = False,
+             progress: bool = True, metadata: dict | None = None, settings: dict | None = None,
+             precision: str = "fp32", channels_last: bool = False, compile: bool | str = False,
              checkpoint_activations: bool = False) -> Result:
     """Maximize ``objective`` over the images of ``param``; the single loop behind synthesis, attacks, metamers.
 
@@ -591,8 +592,16 @@ def optimize(model: ProbeModel, objective: Objective | str, param: Parametrizati
     ``target`` or it meets the ``stop`` rule (a ``Criterion`` or any callable ``fn(scores, acts)``): it keeps the
     image that did, and leaves the batch, so it costs no more compute.  The returned images are projected once more
     and checked: ``Result.success`` is the rule on them, ``Result.distance`` their distance from the (first) ball's
-    center, ``Result.best`` the best-scoring iterate.  ``relu_override`` steps of Lucid's redirected ReLU gradient
-    start the run.  ``checkpoint``: a file the run's state is written to every ``checkpoint_every`` steps and at
+    center, ``Result.best`` the best-scoring iterate.  Every score a result reports — ``scores``, ``activations``,
+    ``success``, ``history``, ``best_scores`` and the choice of the best iterate, and the stopping rule — is
+    measured on the images themselves, with no random transform (``transforms`` shape the gradient only: with
+    them each step scores its images once more, without gradient); over a stochastic model's noise it is the
+    ``eot``-draw mean, as the objective asks.  The model's noise comes from a generator the run seeds (from
+    ``seed``), never torch's global one, which the run leaves untouched.  A run that changes the model (Lucid's
+    redirected ReLU, channels-last weights) does so on a ``ProbeModel.fork``, so no other run sees it.
+    ``settings``: what a front-end set beyond these arguments that defines the run (e.g. metamers' surrogate
+    gradients): recorded in the metadata and part of the checkpoint's fingerprint.  ``relu_override`` steps of
+    Lucid's redirected ReLU gradient start the run.  ``checkpoint``: a file the run's state is written to every ``checkpoint_every`` steps and at
     the end, and continued from when it exists (see the module docstring).  ``callback(t, steps)`` runs before
     each step (e.g. to fade surrogate gradients); it must depend on ``t`` alone for a resumed run to match.
     ``watch(t, images, scores)`` sees each step's images (N×3×H×W as rendered for that step, detached) and every
@@ -612,13 +621,16 @@ def optimize(model: ProbeModel, objective: Objective | str, param: Parametrizati
         raise ConfigError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
     rule = combine(target, stop)
     rule = rule.resolve(model) if rule is not None else None
-    model.eval()
+    if model.training:
+        model.eval()
     device = model.device
     param = param.to(device)
     constraints = [c.to(device) for c in constraints]
     projections = _projections(param, constraints)
     pixels = param.pixels
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)  # transforms and random starts
+    noise = generator(derive(seed, 1), device)  # the model's own noise
+    draws = eot if model.stochastic else 1  # noise draws when a score is measured on the images themselves
 
     def project_(x: torch.Tensor) -> None:
         for c in projections:
@@ -646,18 +658,22 @@ def optimize(model: ProbeModel, objective: Objective | str, param: Parametrizati
     elif isinstance(lr, torch.Tensor):
         raise ConfigError("per-image step sizes need a gradient step rule")
     layers = tuple(dict.fromkeys((*objective.layers, *(rule.layers if rule is not None else ()))))
-    forward = Forward(model, layers, precision, channels_last, compile, checkpoint_activations)
     recipe = {
-        "model": model.name, "weights_sha256": model.info.get("sha256", model.info.get("weights", "")),
+        "model": model.name, "weights_sha256": model.weights_digest(),
         "layers": list(layers), "objective": str(objective), "parametrization": str(param),
-        "constraints": [str(c) for c in constraints], "transforms": describe(transforms), "eot": eot,
+        "constraints": [c.fingerprint() for c in constraints], "transforms": describe(transforms), "eot": eot,
         "eot_average": eot_average, "step_rule": _describe(step),
-        "lr": lr if not isinstance(lr, torch.Tensor) else "per image", "lr_schedule": _describe(lr_schedule),
-        "target": target, "stop": None if stop is None else str(combine(None, stop)), "random_start": random_start,
+        "lr": lr if not isinstance(lr, torch.Tensor) else f"per image sha256:{tensor_digest(lr)}",
+        "lr_schedule": _describe(lr_schedule), "target": target,
+        "stop": None if stop is None else str(combine(None, stop)), "random_start": random_start,
         "relu_override": relu_override, "seed": seed, "parametrization_info": param.recipe(),
-        "interventions": [str(i) for i in model.interventions],  # a run inside model.intervene(...)
-        **forward.describe(),
+        "interventions": [str(i) for i in model.interventions],  # a model made by model.intervene(...)
+        "objective_fingerprint": objective.fingerprint(), "settings": dict(settings or {}),
     }
+    if relu_override > 0 or channels_last:  # the run changes modules or weight layouts: on its own fork
+        model = model.fork()
+    forward = Forward(model, layers, precision, channels_last, compile, checkpoint_activations)
+    recipe.update(forward.describe())
     state = {"t": 0, "done": torch.zeros(n, dtype=torch.bool, device=device), "frozen": first.clone(),
              "last": torch.full((n,), math.nan, device=device), "best": first.clone(),
              "best_scores": torch.full((n,), -math.inf, device=device), "history": [], "grad_norms": [],
@@ -667,7 +683,8 @@ def optimize(model: ProbeModel, objective: Objective | str, param: Parametrizati
         state["best_codes"], state["frozen_codes"] = codes.clone(), codes.clone()
     path = Path(checkpoint) if checkpoint is not None else None
     if path is not None and path.is_file():
-        _resume(path, state, recipe, param, opt, sched, step if gradient_free else None, rule, gen, device, n)
+        _resume(path, state, recipe, param, opt, sched, step if gradient_free else None, rule, objective,
+                (gen, noise), device, n)
     done, frozen, last, best, best_scores = (state[k] for k in ("done", "frozen", "last", "best", "best_scores"))
     history, grad_norms, active = state["history"], state["grad_norms"], state["active"]
     best_codes, frozen_codes = state.get("best_codes"), state.get("frozen_codes")
@@ -677,18 +694,19 @@ def optimize(model: ProbeModel, objective: Objective | str, param: Parametrizati
         obj, crit = objective.select(active), rule.select(active)
 
     def save(t_next: int, seconds: float) -> None:
-        _save_checkpoint(path, recipe, t_next, param, opt, sched, step if gradient_free else None, rule, gen,
-                         {"done": done, "frozen": frozen, "last": last, "best": best, "best_scores": best_scores,
-                          "history": history, "grad_norms": grad_norms, "active": active,
-                          "evaluations": evaluations, "seconds": seconds,
-                          **({"best_codes": best_codes, "frozen_codes": frozen_codes} if codes is not None else {})})
+        tracked = {"done": done, "frozen": frozen, "last": last, "best": best, "best_scores": best_scores,
+                   "history": history, "grad_norms": grad_norms, "active": active, "evaluations": evaluations,
+                   "seconds": seconds,
+                   **({"best_codes": best_codes, "frozen_codes": frozen_codes} if codes is not None else {})}
+        _save_checkpoint(path, recipe, t_next, param, opt, sched, step if gradient_free else None, rule, objective,
+                         (gen, noise), tracked)
 
     start = min(state["t"], steps)
     t0 = time.perf_counter() - state["seconds"]
     bar = tqdm(range(start, steps), desc=str(objective)[:40], unit="step", disable=not progress, leave=False,
                initial=start, total=steps)
     t_next = start
-    with weights_layout(model, channels_last):  # NHWC weights for this run only
+    with weights_layout(model, channels_last), noise_generator(noise):  # NHWC weights; the run's own noise
         for t in bar if not bool(done.all()) else ():
             param.schedule(t / max(1, steps))
             if callback is not None:
@@ -702,16 +720,24 @@ def optimize(model: ProbeModel, objective: Objective | str, param: Parametrizati
                                              average=eot_average)
                     if not gradient_free:
                         opt.zero_grad(set_to_none=True)
-                        (-scores.sum()).backward()
+                        with SHARED.running():  # a recomputed stage runs modules again in the backward pass
+                            (-scores.sum()).backward()
             evaluations += len(active) * eot
             scores = scores.detach()
-            last[active] = scores
+            if transforms:  # what the step's images score themselves: the run's record and its stopping rule
+                with torch.no_grad():
+                    seen, acts = _evaluate(forward, obj, xa.detach(), draws, (), gen, mean=crit is not None,
+                                           average=eot_average)
+                evaluations += len(active) * draws
+            else:
+                seen = scores
+            last[active] = seen
             history.append(last.clone())
             if watch is not None:
                 watch(t, x.detach().clone(), last.clone())
-            better = scores > best_scores[active]
+            better = seen > best_scores[active]
             best[active[better]] = xa.detach()[better]
-            best_scores[active[better]] = scores[better]
+            best_scores[active[better]] = seen[better]
             if codes is not None:
                 best_codes[active[better]] = ca[better]
             if not gradient_free:
@@ -719,7 +745,7 @@ def optimize(model: ProbeModel, objective: Objective | str, param: Parametrizati
             t_next = t + 1
             reached = None
             if crit is not None:
-                reached = crit(scores, {k: v.detach() for k, v in acts.items()})
+                reached = crit(seen, {k: v.detach() for k, v in acts.items()})
                 if reached.any():  # keep the image that met the criterion, before this step moves it
                     rows = active[reached]
                     frozen[rows] = xa.detach()[reached]
@@ -748,20 +774,16 @@ def optimize(model: ProbeModel, objective: Objective | str, param: Parametrizati
             if path is not None and t_next % checkpoint_every == 0 and t_next < steps:
                 save(t_next, time.perf_counter() - t0)
             if progress and t % 8 == 0:
-                # With transforms, the step's score is on jittered/scaled/rotated copies: the bar says so, since the
-                # result's final score (on the image itself) is usually higher.
-                bar.set_postfix({"score under transforms" if transforms else "score": f"{float(scores.mean()):.3g}",
-                                 "done": f"{int(done.sum())}/{n}"})
+                bar.set_postfix({"score": f"{float(seen.mean()):.3g}", "done": f"{int(done.sum())}/{n}"})
         bar.close()
         elapsed = time.perf_counter() - t0
         if path is not None:
             save(max(t_next, start), elapsed)
-        with torch.no_grad():
+        with torch.no_grad():  # the result's figures: measured on the returned images, with no transform
             final = render(param, constraints).clone()
             final[done] = frozen[done]
             project_(final)  # the safety net: whatever the step rule did, the returned images are feasible
-            final_scores, final_acts = _evaluate(forward, objective, final, eot, transforms, gen,
-                                                 average=eot_average)
+            final_scores, final_acts = _evaluate(forward, objective, final, draws, (), gen, average=eot_average)
             success = rule.final(final_scores, final_acts) if rule is not None else None
             better = final_scores > best_scores
             best[better], best_scores[better] = final[better], final_scores[better]
@@ -811,23 +833,20 @@ def _optimizer(step: str | OptimizerFactory, params: list[torch.Tensor], lr: flo
 
 
 # What must agree between a checkpoint and the call continuing it (more steps are allowed: the run goes on).
-_FINGERPRINT = ("model", "weights_sha256", "objective", "parametrization", "constraints", "transforms", "eot",
-                "eot_average", "step_rule", "lr", "lr_schedule", "target", "stop", "random_start", "relu_override",
-                "seed", "interventions", "precision", "parametrization_info")
-# What a checkpoint written before a key joined the fingerprint stands for.
-_FINGERPRINT_DEFAULTS = {"precision": "fp32", "parametrization_info": {}}
+_FINGERPRINT = ("model", "weights_sha256", "objective", "objective_fingerprint", "parametrization", "constraints",
+                "transforms", "eot", "eot_average", "step_rule", "lr", "lr_schedule", "target", "stop", "random_start",
+                "relu_override", "seed", "interventions", "precision", "parametrization_info", "settings")
 
 
 def _save_checkpoint(path: Path, recipe: dict, t_next: int, param: Parametrization, opt, sched, free, rule,
-                     gen: torch.Generator, state: dict) -> None:
+                     objective: Objective, gens: tuple[torch.Generator, torch.Generator], state: dict) -> None:
     """Write the run's state atomically, so that a run killed while saving keeps the previous checkpoint."""
     blob = {"format": CHECKPOINT_FORMAT, "recipe": {k: recipe[k] for k in _FINGERPRINT}, "t": t_next,
             "param": param.state_dict(), "optimizer": opt.state_dict() if opt is not None else None,
             "schedule": sched.state_dict() if sched is not None else None,
             "free": free.state_dict() if free is not None else None,
-            "rule": rule.state_dict() if rule is not None else None,
-            "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "rule": rule.state_dict() if rule is not None else None, "objective": objective.state_dict(),
+            "generator": gens[0].get_state(), "noise": gens[1].get_state(),
             **{k: v for k, v in state.items() if k not in ("history", "grad_norms")},
             "history": torch.stack(state["history"]) if state["history"] else None,
             "grad_norms": torch.stack(state["grad_norms"]) if state["grad_norms"] else None}
@@ -837,15 +856,18 @@ def _save_checkpoint(path: Path, recipe: dict, t_next: int, param: Parametrizati
 
 
 def _resume(path: Path, state: dict, recipe: dict, param: Parametrization, opt, sched, free, rule,
-            gen: torch.Generator, device: torch.device, n: int) -> None:
+            objective: Objective, gens: tuple[torch.Generator, torch.Generator], device: torch.device, n: int) -> None:
     """Load a checkpoint into the run's state, after checking that it belongs to this run."""
     try:
         blob = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same clear message
         raise CheckpointError(f"cannot read checkpoint {path}: {e}") from None
     if blob.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not a phosphene run checkpoint (format {blob.get('format')!r})")
-    blob["recipe"] = {**_FINGERPRINT_DEFAULTS, **blob["recipe"]}
+        older = isinstance(blob.get("format"), int) and blob["format"] < CHECKPOINT_FORMAT
+        raise CheckpointError(f"{path} is " + ("a run checkpoint of an older phosphene, which drew the model's noise "
+                                               "from torch's global generator; delete it to start the run afresh"
+                                               if older else f"not a phosphene run checkpoint (format "
+                                                             f"{blob.get('format')!r})"))
     differ = [k for k in _FINGERPRINT if blob["recipe"].get(k) != recipe[k]]
     if differ or blob["done"].shape[0] != n:
         what = "; ".join(f"{k} was {blob['recipe'].get(k)!r}, now {recipe[k]!r}" for k in differ[:3]) or \
@@ -861,10 +883,9 @@ def _resume(path: Path, state: dict, recipe: dict, param: Parametrization, opt, 
         free.load_state_dict(blob["free"])
     if rule is not None:
         rule.load_state_dict(blob["rule"])
-    gen.set_state(blob["generator"].cpu())
-    torch.set_rng_state(blob["torch_rng"].cpu())
-    if blob["cuda_rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in blob["cuda_rng"]])
+    objective.load_state_dict(blob["objective"])
+    gens[0].set_state(blob["generator"].cpu())
+    gens[1].set_state(blob["noise"].cpu())
     for k in ("done", "frozen", "last", "best", "best_scores", "active", "best_codes", "frozen_codes"):
         if k in blob:
             state[k] = blob[k].to(device)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -222,7 +223,8 @@ GENERATOR_STEPS = {"cmaes": {"sigma0": 4.0}, "genetic": {"mutation_size": 3.0}}
 def evolve(model: ProbeModel | Subject, objective: Objective | str | int, *, code: str = "fourier", optimizer: str = "genetic",
            population: int = 40, generations: int = 100, size: int | None = None, max_freq: int = 12,
            code_sd: float | None = None, repeats: int = 1, seed: int = 0, progress: bool = True,
-           watch: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None, **options) -> Result:
+           watch: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+           checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 10, **options) -> Result:
     """Evolve a population of images to maximize ``objective`` with forward passes only.
 
     ``model`` is a ProbeModel (``objective`` then reads its layers or readout sites, e.g. 'IT:12' or
@@ -235,7 +237,9 @@ def evolve(model: ProbeModel | Subject, objective: Objective | str | int, *, cod
     genetic algorithm on toy-standard IT units: with 2,000 evaluations they reached a median 2.8x the natural
     maximum, against 1.4x for 4 cycles and sd 0.5.  ``optimizer`` is 'genetic' (``Genetic``, XDream's) or 'cmaes'
     (``CMAES``); ``options`` go to its constructor (e.g. ``elite=5`` or ``sigma0=0.5``); ``watch(t, images,
-    scores)`` sees each generation (``optimize``'s).  The result holds the final
+    scores)`` sees each generation (``optimize``'s); ``checkpoint``: a file the run's state (the optimizer's, the
+    population's and a subject's presentation count) is written to every ``checkpoint_every`` generations and
+    resumed from, giving the same images as an uninterrupted run.  The result holds the final
     population; the best image evaluated is ``result.best[result.best_scores.argmax()]`` (with a generator, its
     code is ``result.best_codes[...]``), and ``result.metadata['evaluations']`` counts images evaluated.
     """
@@ -275,5 +279,5 @@ def evolve(model: ProbeModel | Subject, objective: Objective | str | int, *, cod
             options.setdefault(key, value)
     rule = OPTIMIZERS[optimizer](param.code, gen, **options)
     return optimize(model, objective, param, step=rule, steps=generations, seed=seed, progress=progress, watch=watch,
-                    metadata={"method": "evolution", "optimizer": optimizer, "population": population,
+                    checkpoint=checkpoint, checkpoint_every=checkpoint_every, metadata={"method": "evolution", "optimizer": optimizer, "population": population,
                               "code": str(param), **extra})

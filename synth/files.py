@@ -8,16 +8,24 @@ import functools
 import json
 import os
 import platform
+import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 @contextlib.contextmanager
 def atomic(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; when the block succeeds it is renamed onto ``path`` (atomic on
-    POSIX), when it fails it is removed.  Readers see the old file or the whole new one, never a part."""
+    POSIX), when it fails it is removed.  Readers see the old file or the whole new one, never a part.
+
+    The temporary name (``.NAME.<random>.tmp``) is unique to this call, so two writers to one path never share
+    it: the last rename wins whole.  The block creates the file, so it gets the usual permissions."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
         yield tmp
         os.replace(tmp, path)
@@ -47,6 +55,17 @@ def sha256(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def tensor_digest(t: torch.Tensor) -> str:
+    """A short sha256 (16 hex digits) of a tensor's dtype, shape and values (not its memory layout or device): how
+    a run's recipe names a tensor that defines it (a ball's centre, per-image budgets)."""
+    import torch
+
+    t = torch.as_tensor(t).detach().to("cpu").contiguous()
+    h = hashlib.sha256(f"{t.dtype}:{tuple(t.shape)};".encode())
+    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 @functools.cache

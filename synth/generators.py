@@ -44,6 +44,7 @@ from .errors import CheckpointError, ConfigError, UnknownNameError
 from .files import atomic, sha256, write_text
 from .models import WEIGHTS_DIR, default_device
 from .params import Fourier
+from .rng import restores_globals
 
 GENERATORS_DIR = WEIGHTS_DIR / "generators"
 SPREAD = 0.02  # a category counts as 'spread' into when it holds at least this share of the confident samples
@@ -289,6 +290,7 @@ def _standing_stats(g: WorldGAN, batches: int, batch_size: int, gen: torch.Gener
     g.eval()
 
 
+@restores_globals
 def train_generator(name: str, out_dir: str | os.PathLike = GENERATORS_DIR, workers: int = 2,
                     epochs: int | None = None, n_train: int | None = None) -> dict:
     """Run a generator recipe: render the training split, train, write ``NAME.pt``, its card and sample sheet."""

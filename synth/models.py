@@ -319,16 +319,23 @@ def _from_checkpoint_file(path: Path) -> ProbeModel:
 
 
 def _match_architecture(tensors: Mapping[str, torch.Tensor]) -> str | None:
-    """The zoo architecture whose parameter names and shapes equal the checkpoint's (built on the meta device)."""
+    """The zoo architecture whose parameter names and shapes equal the checkpoint's (built on the meta device).
+    When none matches, a warning names the architectures that could not be built there, so were not compared."""
     want = {k: tuple(v.shape) for k, v in tensors.items() if not k.endswith("num_batches_tracked")}
+    unbuilt: dict[str, list[str]] = {}  # why → architectures
     for name, build in [*CORNETS.items(), *((n, None) for n in torchvision_models())]:
         try:
             with warnings.catch_warnings(), torch.device("meta"):
                 warnings.simplefilter("ignore")
                 net = build() if build else torchvision.models.get_model(name, weights=None)
-        except Exception:  # a few builders compute on tensors and cannot run on the meta device
+        except Exception as e:  # some builders (RegNets) compute on tensors and cannot run on the meta device
+            unbuilt.setdefault(f"{type(e).__name__}: {e}", []).append(name)
             continue
         have = {k: tuple(v.shape) for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
         if have == want:
             return name
+    if unbuilt:
+        warnings.warn("no architecture matched the checkpoint; not compared, since they cannot be built on the meta "
+                      "device: " + "; ".join(f"{', '.join(names)} ({why})" for why, names in unbuilt.items()),
+                      stacklevel=3)
     return None

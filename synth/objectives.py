@@ -67,6 +67,19 @@ class Objective(ABC):
         """Target tensors given in code that the string form names by digest (a saved result keeps them)."""
         return {}
 
+    def fingerprint(self) -> str:
+        """Everything that defines the objective (its text, and what the text does not show, such as a black-box
+        subject's identity): what a run's checkpoint must agree on."""
+        return str(self)
+
+    def state_dict(self) -> dict:
+        """State the objective changes as a run goes (e.g. how many presentations a subject has seen): saved in a
+        run's checkpoint, so a resumed run continues it."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what ``state_dict`` saved."""
+
     # arithmetic ------------------------------------------------------------------------------------------
     def __add__(self, other: Objective) -> Objective:
         return Sum([(1.0, self), (1.0, _objective(other))])
@@ -124,6 +137,16 @@ class Sum(Objective):
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {k: v for _, t in self.terms for k, v in t.tensors().items()}
+
+    def fingerprint(self) -> str:
+        return " + ".join(f"{w:g}*{t.fingerprint()}" for w, t in self.terms)
+
+    def state_dict(self) -> dict:
+        return {str(i): t.state_dict() for i, (_, t) in enumerate(self.terms)}
+
+    def load_state_dict(self, state: dict) -> None:
+        for i, (_, t) in enumerate(self.terms):
+            t.load_state_dict(state.get(str(i), {}))
 
     def __str__(self) -> str:
         out = ""

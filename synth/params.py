@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError, UnknownNameError
-from .probe import check_images
+from .probe import SHARED, check_images
 
 # Lucid's square root of the ImageNet colour correlation matrix, columns normalized to unit max norm.
 _COLOR_SQRT = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]])
@@ -275,7 +275,8 @@ class Generated(Parametrization):
         weights = next(g.parameters())
         if weights.device != self.code.device:
             g.to(self.code.device)
-        x = g(self.code.to(weights.dtype))
+        with SHARED.running():  # a module run outside any ProbeModel: no torch.fx trace may run meanwhile
+            x = g(self.code.to(weights.dtype))
         if tuple(x.shape[-2:]) != self.size:
             x = F.interpolate(x, self.size, mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
         return x.to(self.code.dtype)

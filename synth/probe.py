@@ -8,6 +8,10 @@ forward pass as soon as the last requested module has fired.
 from __future__ import annotations
 
 import contextlib
+import copy
+import hashlib
+import threading
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -18,8 +22,10 @@ from torch.utils.checkpoint import checkpoint
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
 from .errors import ConfigError, ImageError, UnknownNameError
+from .results import check_weights
+from .rng import current_noise_generator, generator, noise_generator
 from .ventral import Identity
-from .vone import Draws, GaborBank
+from .vone import Draws, GaborBank, draw_copies
 
 AREA_NAMES: tuple[str, ...] = ("V1", "V2", "V4", "IT", "behavior")
 # Layers every model has: the [0,1] pixels it is shown and the network's output (class scores).
@@ -83,6 +89,65 @@ def _broadcasts(shape: Sequence[int], to: Sequence[int]) -> bool:
     return all(a in (1, b) for a, b in zip(reversed(shape), reversed(to)))
 
 
+class _Tracing:
+    """Networks run in many threads at once (the explorer's sessions share one model), but torch.fx tracing patches
+    ``nn.Module.__call__`` for every thread while it traces, so a module called elsewhere meanwhile fails.  Runs
+    share (``running``); a trace waits until no network runs, and runs alone (``tracing``).  A thread may nest runs;
+    phosphene never traces inside a run of its own (extractors are built before the pass that uses them)."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writing = False
+        self._waiting = 0
+        self._mine = threading.local()
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        """Run networks inside the block; no trace starts until it ends."""
+        held = getattr(self._mine, "held", 0)
+        with self._cond:
+            if not held and not getattr(self._mine, "tracing", False):
+                while self._writing or self._waiting:
+                    self._cond.wait()
+            self._readers += 1
+        self._mine.held = held + 1
+        try:
+            yield
+        finally:
+            self._mine.held = held
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def tracing(self) -> Iterator[None]:
+        """Trace inside the block, alone: it waits until no other thread runs a network."""
+        if getattr(self._mine, "tracing", False):
+            yield
+            return
+        held = getattr(self._mine, "held", 0)
+        with self._cond:
+            self._waiting += 1
+            while self._writing or self._readers > held:
+                self._cond.wait()
+            self._waiting -= 1
+            self._writing = True
+        self._mine.tracing = True
+        try:
+            yield
+        finally:
+            self._mine.tracing = False
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()
+
+
+SHARED = _Tracing()  # the one lock every phosphene network run and torch.fx trace goes through
+_DIGESTING = threading.Lock()  # one weights digest computed at a time (a module-level lock: models stay copyable)
+
+
 class _Stop(Exception):
     """Raised inside a hook once every requested layer has been captured, to end the forward pass early."""
 
@@ -100,7 +165,24 @@ class _Recomputed(nn.Module):
     def forward(self, *args):
         if not torch.is_grad_enabled():  # nothing to save: no need to go through checkpoint
             return self.stage(*args)
-        return checkpoint(self.stage, *args, use_reentrant=False)
+        gen = current_noise_generator()
+        if gen is None:  # noise from torch's global generator, whose state ``checkpoint`` restores itself
+            return checkpoint(self.stage, *args, use_reentrant=False)
+        start, ran = gen.get_state(), []
+
+        def run(*inputs):
+            if not ran:  # the forward pass: the run's generator advances as in a plain pass
+                ran.append(True)
+                return self.stage(*inputs)
+            after = gen.get_state()  # the backward's recomputation: the same draws, then the generator as it was
+            gen.set_state(start)
+            try:
+                with noise_generator(gen):  # the backward may run in another thread (CUDA's autograd workers)
+                    return self.stage(*inputs)
+            finally:
+                gen.set_state(after)
+
+        return checkpoint(run, *args, use_reentrant=False)
 
 
 def _stages(traced: torch.fx.GraphModule, net: nn.Module) -> torch.fx.GraphModule:
@@ -151,6 +233,7 @@ class ProbeModel(nn.Module):
         self._stochastic: bool | None = None
         self._site: tuple[Draws | None] | None = None  # the Draws site, found once
         self._interventions: list[Intervention] = []
+        self._digest: tuple[tuple, str] | None = None  # (the weights' identity when hashed, their sha256)
         self.areas = {}
         for area, layer in (areas or {}).items():
             if area not in AREA_NAMES:
@@ -164,7 +247,8 @@ class ProbeModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for a batch of [0,1] images (N×3×H×W)."""
-        return self.net(self.preprocess(x))
+        with SHARED.running():
+            return self.net(self.preprocess(x))
 
     @property
     def device(self) -> torch.device:
@@ -177,11 +261,77 @@ class ProbeModel(nn.Module):
             readout._apply(fn, recurse)
         return super()._apply(fn, recurse)
 
+    # ---------------------------------------------------------------------------------------------- copies
+    def fork(self) -> ProbeModel:
+        """A copy for one run or one session: its own modules (so hooks, patched backward passes, noise settings
+        and weight layouts made on it stay in it), readouts, interventions and caches, sharing the weights'
+        storage with this model (nothing is copied but the modules' structure).  The engine runs on a fork
+        whenever it changes the model, and the explorer gives each session one, so that nothing one run or user
+        does is visible to another."""
+        memo: dict[int, object] = {id(self._extractors): {}}
+        for t in [*self.parameters(), *self.buffers()]:
+            memo[id(t)] = nn.Parameter(t.detach(), requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) \
+                else t.detach()
+        for shared in (*self._interventions, *self.sheets.values()):  # immutable: shared, not copied
+            memo[id(shared)] = shared
+        twin = copy.deepcopy(self, memo)
+        if self._digest is not None and self._digest[0] == self._weights_key():
+            twin._digest = (twin._weights_key(), self._digest[1])  # the same storage: the same digest
+        return twin
+
+    def without_noise(self) -> ProbeModel:
+        """A fork whose noise layers (modules with a ``noise_mode``, such as VOneNet's V1) are silent, for
+        comparisons that need the mean response; this model itself when it has no noise layer."""
+        if not self.has_noise:
+            return self
+        quiet = self.fork()
+        for m in quiet.net.modules():
+            if getattr(m, "noise_mode", None) is not None:
+                m.noise_mode = None
+        quiet._stochastic = None
+        return quiet
+
+    @property
+    def has_noise(self) -> bool:
+        """Whether the network has a noise layer that is switched on."""
+        return any(getattr(m, "noise_mode", None) is not None for m in self.net.modules())
+
+    # ---------------------------------------------------------------------------------------------- weights
+    def _weights_key(self) -> tuple:
+        """What identifies the weights' current values cheaply: each tensor's storage, layout and version counter
+        (an in-place change bumps the counter, a new tensor changes the storage)."""
+        return tuple((k, t.data_ptr(), t._version, tuple(t.shape), t.dtype) for k, t in self.state_dict().items())
+
+    def weights_digest(self) -> str:
+        """sha256 of the model's weights and buffers (names, dtypes, shapes and values; not their memory layout),
+        computed once and again only after a parameter changed: recorded in every result, and checked when a
+        result, readout or checkpoint is used with a model."""
+        with _DIGESTING:
+            key = self._weights_key()
+            if self._digest is None or self._digest[0] != key:
+                h = hashlib.sha256()
+                for name, t in self.state_dict().items():
+                    h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+                    h.update(t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+                self._digest = (key, h.hexdigest())
+            return self._digest[1]
+
     # ---------------------------------------------------------------------------------------------- readouts
     def add_readout(self, readout: nn.Module, name: str | None = None) -> str:
-        """Attach a fitted readout as a virtual layer (default name 'LAYER:readout'); returns its name."""
+        """Attach a fitted readout as a virtual layer; returns its name: 'LAYER:readout' by default, and
+        'LAYER:readout2', 'LAYER:readout3'… when that name is taken by another readout, so fitting a second
+        readout on a layer keeps both (attaching the same readout again returns its name)."""
         base = self.layer(readout.layer)
-        name = name or f"{readout.layer}:readout"
+        check_weights(getattr(readout, "info", {}), self, f"the readout of {readout.layer} "
+                      f"({len(readout.sites)} sites)", remedy="fit it again on this model (phosphene readout fit)")
+        if name is None:
+            taken = {n: r for n, r in self.readouts.items() if n.startswith(f"{readout.layer}:readout")}
+            same = [n for n, r in taken.items() if r is readout]
+            if same:
+                return same[0]
+            name, k = f"{readout.layer}:readout", 2
+            while name in self.readouts:
+                name, k = f"{readout.layer}:readout{k}", k + 1
         readout.layer = base
         self.readouts[name] = readout.to(self.device)
         self._layers = None
@@ -201,9 +351,13 @@ class ProbeModel(nn.Module):
         if self._layers is None:
             modules = [n for n, _ in self.net.named_modules() if n]
             try:
-                _, nodes = get_graph_node_names(self.net, tracer_kwargs=_TRACER)
+                with SHARED.tracing():
+                    _, nodes = get_graph_node_names(self.net, tracer_kwargs=_TRACER)
                 self._traceable = True
-            except Exception:  # data-dependent control flow: hooks on modules instead
+            except Exception as e:  # data-dependent control flow: hooks on modules instead
+                warnings.warn(f"{self.name} cannot be traced by torch.fx ({type(e).__name__}: {str(e)[:160]}); its "
+                              "layers are read with forward hooks, and checkpoint_activations and compile are off",
+                              stacklevel=2)
                 nodes, self._traceable = [], False
             self._output_node = nodes[-1] if len(nodes) > 1 else None
             module_set, seen, ordered = set(modules), set(), []
@@ -257,28 +411,45 @@ class ProbeModel(nn.Module):
         site = self._draw_site() if draws > 1 and not checkpoint_activations else None
         if draws > 1 and site is None:
             x = x.repeat(draws, 1, 1, 1)
+        route = self._route(targets, LOGITS in wanted, mode)
+        extractor = self._extractor(route[1], mode) if route[0] == "traced" else None  # traced before the run
         xp = self.preprocess(x)
-        if site is not None:
-            site.copies = draws
-        try:
-            if LOGITS in wanted:
-                out = self._full(xp, targets, mode)
-            elif not targets:
+        with SHARED.running(), draw_copies(site, draws) if site is not None else contextlib.nullcontext():
+            if route[0] == "traced":
+                out = self._run_traced(extractor, xp, route[1])
+                if LOGITS in wanted:
+                    out[LOGITS] = out[self._output_node] if self._output_node in targets \
+                        else out.pop(self._output_node)
+            elif route[0] == "net":
+                out = {LOGITS: self.net(xp)}
+            elif route[0] == "hooked":
+                out = self._hooked(xp, targets, stop=LOGITS not in wanted)
+            else:
                 out = {}
-            else:  # a traced graph inlines container modules, so an intervened pass runs the network with hooks
-                traced = self._traceable and not self._interventions
-                out = self._traced(xp, targets, mode) if traced else self._hooked(xp, targets)
-        finally:
-            if site is not None:
-                site.copies = 1
-        out[INPUT] = x
-        if site is not None:  # layers before the noise saw each image once: their k draws are identical
-            n = x.shape[0]
-            out = {k: v.repeat(draws, *([1] * (v.dim() - 1))) if v.shape[0] == n else v for k, v in out.items()}
-        for t in wanted:
-            if t in self.readouts:
-                out[t] = self.readouts[t](out[self.readouts[t].layer])
+            out[INPUT] = x
+            if site is not None:  # layers before the noise saw each image once: their k draws are identical
+                n = x.shape[0]
+                out = {k: v.repeat(draws, *([1] * (v.dim() - 1))) if v.shape[0] == n else v for k, v in out.items()}
+            for t in wanted:
+                if t in self.readouts:
+                    out[t] = self.readouts[t](out[self.readouts[t].layer])
         return {n: out[r] for n, r in resolved.items()}
+
+    def _route(self, targets: tuple[str, ...], logits: bool,
+               mode: tuple[bool, str | None]) -> tuple[str, tuple[str, ...]]:
+        """How a pass gets its layers: ('traced', the graph's outputs), ('net', ()) for the logits alone, ('hooked',
+        targets) where a traced graph cannot serve (untraceable, or intervened: a traced graph inlines container
+        modules), or ('none', ()) for the pixels alone."""
+        traced = self._traceable and not self._interventions
+        if logits:
+            if not targets and mode == _EAGER:
+                return "net", ()
+            if traced and self._output_node is not None:
+                return "traced", targets if self._output_node in targets else (*targets, self._output_node)
+            return "hooked", targets
+        if not targets:
+            return "none", ()
+        return ("traced", targets) if traced else ("hooked", targets)
 
     def _draw_site(self) -> Draws | None:
         """The network's ``Draws`` module when the network's noise all lies past it: it sits in the first layer
@@ -301,31 +472,24 @@ class ProbeModel(nn.Module):
         raise ConfigError(f"checkpoint_activations and compile work on the traced forward pass, but model "
                           f"{self.name!r} {why}: run it without them")
 
-    def _full(self, x: torch.Tensor, targets: tuple[str, ...],
-              mode: tuple[bool, str | None] = _EAGER) -> dict[str, torch.Tensor]:
-        """The whole forward pass to the logits, keeping the requested inner layers on the way."""
-        if not targets and mode == _EAGER:
-            return {LOGITS: self.net(x)}
-        if self._traceable and self._output_node is not None and not self._interventions:
-            keep = self._output_node in targets
-            out = self._traced(x, targets if keep else (*targets, self._output_node), mode)
-            out[LOGITS] = out[self._output_node] if keep else out.pop(self._output_node)
-            return out
-        return self._hooked(x, targets, stop=False)
-
-    def _traced(self, x: torch.Tensor, targets: tuple[str, ...],
-                mode: tuple[bool, str | None] = _EAGER) -> dict[str, torch.Tensor]:
-        """The requested layers from the network traced as far as they need (cut into recomputed stages and
-        compiled as ``mode`` = (checkpoint_activations, compile backend) says), built once per layer set."""
+    def _extractor(self, targets: tuple[str, ...], mode: tuple[bool, str | None] = _EAGER) -> nn.Module:
+        """The network traced as far as ``targets`` need (cut into recomputed stages and compiled as ``mode`` =
+        (checkpoint_activations, compile backend) says), built once per layer set, alone (``SHARED.tracing``)."""
         key = (targets, *mode)
         extractor = self._extractors.get(key)
         if extractor is None:
-            extractor = create_feature_extractor(self.net, return_nodes=list(targets), tracer_kwargs=_TRACER)
-            if mode[0]:
-                extractor = _stages(extractor, self.net)
+            with SHARED.tracing():
+                extractor = create_feature_extractor(self.net, return_nodes=list(targets), tracer_kwargs=_TRACER)
+                if mode[0]:
+                    extractor = _stages(extractor, self.net)
             if mode[1]:
                 extractor = torch.compile(extractor, backend=mode[1])
             self._extractors[key] = extractor
+        return extractor
+
+    def _run_traced(self, extractor: nn.Module, x: torch.Tensor,
+                    targets: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        """The requested layers from a traced extractor."""
         if extractor.training != self.net.training:
             extractor.train(self.net.training)
         out = extractor(x)
@@ -339,9 +503,12 @@ class ProbeModel(nn.Module):
         (``stop=False``, then they are returned under 'logits')."""
         modules = dict(self.net.named_modules())
         captured: dict[str, torch.Tensor] = {}
+        me = threading.get_ident()
 
         def hook(name: str):
             def fn(_module, _inp, output):
+                if threading.get_ident() != me:  # another thread's pass through the same module: not ours
+                    return
                 captured[name] = output
                 if stop and len(captured) == len(targets):
                     raise _Stop
@@ -357,52 +524,31 @@ class ProbeModel(nn.Module):
                 h.remove()
         return captured
 
-    @contextlib.contextmanager
-    def intervene(self, *interventions: Intervention) -> Iterator[list[Intervention]]:
-        """Write into layers during every forward pass inside the block (``model(x)``, ``activations``, and so
-        the engine's runs): each ``Intervention`` applies to its layer's output, in the order given, and every
-        later layer, the logits and any readout see the result.  Layers are module names or brain areas; the
-        pixels, the logits and readouts cannot be written.  Yields the interventions in force."""
-        modules = dict(self.net.named_modules())
-        handles = []
+    def intervene(self, *interventions: Intervention) -> ProbeModel:
+        """A fork of this model (``fork``: the same weights) whose every forward pass (``model(x)``,
+        ``activations``, and so the engine's runs) writes ``interventions`` into their layers: each applies to its
+        layer's output, in the order given, after any the model already carries, and every later layer, the
+        logits and any readout see the result.  This model is left as it was, so a stimulation in one run or
+        session is never seen by another: ``stimulated = model.intervene(...)``.  Layers are module names or
+        brain areas; the pixels, the logits and readouts cannot be written."""
         for iv in interventions:
             if not isinstance(iv, Intervention):
                 raise ConfigError(f"intervene takes Intervention objects, got {type(iv).__name__}")
-            layer = self.layer(iv.layer)
+        twin = self.fork()
+        modules = dict(twin.net.named_modules())
+        for iv in interventions:
+            layer = twin.layer(iv.layer)
             if layer not in modules or not layer:
                 raise ConfigError(f"cannot write into {iv.layer!r}: interventions go into a module of the network "
                                   f"(e.g. {', '.join(list(self.areas)[:4]) or 'a module name'})")
-            handles.append(modules[layer].register_forward_hook(lambda _m, _i, out, iv=iv: iv.apply(out)))
-        self._interventions.extend(interventions)
-        try:
-            yield list(self._interventions)
-        finally:
-            for h in handles:
-                h.remove()
-            del self._interventions[len(self._interventions) - len(interventions):]
+            modules[layer].register_forward_hook(lambda _m, _i, out, iv=iv: iv.apply(out))
+        twin._interventions.extend(interventions)
+        return twin
 
     @property
     def interventions(self) -> list[Intervention]:
-        """The interventions in force (inside ``intervene``), outermost first."""
+        """The interventions this model writes (one made by ``intervene``), first applied first."""
         return list(self._interventions)
-
-    @contextlib.contextmanager
-    def noise_off(self) -> Iterator[bool]:
-        """Temporarily silence the network's noise layers (modules with a ``noise_mode``, such as VOneNet's V1),
-        for comparisons that need the mean response; yields whether there was any noise to silence."""
-        noisy = [m for m in self.net.modules() if getattr(m, "noise_mode", None) is not None]
-        saved = [m.noise_mode for m in noisy]
-        for m in noisy:
-            m.noise_mode = None
-        self._extractors.clear()  # traced extractors bake the noise branch in
-        self._stochastic, was = None, self._stochastic
-        try:
-            yield bool(noisy)
-        finally:
-            for m, mode in zip(noisy, saved):
-                m.noise_mode = mode
-            self._extractors.clear()
-            self._stochastic = was
 
     @property
     def stochastic(self) -> bool:
@@ -411,7 +557,7 @@ class ProbeModel(nn.Module):
         if self._stochastic is None:
             size = self.input_size or 64
             probe = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0)).to(self.device)
-            with torch.no_grad():
+            with torch.no_grad(), noise_generator(generator(0, self.device)):  # never the global generator
                 a, b = self(probe), self(probe)
             self._stochastic = not torch.allclose(a, b, rtol=1e-4, atol=1e-5 * float(a.abs().max().clamp_min(1)))
         return self._stochastic

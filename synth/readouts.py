@@ -236,6 +236,7 @@ def fit(model: ProbeModel, images: torch.Tensor, responses: Responses, layer: st
     w, b = _linear_map(reg)
     info = {"method": method, "n_components": n_components if method == "pls" else None, "folds": folds,
             "seed": seed, "n_images": int(x.shape[0]), "n_features": int(x.shape[1]), "model": model.name,
+            "weights_sha256": model.weights_digest(),
             "r": r.tolist(), "median_r": float(np.median(r))}
     if responses.values.ndim == 3:
         ceiling = split_half_ceiling(responses.values, seed=seed)

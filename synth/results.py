@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from PIL import Image, PngImagePlugin
 
-from .errors import CheckpointError, ImageError
+from .errors import CheckpointError, ConfigError, ImageError, UnknownNameError
 from .files import atomic, write_text
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4  # 4: 'weights_sha256' is the digest of the model's weights (ProbeModel.weights_digest)
 MAX_PIXELS = 50_000_000  # larger images are refused before decoding (decompression bombs)
 MIN_SIDE = 8  # smaller images are refused: resized to a model's input they are a flat colour
 
@@ -68,7 +68,7 @@ class Result:
         gradient norm NaN once stopped), and the metadata stays this run's."""
         index = torch.as_tensor(index, dtype=torch.long).flatten()
         if len(other) != len(index):
-            raise ValueError(f"{len(other)} rerun images for {len(index)} rows")
+            raise ConfigError(f"{len(other)} rerun images for {len(index)} rows")
 
         def rows(a, b):
             if a is None or b is None:
@@ -100,7 +100,8 @@ class Result:
         from .objectives import population
 
         if layer not in self.activations:
-            raise KeyError(f"the result holds the activations of {', '.join(self.activations)}, not {layer!r}")
+            raise UnknownNameError("layer of this result (it holds the activations of the layers its run read)", layer,
+                                   self.activations)
         return population(self.activations[layer])
 
     def save(self, folder: str | os.PathLike, prefix: str = "image", pngs: bool = True) -> list[Path]:
@@ -139,6 +140,10 @@ class Result:
         tensors = torch.load(folder / "result.pt", map_location="cpu", weights_only=True)
         meta = sidecar["metadata"]
         if model is not None:
+            if sidecar.get("format", 0) < FORMAT_VERSION:
+                raise CheckpointError(f"{folder} was saved by an older phosphene, which recorded the weights file's "
+                                      "digest rather than the weights': it cannot be checked against a model; load it "
+                                      "without one")
             check_weights(meta, model, folder)
         targets = tensors.get("targets") or {}
         for t in targets.values():
@@ -149,11 +154,15 @@ class Result:
                    codes=tensors.get("codes"), best_codes=tensors.get("best_codes"))
 
 
-def check_weights(metadata: dict, model, where: str | os.PathLike) -> None:
-    """Raise CheckpointError when ``model``'s weights digest is not the one ``metadata`` recorded."""
+def check_weights(metadata: dict, model, where: str | os.PathLike, remedy: str = "use it without a model") -> None:
+    """Raise CheckpointError unless ``metadata`` recorded the digest of ``model``'s weights
+    (``ProbeModel.weights_digest``): a mismatch, or no digest recorded, is always refused."""
     recorded = metadata.get("weights_sha256")
-    current = model.info.get("sha256", model.info.get("weights", ""))
-    if recorded and current and recorded != current:
+    current = model.weights_digest()
+    if not recorded:
+        raise CheckpointError(f"{where} records no weights digest, so it cannot be checked against {model.name}: "
+                              f"{remedy}")
+    if recorded != current:
         raise CheckpointError(f"{where} was made with {metadata.get('model')} weights {recorded[:12]}…, but "
                               f"{model.name} has weights {current[:12]}…: load the model it was made with")
 

@@ -566,8 +566,8 @@ def _choice_shifts(model, sheet: Sheet, sites: torch.Tensor, currents: list[floa
     bar = tqdm(total=out.size, desc=desc, unit="site", disable=not progress)
     for i, xy in enumerate(sites.tolist()):
         for j, current in enumerate(currents):
-            with model.intervene(microstimulation(sheet, tuple(xy), current, rate_hz)):
-                out[i, j] = float(face_choices(model, stimuli).float().mean() - base)
+            stimulated = model.intervene(microstimulation(sheet, tuple(xy), current, rate_hz))
+            out[i, j] = float(face_choices(stimulated, stimuli).float().mean() - base)
             bar.update()
     bar.close()
     return out
@@ -689,8 +689,8 @@ def _site_curves(model, sheet: Sheet, report: dict, workers: int) -> dict:
     loc = localizer(report["stimuli"]["per_class_per_level"], workers=workers)
     faces, objects = loc["faces"].tensor(), loc["objects"].tensor()
     without = psychometric(model, faces, objects, seed=report["seed"])
-    with model.intervene(microstimulation(sheet, site, report["current_ua"], report["rate_hz"])):
-        with_stim = psychometric(model, faces, objects, seed=report["seed"])
+    stimulated = model.intervene(microstimulation(sheet, site, report["current_ua"], report["rate_hz"]))
+    with_stim = psychometric(stimulated, faces, objects, seed=report["seed"])
     return {"site_mm": list(site), "selectivity": report["topographic"]["selectivity"][i],
             "signal": without["signal"], "without": without["face_fraction"], "with": with_stim["face_fraction"]}
 

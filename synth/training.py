@@ -34,6 +34,7 @@ from .errors import CheckpointError, UnknownNameError
 from .files import atomic, sha256, write_text
 from .models import WEIGHTS_DIR, embedded_models, embedded_net, load_model
 from .probe import ProbeModel
+from .rng import restores_globals
 from .ventral import AREAS
 from .topography import SL_WEIGHT, Sheet, retinotopic_sheet, save_sheets, spatial_loss, swap_optimize, \
     topography_metrics
@@ -198,6 +199,7 @@ def pgd_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, e
     return robust / max(1, len(images))
 
 
+@restores_globals
 def robustness(model: ProbeModel, images: torch.Tensor, labels: torch.Tensor, eps: float = 4 / 255,
                steps: int = 20, eot: int = 8, seed: int = 0) -> dict:
     """The card's white-box number: accuracy under ``attacks.pgd`` (L-inf, Auto-PGD steps) with foolbox's LinfPGD
@@ -237,6 +239,7 @@ def _init_model(name: str, out_dir: Path, workers: int) -> ProbeModel:
     return load_model(str(out_dir / f"{name}.json"), device="cpu")
 
 
+@restores_globals
 def train(name: str, out_dir: str | os.PathLike = WEIGHTS_DIR, workers: int = 2, epochs: int | None = None,
           n_train: int | None = None) -> dict:
     """Run a recipe: render the data, train, evaluate on the test split, write ``NAME.pt`` and ``NAME.json``."""
@@ -364,6 +367,7 @@ def initial_sheets(recipe: Recipe, model: ProbeModel, images: torch.Tensor) -> d
     return sheets
 
 
+@restores_globals
 def measure(card: dict, model: ProbeModel, recipe: Recipe, out_dir: Path, workers: int = 2) -> dict:
     """Measure a card's metrics (test accuracy, white-box robustness) and write ``NAME.json`` and ``NAME.md``."""
     world = world_of(recipe)

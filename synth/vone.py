@@ -11,9 +11,11 @@ unchanged; ``toy-vone`` puts the block in front of the embedded back-end.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 import torch
@@ -22,8 +24,11 @@ import torchvision
 from torch import nn
 
 from .cornet import CORblockS, _decoder
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
+from .rng import noise_like
 from .ventral import Area, Identity, init_weights
+
+torch.fx.wrap("noise_like")  # a leaf of traced graphs: it reads the run's generator when it runs, not when traced
 
 # VOneNet's defaults (vonenet/vonenet.py): neuronal noise, its scale and level, and the excitation gain.
 NOISE_SCALE, NOISE_LEVEL, K_EXC = 0.35, 0.07, 25.0
@@ -119,16 +124,30 @@ class GaborBank(nn.Module):
         return torch.cat(parts, 1)[:, inverse]
 
 
-class Draws(nn.Module):
-    """Where a network's noise begins: it passes its input on ``copies`` times, stacked along the batch, so that
-    ``ProbeModel.activations(..., draws=k)`` runs everything before it once for ``k`` noise draws."""
+_COPIES: contextvars.ContextVar[tuple[nn.Module, int] | None] = contextvars.ContextVar("phosphene_draws",
+                                                                                       default=None)
 
-    def __init__(self):
-        super().__init__()
-        self.copies = 1
+
+@contextlib.contextmanager
+def draw_copies(site: nn.Module, copies: int) -> Iterator[None]:
+    """Inside the block (in this thread alone), ``site`` — a ``Draws`` module — passes its input on ``copies``
+    times."""
+    token = _COPIES.set((site, copies))
+    try:
+        yield
+    finally:
+        _COPIES.reset(token)
+
+
+class Draws(nn.Module):
+    """Where a network's noise begins: inside ``draw_copies(self, k)`` it passes its input on ``k`` times, stacked
+    along the batch, so that ``ProbeModel.activations(..., draws=k)`` runs everything before it once for ``k``
+    noise draws.  The count is a context variable, so a run in one thread never changes another's batch."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.repeat(self.copies, *([1] * (x.dim() - 1))) if self.copies > 1 else x
+        setting = _COPIES.get()
+        copies = setting[1] if setting is not None and setting[0] is self else 1
+        return x.repeat(copies, *([1] * (x.dim() - 1))) if copies > 1 else x
 
 
 class VOneBlock(nn.Module):
@@ -142,7 +161,7 @@ class VOneBlock(nn.Module):
                  noise_scale: float = NOISE_SCALE, noise_level: float = NOISE_LEVEL, zero_mean: bool = False):
         super().__init__()
         if noise_mode not in ("neuronal", "gaussian", None):
-            raise ValueError(f"noise_mode must be 'neuronal', 'gaussian' or None, got {noise_mode!r}")
+            raise ConfigError(f"noise_mode must be 'neuronal', 'gaussian' or None, got {noise_mode!r}")
         self.simple_channels, self.complex_channels = simple_channels, complex_channels
         self.k_exc, self.noise_mode, self.noise_scale, self.noise_level = k_exc, noise_mode, noise_scale, noise_level
         self.zero_mean = zero_mean
@@ -174,10 +193,10 @@ class VOneBlock(nn.Module):
         x = self.draws(self.gabors(self.k_exc * torch.cat((s, c), 1)))
         if self.noise_mode == "neuronal":  # rates in spikes per 25 ms bin: variance equals the mean
             rate = x * self.noise_scale + self.noise_level
-            rate = rate + torch.randn_like(rate) * torch.sqrt(F.relu(rate) + 1e-4)
+            rate = rate + noise_like(rate) * torch.sqrt(F.relu(rate) + 1e-4)
             x = (rate - self.noise_level) / self.noise_scale
         elif self.noise_mode == "gaussian":
-            x = x + torch.randn_like(x) * self.noise_scale
+            x = x + noise_like(x) * self.noise_scale
         return self.output(self.noise(x))
 
     def extra_repr(self) -> str:

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import synth
+from synth import rng
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -49,7 +50,7 @@ class _InputNoise(torch.nn.Module):
         self.net, self.sigma = net, sigma
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x + self.sigma * torch.randn_like(x))
+        return self.net(x + self.sigma * rng.noise_like(x))  # the run's generator, as the library's own noise
 
 
 @pytest.fixture(scope="session")

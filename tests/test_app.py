@@ -65,12 +65,25 @@ def test_metamers_page_makes_a_metamer_and_asks_the_other_models():
 
 
 def test_microstim_page_shows_the_sheet_and_the_shift_in_face_choices():
+    import synth
+    from synth import topography as topo
+
+    model = synth.load_model("toy-topo", device="cpu")  # the page's default: the one topographic model shipped
+    t = topo.localizer_maps(model, "IT", 100)["faces_vs_objects"]
+    patches, _ = topo.face_patches(topo.sheet_of(model, "IT"), t)
+    x, y = max(patches, key=lambda p: p["peak"])["center_mm"]  # the most face-selective patch
     at = _page("explorer/microstim.py")
     assert "recorded face selectivity" in " ".join(m.value for m in at.markdown)
-    at.sidebar.slider[4].set_value(8).run()  # stimuli per level
+    for i, value in ((0, round(x, 1)), (1, round(y, 1)), (2, 200), (4, 8)):  # site x, y, current, stimuli per level
+        at.sidebar.slider[i].set_value(value).run()
     at.button[0].click().run()
     assert not at.exception, at.exception
-    assert at.metric[0].label == "shift in face choices"
+    without, stimulated, settings = at.session_state["microstim"]
+    assert settings == (round(x, 1), round(y, 1), 200, 200)
+    shift = 100 * (np.mean(stimulated["face_fraction"]) - np.mean(without["face_fraction"]))
+    shown = float(at.metric[0].value.rstrip(" %"))
+    assert abs(shown - shift) <= 0.05 + 1e-9  # the value shown is the shift of the curves, to one decimal
+    assert shown > 5  # stimulating a face patch biases choices towards faces (Afraz et al. 2006)
 
 
 def test_gallery_page_browses_a_batch_folder(tmp_path):
@@ -125,3 +138,36 @@ def test_odd_mode_uploads_are_read_as_rgb(mode):
     at.file_uploader[0].upload(f"odd.{'tif' if mode == 'CMYK' else 'png'}", buf.getvalue(), "image/png").run()
     assert not at.exception, at.exception
     assert not at.error and any(i for i in at.get("image"))
+
+
+def test_an_architecture_without_trained_weights_is_refused_in_one_line():
+    at = _page("explorer/synthesize.py")
+    at.sidebar.selectbox(key="synth-model").select("a checkpoint file…").run()
+    at.sidebar.text_input(key="synth-model-arch").input("resnet18").run()
+    assert not at.exception, at.exception
+    assert any("resnet18 has no trained weights" in e.value for e in at.error)
+
+
+def test_a_readout_attached_in_one_session_is_that_sessions_alone(tmp_path):
+    """Two browser sessions share the cached model; a readout one user attaches becomes a layer of that user's
+    model only, and a second readout on the same layer keeps the first."""
+    import synth
+    from synth.readouts import Responses, features
+
+    model = synth.load_model("toy-standard", device="cpu")
+    images = synth.render(40, "test").tensor()
+    values = features(model, images, "V4", pooled=True)[:, :5].numpy()
+    paths = []
+    for k, v in enumerate((values, values[:, ::-1].copy())):
+        readout = synth.fit_readout(model, images, Responses([str(i) for i in range(40)], v,
+                                                             [f"s{i}" for i in range(5)]), "V4", method="ridge")
+        paths.append(readout.save(tmp_path / f"readout{k}"))
+    one, two = _page("explorer/synthesize.py"), _page("explorer/synthesize.py")
+    field = lambda at: next(t for t in at.sidebar.text_input if t.label.startswith("readout"))
+    layers = lambda at: at.sidebar.selectbox[1].options
+    field(one).input(str(paths[0])).run()
+    field(one).input(str(paths[1])).run()
+    two.run()
+    assert not one.exception and not two.exception, (one.exception, two.exception)
+    assert {"V4:readout", "V4:readout2"} <= set(layers(one))
+    assert not any(":readout" in name for name in layers(two))

@@ -118,6 +118,34 @@ def test_the_catalogue_returns_the_same_result_type(toy_standard, sample, name, 
         assert float(r.success_rate[0]) > 0.5 and torch.isfinite(r.min_eps).sum() == r.success[0].sum()
 
 
+def test_catalogue_verdicts_on_a_stochastic_model_are_the_native_eot_mean(sample, monkeypatch):
+    import importlib
+
+    common = importlib.import_module("attacks.common")  # ``attacks.pgd`` etc. are shadowed by the functions
+    vone = synth.load_model("toy-vone", device="cpu")
+    assert vone.stochastic
+    x, y = sample[0][:6], sample[1][:6]
+    real, calls = common.mean_logits, []
+
+    def spy(model, images, eot=1):
+        z = real(model, images, eot)
+        calls.append((images.detach().clone(), eot, z.detach().clone()))
+        return z
+
+    monkeypatch.setattr(common, "mean_logits", spy)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", attacks.StochasticModelWarning)  # verdicts on 8 draws: nothing to warn of
+        r = attacks.run("fgsm", vone, x, y, eps=4 / 255)
+    assert r.metadata["eot"] == 8
+    assert len(calls) == 2 and all(eot == 8 for _, eot, _ in calls)  # the clean and the adversarial verdicts
+    (clean_x, _, clean_z), (adv_x, _, adv_z) = calls
+    assert torch.equal(clean_x, x) and torch.equal(r.clean_predictions, clean_z.argmax(-1))
+    assert torch.equal(adv_x, r.adversarial[0])  # the verdict is on the images the result returns
+    assert torch.equal(r.success[0], common.success_of(adv_z, y, None))
+    assert torch.equal(r.predictions[0], adv_z.argmax(-1))
+    assert math.isclose(float(r.accuracy[0]), float((adv_z.argmax(-1) == y).float().mean()))
+
+
 def test_the_catalogue_says_what_is_wrong(toy_standard, sample):
     x, y = sample[0][:2], sample[1][:2]
     with pytest.raises(UnknownNameError, match="cw-l2"):
@@ -146,6 +174,21 @@ def test_minimal_eps_brackets_each_decision_and_gives_the_curve(toy_standard, sa
     curve = m.curve(grid)
     assert math.isclose(float(curve[0]), m.clean_accuracy) and (curve[1:] <= curve[:-1]).all()
     assert float(curve[-1]) == 1 - float(finite.float().mean())
+
+
+def test_minimal_l2_cap_grows_with_the_image_side(toy_standard, sample):
+    import torch.nn.functional as F
+
+    x, y = sample[0][:2], sample[1][:2]
+    caps = {}
+    for size in (32, 64, 128):
+        xs = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
+        caps[size] = attacks.minimal(toy_standard, xs, y, norm="l2", steps=1, rounds=1,
+                                     progress=False).metadata["eps_max"]
+    assert math.isclose(caps[64], 32 / 255 * math.sqrt(3 * 64 * 64))  # the same per-pixel change as before
+    assert math.isclose(caps[128] / caps[32], 4.0) and math.isclose(caps[128] / caps[64], 2.0)
+    linf = attacks.minimal(toy_standard, x, y, norm="linf", steps=1, rounds=1, progress=False)
+    assert math.isclose(linf.metadata["eps_max"], 32 / 255)  # an L-inf budget does not depend on size
 
 
 def test_site_attacks_move_standard_units_further_than_robust_ones(toy_standard, toy_robust, sample):

@@ -15,44 +15,46 @@ def x():
 def test_a_write_into_a_layer_reaches_every_later_layer_and_the_logits(toy_standard, x):
     with torch.no_grad():
         clean = toy_standard.activations(x, ["V4", "IT", "logits"])
-        with toy_standard.intervene(Intervention("V4", "scale", 1.0)):  # the identity write changes nothing
-            same = toy_standard.activations(x, ["IT", "logits"])
+        same = toy_standard.intervene(Intervention("V4", "scale", 1.0)).activations(x, ["IT", "logits"])  # identity
         silence = torch.zeros(clean["V4"].shape[1:], dtype=torch.bool)
         silence[:8] = True  # the first 8 channels of V4, everywhere
-        with toy_standard.intervene(Intervention("V4", "replace", 0.0, mask=silence)) as active:
-            assert [str(i) for i in active] == [f"replace(V4, 0, mask of {int(silence.sum())} units)"]
-            assert toy_standard.interventions == active
-            cut = toy_standard.activations(x, ["V4", "IT", "logits"])
-            logits = toy_standard(x)
+        stimulated = toy_standard.intervene(Intervention("V4", "replace", 0.0, mask=silence))
+        assert [str(i) for i in stimulated.interventions] == [f"replace(V4, 0, mask of {int(silence.sum())} units)"]
+        cut = stimulated.activations(x, ["V4", "IT", "logits"])
+        logits = stimulated(x)
         after = toy_standard.activations(x, ["IT", "logits"])
     assert torch.allclose(same["IT"], clean["IT"], atol=1e-6) and torch.allclose(same["logits"], clean["logits"], atol=1e-5)
     assert (cut["V4"][:, :8] == 0).all() and torch.equal(cut["V4"][:, 8:], clean["V4"][:, 8:])
     assert not torch.allclose(cut["IT"], clean["IT"]) and not torch.allclose(cut["logits"], clean["logits"])
     assert torch.allclose(logits, cut["logits"], atol=1e-5)  # model(x) sees it too
-    assert toy_standard.interventions == [] and torch.equal(after["IT"], clean["IT"])  # removed on leaving
+    assert toy_standard.interventions == [] and torch.equal(after["IT"], clean["IT"])  # the model itself is untouched
+    assert stimulated.weights_digest() == toy_standard.weights_digest()  # the same weights, shared
+    assert next(stimulated.parameters()).data_ptr() == next(toy_standard.parameters()).data_ptr()
 
 
 def test_a_value_can_be_a_function_of_the_activity_and_writes_compose_in_order(toy_standard, x):
     with torch.no_grad():
         clean = toy_standard.activations(x, "IT")["IT"]
         gain = torch.linspace(0.5, 2.0, clean.shape[1])[:, None, None]  # a channel-dependent gain
-        with toy_standard.intervene(Intervention("IT", "scale", gain), Intervention("IT", "add", lambda a: a.mean())):
-            both = toy_standard.activations(x, "IT")["IT"]
+        both = toy_standard.intervene(Intervention("IT", "scale", gain), Intervention("IT", "add", lambda a: a.mean()))
+        nested = toy_standard.intervene(Intervention("IT", "scale", gain)).intervene(
+            Intervention("IT", "add", lambda a: a.mean()))
+        both, nested = (m.activations(x, "IT")["IT"] for m in (both, nested))
     scaled = clean * gain
     assert torch.allclose(both, scaled + scaled.mean(), atol=1e-5)
+    assert torch.equal(nested, both)  # an intervened model's own intervene() adds after what it carries
 
 
 def test_the_engine_optimizes_under_an_intervention(toy_standard, x):
     """The stimulus that best drives an IT channel changes when V4 is partly silenced (the engine reads the model
-    through ``activations``, so a run inside ``intervene`` is a run under the stimulation)."""
+    through ``activations``, so a run on the model ``intervene`` returns is a run under the stimulation)."""
     start = x[:1]
-    run = lambda: synth.optimize(toy_standard, "IT:3", synth.params.Pixels(start), steps=8, lr=0.05, progress=False)
-    free = run()
     silence = torch.zeros(128, 1, 1, dtype=torch.bool)
     silence[:64] = True
-    with toy_standard.intervene(Intervention("V4", "replace", 0.0, mask=silence)):
-        under = run()
-        rescored = toy_standard.activations(under.images, "IT")["IT"][:, 3].mean()
+    stimulated = toy_standard.intervene(Intervention("V4", "replace", 0.0, mask=silence))
+    run = lambda m: synth.optimize(m, "IT:3", synth.params.Pixels(start), steps=8, lr=0.05, progress=False)
+    free, under = run(toy_standard), run(stimulated)
+    rescored = stimulated.activations(under.images, "IT")["IT"][:, 3].mean()
     assert not torch.allclose(free.images, under.images)
     assert free.metadata["interventions"] == [] and under.metadata["interventions"] == ["replace(V4, 0, mask of 64 units)"]
     assert float(under.scores[0]) == pytest.approx(float(rescored), rel=1e-4)
@@ -66,14 +68,13 @@ def test_bad_interventions_get_clear_errors(toy_standard, x):
     with pytest.raises(ConfigError, match="NaN"):
         Intervention("V4", "add", torch.tensor([float("nan")]))
     with pytest.raises(UnknownNameError, match="V5"):
-        with toy_standard.intervene(Intervention("V5", "add", 1.0)):
-            pass
+        toy_standard.intervene(Intervention("V5", "add", 1.0))
     with pytest.raises(ConfigError, match="cannot write into 'logits'"):
-        with toy_standard.intervene(Intervention("logits", "add", 1.0)):
-            pass
+        toy_standard.intervene(Intervention("logits", "add", 1.0))
+    with pytest.raises(ConfigError, match="Intervention objects"):
+        toy_standard.intervene("V4 * 2")
     with pytest.raises(ConfigError, match="does not fit"), torch.no_grad():
-        with toy_standard.intervene(Intervention("V4", "add", torch.ones(7, 1, 1))):
-            toy_standard(x)
+        toy_standard.intervene(Intervention("V4", "add", torch.ones(7, 1, 1)))(x)
     assert toy_standard.interventions == []
 
 
@@ -81,8 +82,8 @@ def test_a_checkpoint_made_without_a_stimulation_does_not_resume_under_one(toy_s
     from synth.errors import CheckpointError
 
     path = tmp_path / "run.pt"
-    run = lambda: synth.optimize(toy_standard, "IT:3", synth.params.Pixels(x[:1]), steps=4, lr=0.05,
-                                 checkpoint=path, checkpoint_every=2, progress=False)
-    run()
-    with toy_standard.intervene(Intervention("V4", "scale", 2.0)), pytest.raises(CheckpointError, match="interventions"):
-        run()
+    run = lambda m: synth.optimize(m, "IT:3", synth.params.Pixels(x[:1]), steps=4, lr=0.05,
+                                   checkpoint=path, checkpoint_every=2, progress=False)
+    run(toy_standard)
+    with pytest.raises(CheckpointError, match="interventions"):
+        run(toy_standard.intervene(Intervention("V4", "scale", 2.0)))

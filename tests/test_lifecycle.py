@@ -1,4 +1,5 @@
 """The engine's lifecycle: checkpoints that resume bit for bit, runs that go on, stopping rules and schedules."""
+import copy
 import functools
 import math
 
@@ -176,11 +177,19 @@ def test_match_and_direction_round_trip_and_results_keep_full_activations(tiny, 
     from_file = parse(f"match(V4, target='{tmp_path / 't.pt'}')")
     assert str(from_file) == f"match(V4, target='{tmp_path / 't.pt'}', metric=mse)"
     other = synth.load_model(type(tiny.net)(8, (8, 16, 16, 32)), device="cpu", name="tiny", classes=tiny.classes)
-    other.info["sha256"] = "f" * 64
-    loaded.metadata["weights_sha256"] = "0" * 64
-    from synth.results import check_weights
     with pytest.raises(CheckpointError, match="load the model it was made with"):
-        check_weights(loaded.metadata, other, tmp_path / "r")
+        Result.load(tmp_path / "r", model=other)  # an in-memory model of the same name and class, other weights
+    nudged = copy.deepcopy(tiny)
+    weight = next(nudged.parameters())
+    kept = weight.detach().clone()
+    with torch.no_grad():
+        weight[0].add_(1e-3)  # one weight changed in place: the digest follows
+    with pytest.raises(CheckpointError, match="load the model it was made with"):
+        Result.load(tmp_path / "r", model=nudged)
+    with torch.no_grad():
+        weight.copy_(kept)
+    assert nudged.weights_digest() == tiny.weights_digest()  # restored: the same digest, computed again
+    Result.load(tmp_path / "r", model=tiny.fork())  # a fork shares the weights
 
 
 def test_match_from_an_image_file(tiny, tmp_path):

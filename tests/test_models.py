@@ -206,6 +206,27 @@ def test_cornet_s_exposes_each_time_step():
     assert not torch.equal(a["IT.output"], a["IT.output_1"])
 
 
+def test_architectures_that_could_not_be_compared_are_named_when_none_matches(resnet18, tmp_path, monkeypatch):
+    import warnings
+
+    from synth import models
+
+    def broken():
+        raise RuntimeError("computes on real tensors")
+
+    monkeypatch.setitem(models.CORNETS, "cornet_broken", broken)
+    odd = tmp_path / "odd.pth"
+    torch.save({"odd.weight": torch.zeros(3, 3)}, odd)
+    with pytest.warns(UserWarning, match=r"cornet_broken \(RuntimeError: computes on real tensors\)"), \
+            pytest.raises(CheckpointError, match="cannot tell"):
+        synth.load_model(str(odd), device="cpu")
+    path = tmp_path / "resnet18.pth"
+    torch.save(resnet18[0].state_dict(), path)
+    with warnings.catch_warnings():  # an architecture matched: the ones not built are no news
+        warnings.filterwarnings("error", message="no architecture matched")
+        assert synth.load_model(str(path), device="cpu").name == "resnet18"
+
+
 def test_checkpoint_mismatch_names_the_tensors(resnet18, tmp_path):
     net, _ = resnet18
     sd = dict(net.state_dict())

@@ -82,15 +82,15 @@ def test_microstimulation_spreads_with_current_and_drives_the_layer_through_to_t
     assert gain.max() <= 1 + 200 / 30 and gain[d > 10 * spread_mm(50)].max() < 1.01  # local, at most 1 + rate/30
     wide = microstimulation(sheet, (5.0, 5.0), current_ua=150).value.flatten()
     assert (wide >= gain - 1e-6).all() and (wide > 1.5).sum() > (gain > 1.5).sum()  # more current, wider spread
-    with torch.no_grad(), toy_standard.intervene(stim):
-        on = toy_standard.activations(x, ["IT", "logits"])
+    with torch.no_grad():
+        on = toy_standard.intervene(stim).activations(x, ["IT", "logits"])
     near = (d < spread_mm(50)).view(clean["IT"].shape[1:])
     assert (on["IT"][:, near] >= clean["IT"][:, near]).all() and (on["IT"][:, near] > clean["IT"][:, near]).any()
     assert torch.equal(on["IT"][:, ~near & (gain.view(near.shape) == 1)], clean["IT"][:, ~near & (gain.view(near.shape) == 1)])
     assert not torch.allclose(on["logits"], clean["logits"])
     assert "50 µA, 200 Hz" in str(stim)
-    with torch.no_grad(), toy_standard.intervene(inactivation(sheet, (5.0, 5.0), radius_mm=2.0)):
-        off = toy_standard.activations(x, "IT")["IT"]
+    with torch.no_grad():
+        off = toy_standard.intervene(inactivation(sheet, (5.0, 5.0), radius_mm=2.0)).activations(x, "IT")["IT"]
     assert (off <= clean["IT"] + 1e-6).all() and off.sum() < 0.8 * clean["IT"].sum()
     with pytest.raises(ConfigError, match="point in mm"):
         microstimulation(sheet, (5.0,), 50)
@@ -147,8 +147,8 @@ def test_face_choices_follow_the_signal_and_stimulating_face_selective_units_bia
     shift = {}
     for name, units in (("face", top), ("non-face", bottom)):
         gain = torch.where(units, torch.tensor(3.0), torch.tensor(1.0)).view(shape)
-        with toy_standard.intervene(Intervention("IT", "scale", gain)):
-            curve = psychometric(toy_standard, faces, objects, signals=(0.0, 0.3, 0.5, 1.0))
+        stimulated = toy_standard.intervene(Intervention("IT", "scale", gain))
+        curve = psychometric(stimulated, faces, objects, signals=(0.0, 0.3, 0.5, 1.0))
         shift[name] = float(np.mean(curve["face_fraction"]) - np.mean(base["face_fraction"]))
     assert shift["face"] > 0.1 and shift["face"] > shift["non-face"] + 0.1
 
@@ -175,8 +175,8 @@ def test_per_channel_sheets_pool_over_space_and_stimulate_every_position_of_a_ch
     assert torch.allclose(sheet.responses(clean), clean.mean((2, 3)))
     assert spatial_loss(clean, sheet, radius_mm=4.0).isfinite()
     site = tuple(sheet.positions[5].tolist())
-    with torch.no_grad(), tiny.intervene(microstimulation(sheet, site, current_ua=100)):
-        on = tiny.activations(x, "IT")["IT"]
+    with torch.no_grad():
+        on = tiny.intervene(microstimulation(sheet, site, current_ua=100)).activations(x, "IT")["IT"]
     gain = on.sum((0, 2, 3)) / clean.sum((0, 2, 3)).clamp_min(1e-9)
     d = ((sheet.positions - torch.tensor(site)) ** 2).sum(1).sqrt()
     assert gain[5] > 5 and torch.allclose(gain[d > 3], torch.ones(int((d > 3).sum())), atol=5e-3)

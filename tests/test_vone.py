@@ -136,7 +136,7 @@ def test_noise_draws_share_the_gabor_pass_and_match_stacked_copies():
         torch.testing.assert_close(shared[k], copies[k], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(g_shared, g_copies.view(3, 2, 3, 32, 32).sum(0), rtol=1e-3, atol=1e-6)
     assert not torch.allclose(shared["logits"][:2], shared["logits"][2:4])  # the draws differ
-    assert model.net.V1.draws.copies == 1  # reset after the pass
+    assert model.net.V1.draws(x).shape == x.shape  # outside the pass, the site passes one copy on
     plain = synth.load_model(net.V1, device="cpu", classes=list("abcd"), name="block-only")
     assert plain.activations(x, "logits", draws=4)["logits"].shape[0] == 8 and calls[-1] == 8  # stacked copies
 
