@@ -11,7 +11,8 @@
 """
 from .behavior import wormholes
 from .catalogue import CATALOGUE, available, run
-from .checks import GradientMaskingWarning, check
+from .audit import check
+from .checks import GradientMaskingWarning
 from .common import StochasticModelWarning, parse_eps
 from .minimal import minimal
 from .pgd import pgd

@@ -22,7 +22,7 @@ import torch
 
 from synth.errors import ConfigError
 from synth.files import write_text
-from synth.probe import ProbeModel
+from synth.zoo.probe import ProbeModel
 
 from .common import LabelsLike, as_labels, logits
 from .figures import image_grid

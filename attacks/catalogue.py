@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from synth.errors import ConfigError, UnknownNameError
-from synth.probe import ProbeModel
+from synth.zoo.probe import ProbeModel
 from synth.rng import seeded_globals
 
 from .common import Budget, LabelsLike, inputs, logits, parse_eps, warn_if_stochastic

@@ -10,12 +10,12 @@ from collections.abc import Sequence
 import torch
 
 from synth import Box, LpBall, optimize
-from synth.criteria import Misclassified, TargetClass
+from synth.engine.criteria import Misclassified, TargetClass
 from synth.errors import ConfigError, UnknownNameError
-from synth.objectives import CrossEntropy, Label, Labels, Margin, Objective
-from synth.params import Pixels
-from synth.probe import ProbeModel, check_images
-from synth.results import Result
+from synth.engine.objectives import CrossEntropy, Label, Labels, Margin, Objective
+from synth.engine.params import Pixels
+from synth.zoo.probe import ProbeModel, check_images
+from synth.engine.results import Result
 from synth.rng import derive, generator, noise_generator
 
 from .result import NORMS

@@ -16,7 +16,7 @@ import time
 import torch
 
 from synth.errors import ConfigError
-from synth.probe import ProbeModel
+from synth.zoo.probe import ProbeModel
 
 from .checks import gradient_report
 from .common import LabelsLike, check_norm, inputs, logits, success_of, warn_if_stochastic

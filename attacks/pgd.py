@@ -30,8 +30,8 @@ import torch
 
 from synth import Box, LpBall, __version__
 from synth.errors import ConfigError
-from synth.objectives import Margin
-from synth.probe import ProbeModel
+from synth.engine.objectives import Margin
+from synth.zoo.probe import ProbeModel
 from synth.rng import derive, generator, noise_generator
 
 from .checks import gradient_report, monotone_report

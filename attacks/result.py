@@ -18,8 +18,8 @@ import torch
 
 from synth.errors import ConfigError
 from synth.files import atomic, write_text
-from synth.probe import ProbeModel
-from synth.results import check_weights, write_png
+from synth.zoo.probe import ProbeModel
+from synth.files import check_weights, write_png
 
 FORMAT_VERSION = 2  # 2: 'weights_sha256' is the digest of the model's weights (ProbeModel.weights_digest)
 NORMS = {"linf": math.inf, "l2": 2.0}

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from synth import __version__
 from synth.errors import ConfigError, ImageError, UnknownNameError
 from synth.files import write_csv, write_text
-from synth.probe import ProbeModel
+from synth.zoo.probe import ProbeModel
 from synth.rng import seeded_globals
 
 from .common import logits
@@ -123,7 +123,7 @@ class EvalImages:
 
 def embedded_images(n: int = 256, split: str = "test", workers: int = 2) -> EvalImages:
     """``n`` images of a split of the embedded world (all categories in turn)."""
-    from synth.data import render
+    from synth.world.data import render
 
     batch = render(n, split, workers=workers)
     return EvalImages(list(batch.tensor()), [batch.classes[i] for i in batch.labels],
@@ -133,7 +133,7 @@ def embedded_images(n: int = 256, split: str = "test", workers: int = 2) -> Eval
 def image_folder(path: str | os.PathLike, limit: int | None = None) -> EvalImages:
     """An ImageFolder directory: one sub-folder per category, named as the model's classes; every image in it is
     read (any mode is converted to RGB), and one that cannot be read stops with its path named."""
-    from synth.results import read_png
+    from synth.files import read_png
 
     root = Path(path)
     if not root.is_dir():
@@ -347,7 +347,7 @@ def robustness_table(models: Sequence[str | ProbeModel] | Mapping[str, ProbeMode
     under each corruption and severity, and the means.  ``data``: an ``EvalImages`` (``image_folder(DIR)``),
     default ``n`` images of the embedded test split; ``eot``: noise draws per step and per verdict for stochastic
     models; ``log``: where the notes on budgets and left-out folders go."""
-    from synth.models import default_device, load_model
+    from synth.zoo.models import default_device, load_model
 
     t_start = time.perf_counter()
     if steps < 1 or eot < 1:

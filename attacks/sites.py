@@ -17,11 +17,11 @@ from pathlib import Path
 import torch
 
 from synth import Box, LpBall, optimize
-from synth.criteria import ScoreAtLeast
+from synth.engine.criteria import ScoreAtLeast
 from synth.errors import ConfigError
-from synth.objectives import Match, Objective, Site, parse
-from synth.params import Pixels
-from synth.probe import ProbeModel
+from synth.engine.objectives import Match, Objective, Site, parse
+from synth.engine.params import Pixels
+from synth.zoo.probe import ProbeModel
 from synth.rng import derive, generator, noise_generator
 
 from .checks import gradient_report

@@ -28,8 +28,8 @@ import torch  # noqa: E402
 import attacks  # noqa: E402
 import synth  # noqa: E402
 from synth import Box, LpBall, optimize  # noqa: E402
-from synth.objectives import CrossEntropy  # noqa: E402
-from synth.params import Pixels  # noqa: E402
+from synth.engine.objectives import CrossEntropy  # noqa: E402
+from synth.engine.params import Pixels  # noqa: E402
 
 sys.path.append(str(HERE))
 from engine import CLOCK, per_step  # noqa: E402

@@ -16,7 +16,7 @@ import torch
 from torchvision.models.feature_extraction import create_feature_extractor
 
 import synth
-from synth.params import Pixels
+from synth.engine.params import Pixels
 
 
 # On the CPU, the process's CPU time (all threads): unlike wall time it does not count time the VM was descheduled,

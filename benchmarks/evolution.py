@@ -20,9 +20,10 @@ import time
 import torch
 
 import synth
-from synth.control import Subject, evolve_sites
-from synth.objectives import Stretch
-from synth.readouts import features
+from synth.neuro.subject import Subject
+from synth.neuro.control import evolve_sites
+from synth.engine.objectives import Stretch
+from synth.neuro.readouts import features
 
 SPACES = {"fourier": "fourier", "toy-gan": "generator:toy-gan", "toy-deepsim": "generator:toy-deepsim"}
 OPTIMIZERS = ("genetic", "cmaes")

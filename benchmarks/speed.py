@@ -7,7 +7,7 @@ the embedded toy-standard at 64 px with smaller batches and runs.  Printed as on
   forward+backward+Adam step on the same batch (``benchmarks/engine.py``'s ``bare``);
 - the speed-up over that fp32 step of each option: ``precision='bf16'``, ``channels_last``, ``compile``
   (inductor; its warm-up is timed apart) — and ``checkpoint_activations``' cost in time and its saving in bytes
-  kept for the backward pass (``synth.memory.step_bytes``);
+  kept for the backward pass (``synth.engine.memory.step_bytes``);
 - an L-inf PGD sweep (5 budgets, ``--pgd-n`` images, ``--pgd-steps`` steps): ``attacks.pgd`` against foolbox's
   LinfPGD and torchattacks' PGD on the same model, images and labels (``benchmarks/attacks.py``'s sweeps);
 - metamers at ``--stage``: phosphene's whole run against plenoptic's time to bring as many images to the error
@@ -33,8 +33,8 @@ import torch.nn.functional as F  # noqa: E402
 
 import attacks  # noqa: E402
 import synth  # noqa: E402
-from synth.memory import step_bytes  # noqa: E402
-from synth.params import Pixels  # noqa: E402
+from synth.engine.memory import step_bytes  # noqa: E402
+from synth.engine.params import Pixels  # noqa: E402
 
 sys.path.append(str(HERE))
 import metamer_speed  # noqa: E402

@@ -2,7 +2,7 @@
 import argparse
 import time
 
-from synth.data import World, render
+from synth.world.data import World, render
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ examples/results/afraz2006/.
 import argparse
 
 import synth
-from synth.topography import run_afraz
+from microstim import run_afraz
 
 
 def main() -> None:

@@ -16,8 +16,9 @@ import numpy as np
 import torch
 
 import synth
-from synth.control import Subject, population_control, stretch_units
-from synth.readouts import features
+from synth.neuro.subject import Subject
+from synth.neuro.control import population_control, stretch_units
+from synth.neuro.readouts import features
 
 
 def main() -> None:

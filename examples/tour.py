@@ -66,7 +66,7 @@ def sheet(root: Path, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from synth.results import read_png
+    from synth.files import read_png
 
     def img(p: Path):
         return read_png(p)[0].permute(1, 2, 0).numpy()

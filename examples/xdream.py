@@ -22,7 +22,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 import synth  # noqa: E402
-from synth.control import Subject, evolve_sites  # noqa: E402
+from synth.neuro.subject import Subject
+from synth.neuro.control import evolve_sites  # noqa: E402
 from synth.files import atomic  # noqa: E402
 
 

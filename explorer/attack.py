@@ -3,7 +3,6 @@ import math
 
 import matplotlib
 import streamlit as st
-import torch
 
 import attacks
 import synth
@@ -53,7 +52,7 @@ if st.button("Attack", type="primary"):
         curves = {}
         if curve_n:
             batch = test_batch(curve_n, left.input_size or 64)
-            x, y = synth.data.to_tensor(batch[0]), [synth.CATEGORIES[i] for i in batch[1]]
+            x, y = synth.world.data.to_tensor(batch[0]), [synth.CATEGORIES[i] for i in batch[1]]
             for m in (left, right):
                 with st.spinner(f"{attack} on {m.name}, {curve_n} test images…"):
                     r = attacks.run(attack, m, x.to(m.device), y, budget, target=target, progress=False,

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 
 import synth
 from synth.errors import ImageError, PhospheneError
-from synth.models import embedded_models, require_trained
-from synth.results import read_png, write_png
+from synth.zoo.models import embedded_models, require_trained
+from synth.files import read_png, write_png
 
 MAX_UPLOAD_MB = 20
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "bmp", "tif", "tiff", "webp"]
@@ -63,7 +63,7 @@ def images_zip(images: np.ndarray, metadata: list[dict]) -> bytes:
     """uint8 images as a zip of PNGs plus ``metadata.csv`` (``data.write_folder``'s layout)."""
     import zipfile
 
-    from synth.data import ImageBatch, write_folder
+    from synth.world.data import ImageBatch, write_folder
 
     with tempfile.TemporaryDirectory() as tmp:
         write_folder(ImageBatch(images, np.zeros(len(images), np.int64), metadata, tuple(synth.CATEGORIES)), tmp)
@@ -113,7 +113,7 @@ def to_model_size(x: torch.Tensor, model: synth.ProbeModel) -> torch.Tensor:
 
 def read_upload(upload) -> torch.Tensor:
     """An uploaded file as a 3×H×W [0,1] tensor: size, type, decompression bombs and odd modes checked by
-    ``synth.results.read_png``; a bad file raises ImageError with the reason."""
+    ``synth.files.read_png``; a bad file raises ImageError with the reason."""
     data = upload.getvalue()
     if len(data) > MAX_UPLOAD_MB * 2 ** 20:
         raise ImageError(f"{upload.name} is {len(data) / 2 ** 20:.1f} MB; uploads are limited to {MAX_UPLOAD_MB} MB")
@@ -138,7 +138,7 @@ def pick_image(model: synth.ProbeModel, key: str) -> tuple[torch.Tensor, str | N
                             else list(synth.CATEGORIES), key=f"{key}-category")
     index = st.number_input("image index", 0, 99, 0, key=f"{key}-index")
     images, _ = get_images(int(index) + 1, 0, "mixed", category)
-    return to_model_size(synth.data.to_tensor(images[-1:]), model), category
+    return to_model_size(synth.world.data.to_tensor(images[-1:]), model), category
 
 
 def png_bytes(image: torch.Tensor, metadata: dict) -> bytes:

@@ -5,7 +5,7 @@ from pathlib import Path
 import streamlit as st
 
 from explorer.common import as_uint8, shown_errors
-from synth.results import read_png
+from synth.files import read_png
 
 st.header("Gallery")
 folder = st.text_input("batch output folder (where manifest.jsonl is)", "runs/stretch_it",

@@ -8,7 +8,7 @@ import torch
 import metamers
 from explorer.common import as_uint8, download, get_model, pick_image, pick_model, shown_errors
 from metamers.generate import STEPS, stages
-from synth.models import embedded_models
+from synth.zoo.models import embedded_models
 
 RESULTS = Path(__file__).resolve().parent.parent / "examples" / "results"
 

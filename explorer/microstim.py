@@ -6,9 +6,9 @@ import streamlit as st
 import torch
 
 from explorer.common import figure_png, get_model, shown_errors
-from synth import topography as topo
-from synth.data import localizer, to_tensor
-from synth.models import embedded_models
+import microstim as topo
+from synth.world.data import localizer, to_tensor
+from synth.zoo.models import embedded_models
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

@@ -6,8 +6,8 @@ import synth
 import numpy as np
 
 from explorer.common import get_images, images_zip, pick_model, shown_errors
-from synth.data import CONTROLS, VARIATION, to_tensor
-from synth.models import BRAIN_SCORE_AREAS, CORNETS, embedded_models, torchvision_models
+from synth.world.data import CONTROLS, VARIATION, to_tensor
+from synth.zoo.models import BRAIN_SCORE_AREAS, CORNETS, embedded_models, torchvision_models
 
 cards = embedded_models()
 model = pick_model("models-model")

@@ -8,8 +8,8 @@ import torch
 
 import synth
 from explorer.common import as_uint8, download, figure_png, get_images, pick_image, pick_model, shown_errors
-from synth.objectives import Match, parse
-from synth.readouts import Readout
+from synth.engine.objectives import Match, parse
+from synth.neuro.readouts import Readout
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -95,7 +95,7 @@ if "synth-result" in st.session_state:
         images, _ = get_images(200, 0, "mixed", None, model.input_size or 64)
         resolved = done.resolve(model)
         with torch.no_grad():
-            natural = resolved(model.activations(synth.data.to_tensor(images, model.device),
+            natural = resolved(model.activations(synth.world.data.to_tensor(images, model.device),
                                                  resolved.layers)).cpu().numpy()
         fig, (a, b) = plt.subplots(1, 2, figsize=(9, 2.8))
         a.plot(result.history.numpy())

@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
-from synth.criteria import RelativeError
+from synth.engine.criteria import RelativeError
 from synth.errors import ConfigError
-from synth.objectives import Acts
-from synth.probe import ProbeModel
+from synth.engine.objectives import Acts
+from synth.zoo.probe import ProbeModel
 
 ERROR_TARGET = 0.05
 TIE = 1e-6  # ρ within this of the null's best counts as a tie, and a tie passes (see module docstring)

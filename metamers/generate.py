@@ -20,14 +20,15 @@ from pathlib import Path
 import torch
 
 from synth import Box, __version__
-from synth.criteria import Criterion
-from synth.engine import Surrogate, fake_relu as fake_relu_ctx, last_relu, optimize, surrogate_gradients
+from synth.engine.criteria import Criterion
+from synth.engine.loop import Surrogate, fake_relu as fake_relu_ctx, last_relu, optimize, surrogate_gradients
 from synth.errors import ConfigError
 from synth.files import atomic, write_csv, write_text
-from synth.objectives import Match, Outside
-from synth.params import Blurred, Pixels
-from synth.probe import INPUT, LOGITS, ProbeModel, check_images
-from synth.results import Result, check_weights, write_png
+from synth.engine.objectives import Match, Outside
+from synth.engine.params import Blurred, Pixels
+from synth.zoo.probe import INPUT, LOGITS, ProbeModel, check_images
+from synth.engine.results import Result
+from synth.files import check_weights, write_png
 
 from .criterion import ERROR_TARGET, MetamerStop, Null, judge
 
@@ -51,7 +52,7 @@ STEP_RULE = "adam"
 LR_EARLY, LR_LATE = 0.3, 0.1
 SCHEDULE = "step"
 INIT_NOISE = 1 / 20
-RELU_BETA, POOL_TAU = 2.0, 0.2  # surrogate-gradient sharpness (synth.engine.surrogate_gradients)
+RELU_BETA, POOL_TAU = 2.0, 0.2  # surrogate-gradient sharpness (synth.engine.loop.surrogate_gradients)
 NULL_IMAGES = 256
 FORMAT_VERSION = 1
 
@@ -71,7 +72,7 @@ def null_images(n: int = NULL_IMAGES, size: int = 64) -> torch.Tensor:
     null set that metamers are compared against, disjoint from the test images they are usually made from."""
     key = (n, size)
     if key not in _NULL_CACHE:
-        from synth.data import render
+        from synth.world.data import render
 
         x = render(n, "val").tensor()
         if size != x.shape[-1]:

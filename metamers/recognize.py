@@ -25,9 +25,9 @@ from tqdm.auto import tqdm
 from synth import __version__
 from synth.errors import ConfigError
 from synth.files import write_csv, write_text
-from synth.models import load_model
-from synth.params import gaussian_blur
-from synth.probe import ProbeModel
+from synth.zoo.models import load_model
+from synth.engine.params import gaussian_blur
+from synth.zoo.probe import ProbeModel
 from synth.rng import seeded_globals
 
 from .generate import RETRY_LR, STEPS, MetamerResult, generate
@@ -156,7 +156,7 @@ def recognizability(models: Sequence[str | ProbeModel], stages: Sequence[str] = 
     if len({m.name for m in gens}) != len(gens) or len({m.name for m in obs}) != len(obs):
         raise ConfigError("give each model once")
     if images is None:
-        from synth.data import render
+        from synth.world.data import render
 
         per = max(1, n // 8)
         batch = render(per * 8, "test")

@@ -6,27 +6,22 @@ The public API a user holds in their head::
     result = synth.synthesize(model, "stretch(IT:12)", steps=256, seed=7)
     result.save("out/")
 """
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("phosphene")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0+unknown"
-
-from .constraints import Box, Contrast, Grayscale, LpBall, Mask  # noqa: E402
-from .data import CATEGORIES, ImageBatch, ObjectImages, World, localizer, render  # noqa: E402
-from .engine import optimize  # noqa: E402
-from .errors import CheckpointError, ConfigError, ImageError, PhospheneError, UnknownNameError  # noqa: E402
-from .evolve import evolve  # noqa: E402
-from .generators import available_generators, load_generator  # noqa: E402
-from .memory import max_batch  # noqa: E402
-from .models import available_models, default_device, load_model  # noqa: E402
-from .objectives import Objective, parse  # noqa: E402
-from .probe import Intervention, ProbeModel  # noqa: E402
-from .readouts import Readout, load_responses  # noqa: E402
-from .readouts import fit as fit_readout  # noqa: E402
-from .results import Result, read_png  # noqa: E402
-from .synthesis import synthesize  # noqa: E402
+from synth.version import __version__  # noqa: F401
+from synth.engine.constraints import Box, Contrast, Grayscale, LpBall, Mask
+from synth.world.data import CATEGORIES, ImageBatch, ObjectImages, World, localizer, render
+from synth.engine.loop import optimize
+from synth.errors import CheckpointError, ConfigError, ImageError, PhospheneError, UnknownNameError
+from synth.neuro.evolve import evolve
+from synth.zoo.generators import available_generators, load_generator
+from synth.engine.memory import max_batch
+from synth.zoo.models import available_models, default_device, load_model
+from synth.engine.objectives import Objective, parse
+from synth.zoo.probe import Intervention, ProbeModel
+from synth.neuro.readouts import Readout, load_responses
+from synth.neuro.readouts import fit as fit_readout
+from synth.engine.results import Result
+from synth.files import read_png
+from synth.neuro.synthesis import synthesize
 
 __all__ = ["Box", "CATEGORIES", "CheckpointError", "ConfigError", "Contrast", "Grayscale", "ImageBatch", "ImageError",
            "Intervention", "LpBall", "Mask", "Objective", "ObjectImages", "PhospheneError", "ProbeModel", "Readout", "Result",

@@ -41,9 +41,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .constraints import stimulus_controls
-from .errors import ConfigError, UnknownNameError, suggest
-from .files import sha256, write_csv, write_text
+from synth.engine.constraints import stimulus_controls
+from synth.errors import ConfigError, UnknownNameError, suggest
+from synth.files import sha256, write_csv, write_text
 
 # Every key a job may set, with its default.
 JOB_KEYS: dict[str, object] = {
@@ -125,8 +125,8 @@ def _digest(path: str | os.PathLike, what: str) -> str:
 def weights_digest(job: dict) -> str:
     """What a job's model computes with, by content: the sha256 of its weights file (an embedded model's shipped
     weights, or the checkpoint given) and of every readout it attaches; 'random init' for an untrained net."""
-    from .models import WEIGHTS_DIR
-    from .readouts import Readout
+    from synth.zoo.models import WEIGHTS_DIR
+    from synth.neuro.readouts import Readout
 
     card = WEIGHTS_DIR / f"{job['model']}.json"
     if job["weights"]:
@@ -142,7 +142,7 @@ def weights_digest(job: dict) -> str:
         parts += [_digest(pt, "readout"), _digest(pt.with_suffix(".json"), "readout description")]
     space = job["code"] if job["method"] == "evolution" else job["param"]
     if str(space).startswith("generator:"):  # the images are the generator's: its weights count too
-        from .generators import GENERATORS_DIR
+        from synth.zoo.generators import GENERATORS_DIR
 
         name = str(space).split(":", 1)[1]
         card = GENERATORS_DIR / f"{name}.json"
@@ -169,8 +169,8 @@ def file_name(job: dict, k: int) -> str:
 
 @cache
 def _model(name: str, weights: str | None, readouts: tuple[str, ...]):
-    from .models import load_model
-    from .readouts import Readout
+    from synth.zoo.models import load_model
+    from synth.neuro.readouts import Readout
 
     model = load_model(name, weights=weights)
     for path in readouts:
@@ -180,10 +180,10 @@ def _model(name: str, weights: str | None, readouts: tuple[str, ...]):
 
 def run_job(job: dict, out: str | os.PathLike, progress: bool = False) -> list[dict]:
     """Run one job and write its images and record into ``out``; returns its manifest rows. Pure in its inputs."""
-    from .evolve import evolve
-    from .models import require_trained
-    from .results import write_png
-    from .synthesis import synthesize
+    from synth.neuro.evolve import evolve
+    from synth.zoo.models import require_trained
+    from synth.files import write_png
+    from synth.neuro.synthesis import synthesize
 
     out = Path(out)
     model = _model(job["model"], job["weights"], tuple(job["readouts"]))

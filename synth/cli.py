@@ -7,13 +7,13 @@ import sys
 import textwrap
 from collections.abc import Sequence
 
-from . import __version__
-from .errors import PhospheneError
+from synth.version import __version__
+from synth.errors import PhospheneError
 
 
 def _load(args: argparse.Namespace, name: str, weights: str | None, **options):
     """``load_model``, refusing an architecture without trained weights unless --random-weights asks for one."""
-    from .models import load_model, require_trained
+    from synth.zoo.models import load_model, require_trained
 
     model = load_model(name, weights=weights, **options)
     if getattr(args, "random_weights", False):
@@ -24,7 +24,7 @@ def _load(args: argparse.Namespace, name: str, weights: str | None, **options):
 
 
 def _models(args: argparse.Namespace) -> None:
-    from .models import CORNETS, BRAIN_SCORE_AREAS, embedded_models, load_model, torchvision_models
+    from synth.zoo.models import CORNETS, BRAIN_SCORE_AREAS, embedded_models, load_model, torchvision_models
 
     if args.name is None:
         print("embedded (trained on the embedded object set; weights ship with phosphene):")
@@ -32,7 +32,7 @@ def _models(args: argparse.Namespace) -> None:
             m, r = card["metrics"], card["metrics"]["pgd_linf"]
             print(f"  {name:<16} test top-1 {m['test_top1']:.1%}, Linf PGD-{r['steps']} at {r['eps_255']:g}/255 "
                   f"{r['accuracy']:.1%} (foolbox {r['foolbox']:.1%}){', stochastic' if m.get('stochastic') else ''}")
-        from .generators import GENERATORS_DIR, available_generators
+        from synth.zoo.generators import GENERATORS_DIR, available_generators
 
         print("generators (for --param / --code generator:NAME; DeePSiM fc6 as generator:PATH):")
         for name in available_generators():
@@ -72,7 +72,7 @@ def _models(args: argparse.Namespace) -> None:
 
 
 def _images(args: argparse.Namespace) -> None:
-    from .data import World, render, write_folder
+    from synth.world.data import World, render, write_folder
 
     world = World(size=args.size, seed=args.seed, variation=args.variation)
     batch = render(args.n, args.split, world, category=args.category, workers=args.workers, progress=True)
@@ -85,8 +85,9 @@ def _images(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from .generators import GENERATOR_RECIPES, GENERATORS_DIR, remeasure_generator, train_generator
-    from .training import WEIGHTS_DIR, remeasure, train
+    from synth.training.generators import GENERATOR_RECIPES, remeasure_generator, train_generator
+    from synth.zoo.generators import GENERATORS_DIR
+    from synth.training.recipes import WEIGHTS_DIR, remeasure, train
 
     if args.name in GENERATOR_RECIPES:
         args.out = args.out or str(GENERATORS_DIR)
@@ -121,10 +122,10 @@ def _readout_path(name: str) -> str:
 
 
 def _synth(args: argparse.Namespace) -> None:
-    from .constraints import stimulus_controls
-    from .evolve import evolve
-    from .readouts import Readout
-    from .synthesis import synthesize
+    from synth.engine.constraints import stimulus_controls
+    from synth.neuro.evolve import evolve
+    from synth.neuro.readouts import Readout
+    from synth.neuro.synthesis import synthesize
 
     model = _load(args, args.model, args.weights)
     for name in args.readout:
@@ -150,7 +151,7 @@ def _synth(args: argparse.Namespace) -> None:
 
 
 def _max_batch(args: argparse.Namespace) -> None:
-    from .memory import max_batch
+    from synth.engine.memory import max_batch
 
     model = _load(args, args.model, args.weights)
     size = args.size or model.input_size or 224
@@ -164,7 +165,7 @@ def _max_batch(args: argparse.Namespace) -> None:
 
 
 def _readout(args: argparse.Namespace) -> None:
-    from .readouts import embedded_images, fit, load_responses
+    from synth.neuro.readouts import embedded_images, fit, load_responses
 
     model = _load(args, args.model, args.weights)
     resp = load_responses(args.responses)
@@ -180,7 +181,7 @@ def _readout(args: argparse.Namespace) -> None:
 
 
 def _simulate(args: argparse.Namespace) -> None:
-    from .control import simulate_recording
+    from synth.neuro.subject import simulate_recording
 
     model = _load(args, args.subject, args.weights)
     resp = simulate_recording(model, args.layer, n_images=args.images, n_sites=args.sites, repeats=args.repeats,
@@ -192,7 +193,7 @@ def _simulate(args: argparse.Namespace) -> None:
 
 
 def _batch(args: argparse.Namespace) -> None:
-    from .batch import run
+    from synth.batch import run
 
     summary = run(args.experiment, args.out, jobs=args.jobs, backend=args.backend)
     print(f"{summary['jobs']} jobs: {summary['ran']} ran, {summary['skipped']} already done; "
@@ -208,8 +209,8 @@ def _load_images(paths: Sequence[str], size: int | None):
     import torch
     import torch.nn.functional as F
 
-    from .errors import ImageError
-    from .results import read_png
+    from synth.errors import ImageError
+    from synth.files import read_png
 
     if not paths:
         raise ImageError("no images given")
@@ -240,8 +241,8 @@ def _attack(args: argparse.Namespace) -> None:
     import attacks
     from attacks.common import parse_eps
 
-    from .errors import ConfigError, UnknownNameError
-    from .readouts import Readout
+    from synth.errors import ConfigError, UnknownNameError
+    from synth.neuro.readouts import Readout
 
     model = _load(args, args.model, args.weights)
     for name in args.readout:
@@ -279,7 +280,7 @@ def _robustness(args: argparse.Namespace) -> None:
     import attacks
     from attacks.robustness import image_folder
 
-    from .errors import ConfigError
+    from synth.errors import ConfigError
 
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     weights = {}
@@ -344,7 +345,7 @@ def _recognizability(args: argparse.Namespace) -> None:
 
 
 def _afraz(args: argparse.Namespace) -> None:
-    from .topography import run_afraz
+    from microstim import run_afraz
 
     model = _load(args, args.model, args.weights, positions=args.positions)
     spreads = tuple(float(v) for v in args.spreads.split(",") if v.strip())
@@ -388,7 +389,7 @@ def _speed(args: argparse.Namespace) -> dict:
 
 
 def _bytes(text: str) -> int:
-    from .errors import ConfigError
+    from synth.errors import ConfigError
 
     units = {"": 1, "B": 1, "KB": 2 ** 10, "MB": 2 ** 20, "GB": 2 ** 30, "TB": 2 ** 40}
     t = text.strip().upper().replace("IB", "B")
@@ -413,10 +414,10 @@ def _space(*names: str):
 
 def parser() -> argparse.ArgumentParser:
     """The argument parser of the ``phosphene`` command."""
-    from .data import CONTROLS, SPLITS, VARIATION
-    from .shapes import CATEGORIES
-    from .generators import GENERATOR_RECIPES
-    from .training import RECIPES, WEIGHTS_DIR
+    from synth.world.data import CONTROLS, SPLITS, VARIATION
+    from synth.world.shapes import CATEGORIES
+    from synth.training.generators import GENERATOR_RECIPES
+    from synth.training.recipes import RECIPES, WEIGHTS_DIR
 
     p = argparse.ArgumentParser(prog="phosphene", description="Probe models of the primate ventral stream.")
     p.add_argument("--version", action="version", version=f"phosphene {__version__}")

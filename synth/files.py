@@ -1,20 +1,23 @@
-"""Writing files so that a crash never leaves a half-written one under its real name; file hashes."""
+"""phosphene's I/O: files written so that a crash never leaves a half-written one under its real name, file and
+tensor digests, the weights check every saved result goes through, and PNGs that carry their recipe."""
 from __future__ import annotations
 
 import contextlib
 import csv
-import hashlib
 import functools
+import hashlib
 import json
 import os
 import platform
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    import torch
+import numpy as np
+import torch
+from PIL import Image, PngImagePlugin
+
+from synth.errors import CheckpointError, ImageError
 
 
 @contextlib.contextmanager
@@ -60,8 +63,6 @@ def sha256(path: str | os.PathLike) -> str:
 def tensor_digest(t: torch.Tensor) -> str:
     """A short sha256 (16 hex digits) of a tensor's dtype, shape and values (not its memory layout or device): how
     a run's recipe names a tensor that defines it (a ball's centre, per-image budgets)."""
-    import torch
-
     t = torch.as_tensor(t).detach().to("cpu").contiguous()
     h = hashlib.sha256(f"{t.dtype}:{tuple(t.shape)};".encode())
     h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
@@ -82,3 +83,72 @@ def machine() -> dict:
             "torchvision": torchvision.__version__, "numpy": numpy.__version__, "pillow": PIL.__version__,
             "cuda": torch.version.cuda if torch.cuda.is_available() else None,
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+MAX_PIXELS = 50_000_000  # larger images are refused before decoding (decompression bombs)
+MIN_SIDE = 8  # smaller images are refused: resized to a model's input they are a flat colour
+
+
+def check_weights(metadata: dict, model, where: str | os.PathLike, remedy: str = "use it without a model") -> None:
+    """Raise CheckpointError unless ``metadata`` recorded the digest of ``model``'s weights
+    (``ProbeModel.weights_digest``): a mismatch, or no digest recorded, is always refused."""
+    recorded = metadata.get("weights_sha256")
+    current = model.weights_digest()
+    if not recorded:
+        raise CheckpointError(f"{where} records no weights digest, so it cannot be checked against {model.name}: "
+                              f"{remedy}")
+    if recorded != current:
+        raise CheckpointError(f"{where} was made with {metadata.get('model')} weights {recorded[:12]}…, but "
+                              f"{model.name} has weights {current[:12]}…: load the model it was made with")
+
+
+# Metadata that differs between two runs of the same recipe: kept in result.json and manifests, not in the PNG,
+# so that the same seed and config give a bit-identical file.
+VOLATILE = ("seconds",)
+
+
+def write_png(image: torch.Tensor, path: str | os.PathLike, metadata: dict) -> None:
+    """Save one 3×H×W [0,1] image as an 8-bit PNG with ``metadata`` as text chunks (one per key, plus JSON);
+    run timings are left out, so the same recipe writes the same bytes."""
+    arr = (image.detach().cpu().clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+    metadata = {k: v for k, v in metadata.items() if k not in VOLATILE}
+    info = PngImagePlugin.PngInfo()
+    for key, value in metadata.items():
+        info.add_text(f"phosphene:{key}", value if isinstance(value, str) else json.dumps(value))
+    info.add_text("phosphene", json.dumps(metadata))
+    with atomic(path) as tmp:
+        Image.fromarray(arr).save(tmp, format="PNG", pnginfo=info)
+
+
+def read_png(path: str | os.PathLike) -> tuple[torch.Tensor, dict]:
+    """Read an image as a 3×H×W float tensor in [0,1] and whatever phosphene metadata it carries.
+
+    Odd modes (palette, grayscale, 16-bit, alpha) are converted to RGB; unreadable files raise ImageError.
+    """
+    try:
+        with Image.open(path) as im:
+            if im.width * im.height > MAX_PIXELS:
+                raise ImageError(f"cannot read image {path}: {im.width}×{im.height} pixels is more than phosphene "
+                                 f"reads ({MAX_PIXELS:,}); a decompression bomb, or an image to shrink first")
+            if min(im.width, im.height) < MIN_SIDE:
+                raise ImageError(f"image {path} is {im.width}×{im.height} pixels: too small to show a model anything "
+                                 f"(at least {MIN_SIDE}×{MIN_SIDE})")
+            im.load()
+            text = dict(getattr(im, "text", {}) or {})
+            if im.mode in ("I;16", "I;16B", "I", "F"):
+                a = np.asarray(im, dtype=np.float64)
+                a = (a - a.min()) / max(a.max() - a.min(), 1e-12)
+                rgb = np.repeat(a[..., None], 3, axis=2)
+            else:
+                if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:  # composite alpha on grey
+                    im = im.convert("RGBA")
+                    bg = Image.new("RGBA", im.size, (128, 128, 128, 255))
+                    im = Image.alpha_composite(bg, im)
+                rgb = np.asarray(im.convert("RGB"), dtype=np.float64) / 255.0
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise ImageError(f"cannot read image {path}: {e}") from None
+    try:
+        meta = json.loads(text["phosphene"]) if "phosphene" in text else {}
+    except json.JSONDecodeError:
+        meta = {}  # another program's (or a damaged) text chunk: the pixels are still the image
+    return torch.from_numpy(rgb).permute(2, 0, 1).float(), meta

@@ -35,7 +35,7 @@ def test_sample() -> synth.ImageBatch:
 @pytest.fixture(scope="session")
 def tiny() -> synth.ProbeModel:
     """A small untrained VentralNet: enough for the mechanics of the engine, instant to run."""
-    from synth.ventral import AREAS, VentralNet
+    from synth.zoo.ventral import AREAS, VentralNet
     torch.manual_seed(0)
     net = VentralNet(8, (8, 16, 16, 32))
     return synth.load_model(net, device="cpu", name="tiny", classes=list(synth.CATEGORIES), areas=AREAS,

@@ -66,7 +66,7 @@ def test_metamers_page_makes_a_metamer_and_asks_the_other_models():
 
 def test_microstim_page_shows_the_sheet_and_the_shift_in_face_choices():
     import synth
-    from synth import topography as topo
+    import microstim as topo
 
     model = synth.load_model("toy-topo", device="cpu")  # the page's default: the one topographic model shipped
     t = topo.localizer_maps(model, "IT", 100)["faces_vs_objects"]
@@ -152,7 +152,7 @@ def test_a_readout_attached_in_one_session_is_that_sessions_alone(tmp_path):
     """Two browser sessions share the cached model; a readout one user attaches becomes a layer of that user's
     model only, and a second readout on the same layer keeps the first."""
     import synth
-    from synth.readouts import Responses, features
+    from synth.neuro.readouts import Responses, features
 
     model = synth.load_model("toy-standard", device="cpu")
     images = synth.render(40, "test").tensor()

@@ -12,7 +12,7 @@ import attacks
 import synth
 from attacks import AttackResult
 from synth.errors import ConfigError, UnknownNameError
-from synth.results import read_png
+from synth.files import read_png
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ from synth import batch
 from synth.batch import load_experiment, run
 from synth.cli import main
 from synth.errors import ConfigError, PhospheneError
-from synth.results import read_png
+from synth.files import read_png
 
 EXPERIMENT = """
 [experiment]
@@ -134,7 +134,7 @@ def test_cli_batch_and_synth(experiment, tmp_path, capsys):
 def test_a_metamer_job_written_in_a_batch_file(tmp_path):
     import torch
     import synth
-    from synth.results import write_png
+    from synth.files import write_png
     ref = synth.render(1, "test").tensor()[0]
     write_png(ref, tmp_path / "ref.png", {})
     path = tmp_path / "metamer.toml"
@@ -194,7 +194,7 @@ def test_file_names_say_model_objective_and_seed_and_keep_the_hash(tmp_path):
 
 def test_retraining_weights_in_place_redoes_their_jobs(tmp_path):
     import torch
-    from synth.training import WEIGHTS_DIR
+    from synth.training.recipes import WEIGHTS_DIR
     weights = tmp_path / "mine.pt"
     weights.write_bytes((WEIGHTS_DIR / "toy-standard.pt").read_bytes())
     exp = _small(tmp_path, extra=f"weights = '{weights}'")

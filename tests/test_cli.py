@@ -54,7 +54,7 @@ def test_readout_fit_then_synthesize_through_it(tmp_path, capsys, toy_standard):
     import numpy as np
 
     import synth
-    from synth.readouts import features
+    from synth.neuro.readouts import features
 
     images = synth.render(60, "val").tensor()
     feats = features(toy_standard, images, "V4").numpy()
@@ -88,7 +88,7 @@ def test_attack_command_attacks_images_and_writes_what_it_did(tmp_path, capsys):
     assert "pgd-linf on toy-standard (8 images, linf)" in out and "4/255" in out
     result = AttackResult.load(tmp_path / "out")
     assert [result.classes[i] for i in result.labels] == categories  # labels read from metadata.csv
-    from synth.results import read_png
+    from synth.files import read_png
     _, meta = read_png(tmp_path / "out" / "eps_1" / "adv_003.png")
     assert meta["attack"] == "pgd-linf" and meta["label"] == categories[3] and meta["steps"] == 10
     assert (tmp_path / "out" / "sheet.png").stat().st_size > 10_000 and (tmp_path / "out" / "curve.png").is_file()
@@ -185,7 +185,7 @@ def test_synth_refuses_an_untrained_architecture_unless_asked(tmp_path, capsys):
 
 def test_synth_prints_the_scores_of_the_images_it_saved(tmp_path, capsys, toy_standard):
     """With random transforms on, the printed score is still the saved image's own, measured again here."""
-    from synth.results import Result
+    from synth.engine.results import Result
 
     assert main(["synth", "--objective", "IT:12", "--steps", "6", "--n", "2", "--out", str(tmp_path / "s")]) == 0
     printed = capsys.readouterr().out.split("final scores ")[1].split(" (")[0]

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 import synth
-from synth.control import Subject, population_control, stretch_units
-from synth.readouts import features
+from synth.neuro.subject import Subject
+from synth.neuro.control import population_control, stretch_units
+from synth.neuro.readouts import features
 
 
 @pytest.fixture(scope="module")

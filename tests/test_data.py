@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 import synth
-from synth.data import VARIATION, World, localizer, render, write_folder
+from synth.world.data import VARIATION, World, localizer, render, write_folder
 from synth.errors import ConfigError, UnknownNameError
 
 
@@ -57,7 +57,7 @@ def test_variation_levels_bound_pose_position_and_scale():
 def test_objects_cover_the_image_differently_from_background(monkeypatch):
     """Objects are drawn: a low-variation image differs from the same scene rendered with its object emptied of
     parts (the same random draws, so the same background, lighting and noise) where the object is, and only there."""
-    from synth import data
+    from synth.world import data
 
     world = World(variation="low", clutter=False, size=96)  # centred objects; no clutter or loose parts
     scenes = render(8, "test", world).images.astype(float)
@@ -104,7 +104,7 @@ def test_phase_scrambling_keeps_the_amplitude_spectrum_and_destroys_the_image():
     for img, meta in zip(src.images, src.metadata):
         assert meta["category"] == "phase_scrambled" and meta["source_category"] in synth.CATEGORIES
     original, _ = w.image(0, "localizer")
-    from synth.render import phase_scramble
+    from synth.world.render import phase_scramble
     out = phase_scramble(original, np.random.default_rng(0))
     a0 = np.abs(np.fft.fft2(original[..., 0] / 255.0))
     a1 = np.abs(np.fft.fft2(out[..., 0] / 255.0))

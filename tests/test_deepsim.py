@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import synth
-from synth.deepsim import DeePSiMFc6, is_deepsim, load_deepsim
+from synth.zoo.deepsim import DeePSiMFc6, is_deepsim, load_deepsim
 from synth.errors import CheckpointError, ConfigError
 
 # XDream's port (willwx/XDream xdream/torch_nets/deepsim.py) names: no deconv biases.
@@ -167,8 +167,8 @@ def test_pickled_code_is_refused_without_running_it(tmp_path):
 
 
 def test_deepsim_file_is_a_generator_parametrization_and_evolution_space(files, code, reference, tiny):
-    from synth.generators import load_generator
-    from synth.params import make
+    from synth.zoo.generators import load_generator
+    from synth.engine.params import make
 
     g = load_generator(files["upconv"], device="cpu")  # routed to DeePSiM by its shapes
     assert g.latent_dim == 4096 and g.info["weights"] == str(files["upconv"])

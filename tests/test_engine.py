@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from synth import Box, Contrast, Grayscale, LpBall, Mask, optimize, synthesize
-from synth.engine import redirected_relu
+from synth.engine.loop import redirected_relu
 from synth.errors import ConfigError, ImageError, UnknownNameError
-from synth.objectives import Match
-from synth.params import Blurred, Fourier, Pixels, gaussian_blur, make
-from synth.transforms import standard
+from synth.engine.objectives import Match
+from synth.engine.params import Blurred, Fourier, Pixels, gaussian_blur, make
+from synth.engine.transforms import standard
 
 
 def _gen(seed=0):
@@ -109,7 +109,7 @@ def test_expectation_over_transforms_counts_evaluations(tiny):
     assert r.metadata["evaluations"] == 4 * 2 * (3 + 1)  # 3 transformed draws, then the images themselves once
     assert "jitter" in r.metadata["transforms"]
     x = torch.rand(2, 3, 64, 64)
-    from synth.transforms import apply
+    from synth.engine.transforms import apply
     y = apply(standard(64), x, _gen())
     assert y.shape == x.shape and not torch.equal(x, y)
 
@@ -255,7 +255,7 @@ def test_every_model_has_logits_and_input_layers(tiny):
 
 
 def test_label_objectives_score_and_round_trip(tiny):
-    from synth.objectives import CrossEntropy, Margin, parse
+    from synth.engine.objectives import CrossEntropy, Margin, parse
     z = torch.tensor([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0]])
     acts = {"logits": z}
     y = torch.tensor([0, 2])
@@ -278,7 +278,7 @@ def test_label_objectives_score_and_round_trip(tiny):
 
 
 def test_the_returned_images_are_projected_and_checked_whatever_the_step_rule_does(tiny):
-    from synth.criteria import ScoreAtLeast
+    from synth.engine.criteria import ScoreAtLeast
 
     class Wild:
         """A step rule that throws the pixels far out of the ball and the box."""
@@ -328,7 +328,7 @@ def test_apgd_ascends_inside_the_ball(tiny):
 
 
 def test_apgd_halves_the_step_and_restarts_from_the_best_point_where_the_score_stalls():
-    from synth.engine import APGD
+    from synth.engine.loop import APGD
     x = torch.nn.Parameter(torch.zeros(2, 1, 2, 2))
     opt = APGD([x], torch.tensor([0.4, 0.4]), math.inf, steps=20, project=lambda t: t.clamp_(-1, 1))
     assert opt.gap == 4
@@ -344,7 +344,7 @@ def test_apgd_halves_the_step_and_restarts_from_the_best_point_where_the_score_s
 
 
 def test_surrogate_gradients_keep_the_forward_and_reach_silent_units_and_pool_runners_up(tiny):
-    from synth.engine import Surrogate, surrogate_gradients
+    from synth.engine.loop import Surrogate, surrogate_gradients
     x = torch.rand(2, 3, 32, 32, generator=_gen(4), requires_grad=True)
 
     def run():

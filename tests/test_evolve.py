@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import synth
-from synth.engine import optimize
+from synth.engine.loop import optimize
 from synth.errors import ConfigError, UnknownNameError
-from synth.evolve import CMAES, Genetic
-from synth.params import Fourier
+from synth.neuro.evolve import CMAES, Genetic
+from synth.engine.params import Fourier
 
 
 def test_evolution_improves_and_never_loses_its_best(tiny):

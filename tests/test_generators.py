@@ -9,10 +9,11 @@ import pytest
 import torch
 
 import synth
-import synth.generators as gens
-from synth.control import Presented, Subject
+import synth.training.generators as recipes
+import synth.zoo.generators as gens
+from synth.neuro.subject import Presented, Subject
 from synth.errors import CheckpointError, ConfigError, UnknownNameError
-from synth.params import Generated, make
+from synth.engine.params import Generated, make
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,7 @@ def test_shipped_generators_match_their_cards_and_look_more_like_the_world_than_
     g = gens.load_generator(name, device="cpu")
     assert g.latent_dim == card["architecture"]["latent_dim"] and g.info["sha256"] == card["sha256"]
     assert sum(m["histogram"].values()) == round(m["confident_share"] * m["n"])
-    _, images = gens.sample(g, 200, seed=11)
+    _, images = recipes.sample(g, 200, seed=11)
     noise = make("fourier", 200, 64, "noise", torch.Generator().manual_seed(0), sd=0.5).image().detach()
 
     def confident(x):
@@ -46,9 +47,9 @@ def test_shipped_generators_match_their_cards_and_look_more_like_the_world_than_
 
 
 def test_toy_gan_samples_are_seeded_and_distinct(toy_gan):
-    codes, images = gens.sample(toy_gan, 16, seed=3)
+    codes, images = recipes.sample(toy_gan, 16, seed=3)
     assert images.shape == (16, 3, 64, 64) and 0 <= float(images.min()) and float(images.max()) <= 1
-    assert torch.equal(gens.sample(toy_gan, 16, seed=3)[1], images)  # a seed is a sample set
+    assert torch.equal(recipes.sample(toy_gan, 16, seed=3)[1], images)  # a seed is a sample set
     assert float(images.std(0).mean()) > 0.05  # distinct codes make distinct images: no collapse to one
 
 
@@ -111,9 +112,9 @@ def test_load_generator_by_shapes_and_clear_errors(toy_gan, tmp_path):
 
 @pytest.mark.parametrize("name", ["toy-gan", "toy-deepsim"])
 def test_recipe_writes_weights_card_and_sheet(name, tmp_path, monkeypatch):
-    monkeypatch.setitem(gens.GENERATOR_RECIPES, name, replace(gens.GENERATOR_RECIPES[name], eval_n=64,
+    monkeypatch.setitem(recipes.GENERATOR_RECIPES, name, replace(recipes.GENERATOR_RECIPES[name], eval_n=64,
                                                               batch_size=16, latent_dim=16))
-    card = gens.train_generator(name, tmp_path, workers=1, epochs=1, n_train=64)
+    card = recipes.train_generator(name, tmp_path, workers=1, epochs=1, n_train=64)
     assert {p.name for p in tmp_path.iterdir()} == {f"{name}.{ext}" for ext in ("pt", "json", "md", "png")}
     m = card["metrics"]
     assert m["n"] == 64 and sum(m["histogram"].values()) == round(m["confident_share"] * 64)
@@ -184,7 +185,7 @@ def test_evolution_against_a_subject_makes_no_gradient_call(guarded_subject, opt
 
 def test_presented_is_noisy_and_seeded(guarded_subject):
     subject, _ = guarded_subject
-    images = gens.sample(gens.load_generator("toy-gan", device="cpu"), 6, seed=0)[1]
+    images = recipes.sample(gens.load_generator("toy-gan", device="cpu"), 6, seed=0)[1]
     a, b = Presented(subject, 0, repeats=3, seed=4), Presented(subject, 0, repeats=3, seed=4)
     first = a({"input": images})
     assert torch.equal(first, b({"input": images}))  # same seed, same trials
@@ -198,8 +199,8 @@ def test_presented_is_noisy_and_seeded(guarded_subject):
 def test_evolution_from_a_readout_site_in_generator_space(toy_standard, test_sample):
     model = synth.load_model("toy-standard", device="cpu")
     images = test_sample.tensor()[:240]
-    resp = synth.readouts.Responses([f"i{k}" for k in range(240)],
-                                    synth.readouts.features(toy_standard, images, "V4", pooled=True)[:, :3, None]
+    resp = synth.neuro.readouts.Responses([f"i{k}" for k in range(240)],
+                                    synth.neuro.readouts.features(toy_standard, images, "V4", pooled=True)[:, :3, None]
                                     .double().numpy().repeat(2, 2), ["a", "b", "c"])
     name = model.add_readout(synth.fit_readout(model, images, resp, "V4", method="ridge"))
     r = synth.evolve(model, f"{name}:b", code="generator:toy-gan", optimizer="cmaes", population=12,
@@ -252,7 +253,7 @@ def test_batch_jobs_in_generator_space_hash_the_generator(tmp_path):
 
 
 def test_evolve_sites_keeps_each_budgets_best_and_measures_it_as_the_natural_images(guarded_subject, test_sample):
-    from synth.control import evolve_sites
+    from synth.neuro.control import evolve_sites
 
     subject, grad_on = guarded_subject
     natural = test_sample.tensor()[:60]

@@ -9,14 +9,15 @@ import torch
 
 import attacks
 import metamers
+import microstim
 import synth
 from attacks.common import logits as verdict_logits
 from synth import Box, LpBall, optimize
-from synth.control import Subject
+from synth.neuro.subject import Subject
 from synth.errors import CheckpointError
-from synth.objectives import CrossEntropy, Match, parse
-from synth.params import Pixels
-from synth.results import Result
+from synth.engine.objectives import CrossEntropy, Match, parse
+from synth.engine.params import Pixels
+from synth.engine.results import Result
 
 
 @pytest.fixture(scope="module")
@@ -96,8 +97,8 @@ def test_a_stimulation_metamer_and_layout_change_in_one_thread_do_not_reach_a_sy
     model = toy_topo
     run = lambda: synth.synthesize(model, "IT:5", n=2, steps=6, seed=1, progress=False)
     alone = run()
-    sheet = synth.topography.sheet_of(model, "IT")
-    stim = synth.topography.microstimulation(sheet, (sheet.size_mm / 2, sheet.size_mm / 2), 200.0)
+    sheet = synth.zoo.sheets.sheet_of(model, "IT")
+    stim = microstim.microstimulation(sheet, (sheet.size_mm / 2, sheet.size_mm / 2), 200.0)
     busy, stop, errors = threading.Event(), threading.Event(), []
     x = _images(4)
 
@@ -145,11 +146,11 @@ def test_two_noisy_runs_side_by_side_each_draw_their_own_noise(vone):
 def test_readouts_belong_to_the_model_they_are_attached_to_and_a_second_one_keeps_the_first(toy_standard):
     images = _images(40)
     session = toy_standard.fork()
-    responses = synth.readouts.Responses([str(i) for i in range(40)],
-                                         synth.readouts.features(toy_standard, images, "V4", pooled=True)[:, :6]
+    responses = synth.neuro.readouts.Responses([str(i) for i in range(40)],
+                                         synth.neuro.readouts.features(toy_standard, images, "V4", pooled=True)[:, :6]
                                          .numpy(), [f"s{i}" for i in range(6)])
     first = synth.fit_readout(session, images, responses, "V4", method="ridge")
-    second = synth.fit_readout(session, images, synth.readouts.Responses(responses.image_ids,
+    second = synth.fit_readout(session, images, synth.neuro.readouts.Responses(responses.image_ids,
                                                                          responses.values[:, ::-1].copy(),
                                                                          responses.sites), "V4", method="ridge")
     a, b = session.add_readout(first), session.add_readout(second)

@@ -52,7 +52,7 @@ def test_the_engine_optimizes_under_an_intervention(toy_standard, x):
     silence = torch.zeros(128, 1, 1, dtype=torch.bool)
     silence[:64] = True
     stimulated = toy_standard.intervene(Intervention("V4", "replace", 0.0, mask=silence))
-    run = lambda m: synth.optimize(m, "IT:3", synth.params.Pixels(start), steps=8, lr=0.05, progress=False)
+    run = lambda m: synth.optimize(m, "IT:3", synth.engine.params.Pixels(start), steps=8, lr=0.05, progress=False)
     free, under = run(toy_standard), run(stimulated)
     rescored = stimulated.activations(under.images, "IT")["IT"][:, 3].mean()
     assert not torch.allclose(free.images, under.images)
@@ -82,7 +82,7 @@ def test_a_checkpoint_made_without_a_stimulation_does_not_resume_under_one(toy_s
     from synth.errors import CheckpointError
 
     path = tmp_path / "run.pt"
-    run = lambda m: synth.optimize(m, "IT:3", synth.params.Pixels(x[:1]), steps=4, lr=0.05,
+    run = lambda m: synth.optimize(m, "IT:3", synth.engine.params.Pixels(x[:1]), steps=4, lr=0.05,
                                    checkpoint=path, checkpoint_every=2, progress=False)
     run(toy_standard)
     with pytest.raises(CheckpointError, match="interventions"):

@@ -8,14 +8,14 @@ import torch
 
 import synth
 from synth import Box, LpBall, optimize
-from synth.criteria import AllOf, Plateau, RelativeError, ScoreAtLeast, Where
-from synth.engine import StepDecay, schedule
+from synth.engine.criteria import AllOf, Plateau, RelativeError, ScoreAtLeast, Where
+from synth.engine.loop import StepDecay, schedule
 from synth.errors import CheckpointError, ConfigError
-from synth.evolve import Genetic
-from synth.objectives import Match, parse
-from synth.params import Fourier, Pixels
-from synth.results import Result
-from synth.transforms import standard
+from synth.neuro.evolve import Genetic
+from synth.engine.objectives import Match, parse
+from synth.engine.params import Fourier, Pixels
+from synth.engine.results import Result
+from synth.engine.transforms import standard
 
 
 class Killed(Exception):
@@ -166,7 +166,7 @@ def test_match_and_direction_round_trip_and_results_keep_full_activations(tiny, 
     assert r.population("V4").shape == (3, ref.shape[1])
     r.save(tmp_path / "r")
     digest = str(m).split("sha256:")[1][:16]
-    from synth import objectives
+    from synth.engine import objectives
     del m, again, r
     objectives._TARGETS.pop(digest, None)
     with pytest.raises(ConfigError, match="not loaded"):
@@ -193,7 +193,7 @@ def test_match_and_direction_round_trip_and_results_keep_full_activations(tiny, 
 
 
 def test_match_from_an_image_file(tiny, tmp_path):
-    from synth.results import write_png
+    from synth.files import write_png
     img = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(2))
     write_png(img, tmp_path / "ref.png", {})
     m = parse(f"match(IT, image='{tmp_path / 'ref.png'}', metric=normalized)").resolve(tiny)

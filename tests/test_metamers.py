@@ -10,8 +10,8 @@ from scipy.stats import spearmanr
 import metamers
 import synth
 from synth.cli import main
-from synth.criteria import Where
-from synth.engine import fake_relu
+from synth.engine.criteria import Where
+from synth.engine.loop import fake_relu
 from synth.errors import CheckpointError, ConfigError
 from metamers.recognize import Recognizability, recognizability
 
@@ -217,7 +217,7 @@ def test_cli_writes_one_metamer_per_input_and_refuses_bad_files(tmp_path, capsys
 
 
 def test_recognizability_on_a_reduced_set_resumes_and_reports(tiny, tmp_path):
-    from synth.ventral import AREAS, VentralNet
+    from synth.zoo.ventral import AREAS, VentralNet
     torch.manual_seed(1)
     twin = synth.load_model(VentralNet(8, (8, 16, 16, 32)), device="cpu", name="twin", classes=tiny.classes,
                             areas=AREAS, mean=(0.5,) * 3, std=(0.25,) * 3)

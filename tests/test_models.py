@@ -10,8 +10,8 @@ from torch import nn
 
 import synth
 from synth.errors import CheckpointError, ImageError, UnknownNameError
-from synth.models import MADRY_AREAS, embedded_models
-from synth.probe import check_images
+from synth.zoo.models import MADRY_AREAS, embedded_models
+from synth.zoo.probe import check_images
 
 
 def _accuracy(model, batch):
@@ -47,7 +47,7 @@ def test_under_attack_the_v1_front_end_sits_between_the_standard_and_the_robust_
 
 
 def test_robust_model_resists_pgd_where_the_standard_model_falls(toy_standard, toy_robust, test_sample):
-    from synth.training import pgd_accuracy
+    from synth.training.recipes import pgd_accuracy
     x, y = test_sample.tensor()[:96], torch.from_numpy(test_sample.labels[:96])
     torch.manual_seed(0)  # foolbox's random start draws from torch's generator
     std = pgd_accuracy(toy_standard, x, y, eps=4 / 255, steps=10)
@@ -184,7 +184,7 @@ def test_madry_checkpoint_round_trips_with_its_own_normalizer(resnet18, tmp_path
 
 
 def test_cornet_checkpoint_in_its_published_format_loads_by_path(tmp_path):
-    from synth.cornet import cornet_z
+    from synth.zoo.cornet import cornet_z
     torch.manual_seed(2)
     net = cornet_z().eval()
     path = tmp_path / "cornet_z.pth"
@@ -209,7 +209,7 @@ def test_cornet_s_exposes_each_time_step():
 def test_architectures_that_could_not_be_compared_are_named_when_none_matches(resnet18, tmp_path, monkeypatch):
     import warnings
 
-    from synth import models
+    from synth.zoo import models
 
     def broken():
         raise RuntimeError("computes on real tensors")

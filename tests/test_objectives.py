@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from synth.errors import ConfigError, UnknownNameError
-from synth.objectives import Direction, Diversity, LayerNorm, Match, OneHot, Site, Stretch, parse
+from synth.engine.objectives import Direction, Diversity, LayerNorm, Match, OneHot, Site, Stretch, parse
 
 
 @pytest.fixture

@@ -43,7 +43,7 @@ from synth import batch  # noqa: E402
 from synth.cli import main  # noqa: E402
 from synth.errors import PhospheneError  # noqa: E402
 from synth.files import sha256  # noqa: E402
-from synth.results import read_png  # noqa: E402
+from synth.files import read_png  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------------ bad image files
@@ -195,8 +195,8 @@ def cases() -> list[Case]:
 
     m = _model
     x = lambda *shape, **kw: torch.rand(*shape, **kw)  # noqa: E731
-    from synth.objectives import Match, parse
-    from synth.readouts import Responses
+    from synth.engine.objectives import Match, parse
+    from synth.neuro.readouts import Responses
     import attacks
     import metamers
     tensors = {

@@ -8,7 +8,8 @@ from PIL import Image
 
 import synth
 from synth.errors import ImageError
-from synth.results import Result, read_png
+from synth.engine.results import Result
+from synth.files import read_png
 
 
 def test_result_round_trips_with_its_recipe(tiny, tmp_path):

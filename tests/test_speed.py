@@ -8,8 +8,8 @@ import metamers
 import synth
 from synth import Intervention, max_batch, optimize, synthesize
 from synth.errors import CheckpointError, ConfigError, UnknownNameError
-from synth.memory import SavedTensors, _fits, _largest, step_bytes, weights
-from synth.params import Pixels
+from synth.engine.memory import SavedTensors, _fits, _largest, step_bytes, weights
+from synth.engine.params import Pixels
 
 OPTIONS = ("precision", "channels_last", "compile", "checkpoint_activations")
 
@@ -180,5 +180,5 @@ def test_a_trial_step_that_runs_out_of_device_memory_does_not_fit(tiny, monkeypa
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
         return batch
 
-    monkeypatch.setattr(synth.memory, "step_bytes", step)
+    monkeypatch.setattr(synth.engine.memory, "step_bytes", step)
     assert _largest(lambda b: _fits(tiny, "IT:2", b, 32, {}), 64) == 5

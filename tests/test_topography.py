@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 
 from synth.errors import ConfigError
-from synth.topography import retinotopic_sheet, spatial_loss
+from synth.zoo.sheets import retinotopic_sheet, spatial_loss
 
 
 def test_the_layout_keeps_retinotopy_and_is_reproducible():
@@ -51,7 +51,7 @@ def test_the_spatial_loss_is_low_for_smooth_maps_near_one_without_topography_and
 def test_swaps_recover_topography_that_a_shuffle_destroyed():
     """Units whose responses vary smoothly over the original layout, dealt shuffled positions, get them sorted back
     by swaps: the spatial loss falls, and the positions stay the same set (only exchanged)."""
-    from synth.topography import swap_optimize
+    from synth.zoo.sheets import swap_optimize
 
     sheet = retinotopic_sheet("IT", (16, 4, 4), size_mm=10.0, seed=0)
     g = torch.Generator().manual_seed(0)
@@ -67,7 +67,7 @@ def test_swaps_recover_topography_that_a_shuffle_destroyed():
 
 def test_microstimulation_spreads_with_current_and_drives_the_layer_through_to_the_decoder(toy_standard):
     import synth
-    from synth.topography import inactivation, microstimulation, spread_mm
+    from microstim import inactivation, microstimulation, spread_mm
 
     assert spread_mm(50) == pytest.approx(0.00505 * (50 - 5.26)) and spread_mm(100) > spread_mm(50)
     with pytest.raises(ConfigError, match="below"):
@@ -99,7 +99,7 @@ def test_microstimulation_spreads_with_current_and_drives_the_layer_through_to_t
 def test_selectivity_maps_find_a_patch_that_a_shuffled_sheet_breaks_up(tmp_path):
     from scipy import stats
 
-    from synth.topography import patches, plot_sheet, selectivity, smoothness
+    from microstim import patches, plot_sheet, selectivity, smoothness
 
     sheet = retinotopic_sheet("IT", (64, 8, 8), size_mm=10.0, seed=0)
     g = torch.Generator().manual_seed(0)
@@ -131,7 +131,7 @@ def test_face_choices_follow_the_signal_and_stimulating_face_selective_units_bia
     curve toward 'face'; boosting as many of the least face-selective ones does not."""
     import synth
     from synth import Intervention
-    from synth.topography import psychometric, selectivity
+    from microstim import psychometric, selectivity
 
     loc = synth.localizer(24)
     faces, objects = loc["faces"].tensor(), loc["objects"].tensor()
@@ -154,7 +154,7 @@ def test_face_choices_follow_the_signal_and_stimulating_face_selective_units_bia
 
 
 def test_behaviour_inputs_are_checked(tiny):
-    from synth.topography import degrade, face_choices
+    from microstim import degrade, face_choices
 
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     assert torch.equal(degrade(x, 1.0), x.clamp(0, 1)) and not torch.allclose(degrade(x, 0.5), x)
@@ -165,7 +165,7 @@ def test_behaviour_inputs_are_checked(tiny):
 
 
 def test_per_channel_sheets_pool_over_space_and_stimulate_every_position_of_a_channel(tiny):
-    from synth.topography import microstimulation, spread_mm
+    from microstim import microstimulation, spread_mm
 
     sheet = retinotopic_sheet("IT", (32, 1, 1), size_mm=10.0, seed=0)
     x = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
@@ -191,7 +191,7 @@ def test_per_channel_sheets_pool_over_space_and_stimulate_every_position_of_a_ch
 def test_sheets_save_load_and_attach_safely_and_tdann_npz_positions_load_by_path(tiny, tmp_path):
     import synth
     from synth.errors import CheckpointError, UnknownNameError
-    from synth.topography import load_sheets, save_sheets, sheet_of
+    from synth.zoo.sheets import load_sheets, save_sheets, sheet_of
 
     with torch.no_grad():
         shapes = {k: tuple(v.shape[1:]) for k, v in tiny.activations(torch.zeros(1, 3, 64, 64), ["V4", "IT"]).items()}
@@ -233,7 +233,7 @@ def test_a_recipe_with_topography_trains_with_the_spatial_loss_and_ships_positio
     from dataclasses import replace
 
     import synth
-    from synth import training
+    from synth.training import recipes as training
 
     small = replace(training.RECIPES["toy-topo"], name="tiny-topo", init=None, widths=(8, 16, 16, 32), epochs=1,
                     eval_n=8, eval_steps=2, swap_steps=20)
@@ -253,7 +253,7 @@ def test_a_recipe_with_topography_trains_with_the_spatial_loss_and_ships_positio
 
 
 def test_toy_topo_ships_its_sheets_and_has_face_patches_that_shuffling_removes(toy_topo):
-    from synth.topography import face_patches, localizer_maps, smoothness
+    from microstim import face_patches, localizer_maps, smoothness
 
     assert set(toy_topo.sheets) == {"V4", "IT"} and toy_topo.sheets["IT"].per_channel
     t = localizer_maps(toy_topo, "IT", n=40)["faces_vs_objects"]
@@ -270,7 +270,7 @@ def test_afraz_stimulating_face_selective_sites_biases_choices_and_the_shuffled_
     units the electrode did not record."""
     from PIL import Image
 
-    from synth.topography import afraz, current_for_spread, plot_afraz, spread_mm
+    from microstim import afraz, current_for_spread, plot_afraz, spread_mm
 
     assert spread_mm(current_for_spread(1.0)) == pytest.approx(1.0)
     r = afraz(toy_topo, "IT", sites=60, n=16, spreads_mm=(1.0,), signals=(0.15, 0.3), progress=False)

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 import synth
 from synth.errors import CheckpointError
-from synth.vone import VOneBlock, gabor_parameters, vonenet
+from synth.zoo.vone import VOneBlock, gabor_parameters, vonenet
 
 
 def test_gabor_parameters_follow_the_v1_distributions():
@@ -97,7 +97,7 @@ def test_published_vonenet_checkpoints_load_by_path_and_by_name(tmp_path):
 
 def test_toy_vone_is_a_stochastic_v1_model_with_its_card(test_sample):
     model = synth.load_model("toy-vone", device="cpu")
-    card = synth.models.embedded_models()["toy-vone"]
+    card = synth.zoo.models.embedded_models()["toy-vone"]
     assert model.stochastic and card["metrics"]["stochastic"] and card["metrics"]["pgd_linf"]["eot"] == 8
     assert type(model.net.V1).__name__ == "VOneBlock" and model.layer("V1") == "V1"
     assert model.info["sha256"] == card["sha256"]
@@ -111,7 +111,7 @@ def test_toy_vone_is_a_stochastic_v1_model_with_its_card(test_sample):
 def test_noise_draws_share_the_gabor_pass_and_match_stacked_copies():
     """``activations(x, draws=k)`` on a VOneNet runs the Gabor bank once and equals the pass over k stacked copies
     under the same noise (values and input gradients); a model without a Draws site falls back to the copies."""
-    from synth.vone import VOneVentralNet
+    from synth.zoo.vone import VOneVentralNet
 
     net = VOneVentralNet(4, widths=(8, 8, 8, 8), vone={"simple_channels": 4, "complex_channels": 4,
                                                         "kernel_size": 7, "image_size": 32})
@@ -144,7 +144,7 @@ def test_noise_draws_share_the_gabor_pass_and_match_stacked_copies():
 def test_toy_vone_ships_the_kernels_its_recipe_builds():
     """The shipped toy-vone carries the zero-mean kernels its recipe defines, not the DC kernels of the stage it
     was fine-tuned from (training copies every shared tensor but the fixed Gabor bank)."""
-    from synth.training import RECIPES, architecture, build
+    from synth.training.recipes import RECIPES, architecture, build
 
     shipped = synth.load_model("toy-vone", device="cpu")
     built = build(RECIPES["toy-vone"])
