@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install browser app test bench clean
+.PHONY: install browser lint app test bench clean
 
 install: $(STAMP)
 
@@ -19,9 +19,14 @@ app: install
 
 # The default suite first (under 5 minutes on 2 cores), then the slow end-to-end tests (browser, Ray, kills),
 # each with its time.
-test: install browser
+test: install browser lint
 	$(BIN)/python -m pytest --durations=10
 	$(BIN)/python -m pytest -m slow --durations=0
+
+# The house rules (docs/ARCHITECTURE.md): lint, and imports that run downward with no cycle.
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 # The browser the explorer's end-to-end test drives: Debian's Chromium (that test is skipped, saying why, where it
 # cannot be installed).

@@ -6,7 +6,8 @@ adversarial image found (``hi``, which shrinks to the image's actual perturbatio
 early stopping).  The first budget is 1.25× the first-order distance to the decision boundary (DeepFool's estimate,
 typically 1.2–1.8× too small for the embedded models); while no attack succeeds the budget doubles up to
 ``eps_max``; then the bracket halves each round until it is narrower than ``tol`` × hi.  Every round is one engine
-batch, each image at its own ε, starting from its last iterate moved into the new ball.
+batch, each image at its own ε, starting from its last iterate moved into the new ball: ``attacks.bracket``'s
+driver, on its ``Continuous`` search.
 """
 from __future__ import annotations
 
@@ -18,10 +19,10 @@ import torch
 from synth.errors import ConfigError
 from synth.zoo.probe import ProbeModel
 
+from .bracket import Continuous, bracket
 from .checks import gradient_report
 from .common import LabelsLike, check_norm, inputs, logits, success_of, warn_if_stochastic
-from .pgd import REL_STEP, attack_with_restarts, finish, first_order_distance
-from .result import distances
+from .pgd import REL_STEP, finish, first_order_distance
 
 # The default largest budget: L-inf in pixel units ([0, 1]); L2 the same per-pixel change over the whole image,
 # so it grows with the side (the square root of the pixel count), as attacks.robustness scales its L2 budgets.
@@ -56,46 +57,19 @@ def minimal(model: ProbeModel, images: torch.Tensor, labels: LabelsLike | None =
     hi[success_of(clean, y, tgt)] = 0.0
     guess = first_order_distance(model, x, y, tgt, norm, eot)
     nxt = (1.25 * guess).clamp(min=eps_max / 256, max=eps_max)
-    found, at_lo, last = x.clone(), x.clone(), x.clone()
-    attacked = torch.zeros(n, dtype=torch.bool, device=device)
-    runs = []
     kw = dict(norm=norm, step=step, step_size=REL_STEP / steps, loss=loss, eot=eot, progress=progress,
               early_stop=True)
-    for r in range(rounds):
-        narrow = torch.isfinite(hi) & (hi - lo <= tol * hi)
-        hopeless = torch.isinf(hi) & (lo >= eps_max)  # a full attack failed at eps_max
-        open_ = (hi > 0) & ~narrow & ~hopeless
-        todo = torch.nonzero(open_)[:, 0]
-        if not len(todo):
-            break
-        eps = torch.where(torch.isinf(hi[todo]), nxt[todo], (lo[todo] + hi[todo]) / 2)
-        warmed = attacked[todo]
-        for warm in (False, True):
-            group, e = todo[warmed == warm], eps[warmed == warm]
-            if not len(group):
-                continue
-            ok, adv, best, group_runs = attack_with_restarts(model, x, y, tgt, group, e,
-                                                             last[group] if warm else None, steps=steps,
-                                                             full_steps=steps, restarts=restarts,
-                                                             seed=seed + 7919 * r, **kw)
-            runs += group_runs
-            norms = distances(adv, x[group], norm)
-            hi[group[ok]] = torch.minimum(norms[ok], e[ok])
-            found[group[ok]] = adv[ok]
-            lo[group[~ok]] = e[~ok]
-            at_lo[group[~ok]] = best[~ok]
-            nxt[group[~ok]] = (2 * e[~ok]).clamp(max=eps_max)
-            last[group] = torch.where(ok.view(-1, 1, 1, 1), adv, best)
-            attacked[group] = True
-    broken = torch.isfinite(hi)
-    adversarial = torch.where(broken.view(-1, 1, 1, 1), found, at_lo)[None]
+    b = bracket(model, x, y, tgt, Continuous(eps_max, tol, norm), lo, hi, nxt, steps=steps, warm_steps=steps,
+                restarts=restarts, seed=seed, rounds=rounds, **kw)
+    broken = torch.isfinite(b.hi)
+    adversarial = torch.where(broken.view(-1, 1, 1, 1), b.found, b.at_lo)[None]
     result = finish(model, x, y, tgt, torch.tensor([math.inf]), adversarial, clean, norm, eot, loss)
     result.metadata.update({
         "attack": f"minimal-{norm}", "method": f"bisection over {'APGD' if step == 'apgd' else 'PGD'}-{steps}",
         "eps_max": eps_max, "tol": tol, "rounds": rounds, "restarts": restarts, "loss": loss, "eot": eot,
-        "seed": seed, "robust_below": lo.cpu().tolist(),
-        "gradients": sum(r.metadata["evaluations"] for r in runs) + n * eot,
+        "seed": seed, "robust_below": b.lo.cpu().tolist(),
+        "gradients": sum(r.metadata["evaluations"] for r in b.runs) + n * eot,
         "seconds": round(time.perf_counter() - t0, 3)})
-    result.checks.update(gradient_report(runs))
+    result.checks.update(gradient_report(b.runs))
     return result
 

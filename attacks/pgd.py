@@ -16,7 +16,8 @@ smallest budget above it; then each image walks down while it breaks and up whil
 starting from the image's last iterate moved into the new ball (and given ``warm_steps``, half the steps by
 default).  The images of one round, each at its own ε, are one batch.  At the end every image at every budget is
 checked by a forward pass: a robust image gets its best iterate from the largest budget it survived, moved into
-the smaller ball, and is counted broken if that happens to fool the model.
+the smaller ball, and is counted broken if that happens to fool the model.  The walk is ``attacks.bracket``'s
+driver on its ``Grid`` of budgets.
 
 Measured on the embedded models (256 test images, 5 budgets 0.5–8/255, 20 steps): robust accuracy at or below
 foolbox's LinfPGD at every budget, with 6.7–7.9× fewer gradient evaluations (benchmarks/attacks.py times it).
@@ -34,8 +35,9 @@ from synth.engine.objectives import Margin
 from synth.zoo.probe import ProbeModel
 from synth.rng import derive, generator, noise_generator
 
+from .bracket import Grid, bracket
 from .checks import gradient_report, monotone_report
-from .common import (Budget, LabelsLike, attack_round, check_norm, inputs, logits, mean_logits, objective,
+from .common import (Budget, LabelsLike, check_norm, inputs, logits, mean_logits, objective,
                      parse_eps, success_of, warn_if_stochastic)
 from .result import AttackResult, distances
 
@@ -103,34 +105,11 @@ def pgd(model: ProbeModel, images: torch.Tensor, labels: LabelsLike | None = Non
     if k > 1:  # where to attack each image first: the budget just above its first-order distance
         with noise_generator(generator(derive(seed, 3), device)):
             nxt = torch.bucketize(first_order_distance(model, x, y, tgt, norm, eot), levels).clamp(max=k - 1)
-    found, at_lo, last = x.clone(), x.clone(), x.clone()
-    attacked = torch.zeros(n, dtype=torch.bool, device=device)
-    runs, rounds = [], 0
     kw = dict(norm=norm, step=step, step_size=rel, loss=loss, eot=eot, progress=progress, early_stop=early_stop,
               random_start=random_start, engine=engine)
-    while True:
-        todo = torch.nonzero(hi - lo > 1)[:, 0]
-        if not len(todo):
-            break
-        level = nxt[todo].clamp(lo[todo] + 1, hi[todo] - 1)
-        warmed = attacked[todo]
-        for warm in (False, True):
-            group, at = todo[warmed == warm], level[warmed == warm]
-            if not len(group):
-                continue
-            ok, images_ok, best, group_runs = attack_with_restarts(model, x, y, tgt, group, levels[at],
-                                                                   last[group] if warm else None,
-                                                                   steps=warm_steps if warm else steps,
-                                                                   full_steps=steps, restarts=restarts,
-                                                                   seed=seed + 7919 * rounds, **kw)
-            runs += group_runs
-            hi[group[ok]], found[group[ok]] = at[ok], images_ok[ok]
-            lo[group[~ok]], at_lo[group[~ok]] = at[~ok], best[~ok]
-            nxt[group] = torch.where(ok, at - 1, at + 1)  # walk down while it breaks, up while it holds
-            last[group] = torch.where(ok.view(-1, 1, 1, 1), images_ok, best)
-            attacked[group] = True
-        rounds += 1
-    adversarial = torch.stack([torch.where((hi <= j).view(-1, 1, 1, 1), found, _into_ball(at_lo, x, e, norm))
+    b = bracket(model, x, y, tgt, Grid(levels), lo, hi, nxt, steps=steps, warm_steps=warm_steps, restarts=restarts,
+                seed=seed, **kw)
+    adversarial = torch.stack([torch.where((b.hi <= j).view(-1, 1, 1, 1), b.found, _into_ball(b.at_lo, x, e, norm))
                                for j, e in enumerate(levels.tolist())])
     result = finish(model, x, y, tgt, budgets, adversarial, clean, norm, eot, loss, seed)
     result.metadata.update({
@@ -138,10 +117,10 @@ def pgd(model: ProbeModel, images: torch.Tensor, labels: LabelsLike | None = Non
         "warm_steps": warm_steps, "step_size": f"{rel:g}*eps" if step == "pgd" else "2*eps, halved (APGD)",
         "restarts": restarts, "loss": loss, "random_start": random_start,
         "early_stop": early_stop and not model.stochastic, "eot": eot,
-        "seed": seed, "rounds": rounds, **engine,
-        "gradients": sum(r.metadata["evaluations"] for r in runs) + (n * eot if k > 1 else 0),
+        "seed": seed, "rounds": b.rounds, **engine,
+        "gradients": sum(r.metadata["evaluations"] for r in b.runs) + (n * eot if k > 1 else 0),
         "seconds": round(time.perf_counter() - t0, 3)})
-    result.checks.update(gradient_report(runs))
+    result.checks.update(gradient_report(b.runs))
     return result
 
 
@@ -157,38 +136,6 @@ def first_order_distance(model: ProbeModel, x: torch.Tensor, y: torch.Tensor, tg
     g = grad.flatten(1)
     dual = g.abs().sum(1) if check_norm(norm) == math.inf else g.norm(dim=1)
     return (-m.detach()).clamp_min(0) / dual.clamp_min(1e-12)
-
-
-def attack_with_restarts(model: ProbeModel, x: torch.Tensor, y: torch.Tensor, tgt: torch.Tensor | None,
-                         group: torch.Tensor, eps: torch.Tensor, start: torch.Tensor | None, *, steps: int,
-                         full_steps: int, restarts: int, seed: int, **kw):
-    """Attack the images ``group`` at budgets ``eps``; images still unbroken get ``restarts - 1`` further random
-    starts.  Returns success, the successful images, the best iterates and the engine results.  For a stochastic
-    model the "best" iterate is the last: one picked by its score on a step's noise draws is a lucky draw, and
-    judging it again (after the last iterate was judged) would count a borderline image twice."""
-    noisy = model.stochastic
-    res = attack_round(model, x[group], y[group], tgt[group] if tgt is not None else None, eps, start, steps=steps,
-                       seed=seed, **kw)
-    ok, images = res.success.to(x.device), res.images.to(x.device)
-    best = (res.images if noisy else res.best).to(x.device).clone()
-    runs = [res]
-    for r in range(1, restarts):
-        failed = torch.nonzero(~ok)[:, 0]
-        if not len(failed):
-            break
-        sub = group[failed]
-        again = attack_round(model, x[sub], y[sub], tgt[sub] if tgt is not None else None, eps[failed], None,
-                             steps=full_steps, seed=seed + r, **{**kw, "random_start": True})
-        runs.append(again)
-        won = again.success.to(x.device)
-        ok[failed[won]] = True
-        images[failed[won]] = again.images.to(x.device)[won]
-        if noisy:
-            best[failed[~won]] = again.images.to(x.device)[~won]
-        else:
-            better = ~won & (again.best_scores.to(x.device) > res.best_scores.to(x.device)[failed])
-            best[failed[better]] = again.best.to(x.device)[better]
-    return ok, images, best, runs
 
 
 def _into_ball(adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> torch.Tensor:

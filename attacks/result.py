@@ -3,12 +3,12 @@
 Adversarial images are held per budget (a sweep over ε is one result), with the per-image verdicts checked on the
 returned images, the perturbation norm, the model's predictions and the attack objective's value.  Minimal-
 perturbation attacks hold one set of images (budget ∞) whose norms are the per-image minimal ε.  Results save as
-PNGs with the recipe in text chunks plus ``attack.json`` / ``attack.pt``, load back, and draw themselves: a sheet
-of clean, adversarial and amplified perturbation images with verdicts, and the accuracy-against-ε curve.
+one record (PNGs with the recipe in text chunks plus ``attack.json`` / ``attack.pt``), load back, and draw
+themselves: a sheet of clean, adversarial and amplified perturbation images with verdicts, and the accuracy-against-ε
+curve.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -16,12 +16,14 @@ from pathlib import Path
 
 import torch
 
-from synth.errors import ConfigError
-from synth.files import atomic, write_text
+from synth.errors import CheckpointError
+from synth.files import check_weights, load_record, save_record
 from synth.zoo.probe import ProbeModel
-from synth.files import check_weights, write_png
 
-FORMAT_VERSION = 2  # 2: 'weights_sha256' is the digest of the model's weights (ProbeModel.weights_digest)
+FORMAT_VERSION = 3  # 3: one record format (synth.files.save_record): kind and the .pt's digest in attack.json
+WEIGHTS_DIGEST_SINCE = 2  # 2: 'weights_sha256' is the digest of the model's weights (ProbeModel.weights_digest)
+TENSORS = ("images", "labels", "eps", "adversarial", "success", "distance", "predictions", "clean_predictions",
+           "target", "scores", "clean_scores")
 NORMS = {"linf": math.inf, "l2": 2.0}
 
 
@@ -127,13 +129,11 @@ class AttackResult:
 
     # ------------------------------------------------------------------------------------------ save / load
     def save(self, folder: str | os.PathLike) -> list[Path]:
-        """Write each adversarial image as a PNG with its recipe in text chunks, ``attack.json`` and ``attack.pt``."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        paths = []
+        """Write the record ``attack`` in ``folder`` (``synth.files.save_record``): each adversarial image as a PNG
+        with its recipe in text chunks, ``attack.pt`` and ``attack.json``.  Returns the PNGs' paths."""
+        pngs = []
         for k, e in enumerate(self.eps.tolist()):
-            sub = folder / ("minimal" if math.isinf(e) else f"eps_{k}")
-            sub.mkdir(exist_ok=True)
+            sub = "minimal" if math.isinf(e) else f"eps_{k}"
             for i in range(len(self)):
                 meta = {**self.metadata, "eps": e, "norm": self.norm, "index": i,
                         "label": self._name(int(self.labels[i])),
@@ -141,29 +141,21 @@ class AttackResult:
                         "distance": float(self.distance[k, i])}
                 if self.target is not None:
                     meta["target"] = self._name(int(self.target[i]))
-                path = sub / f"adv_{i:03d}.png"
-                write_png(self.adversarial[k, i], path, meta)
-                paths.append(path)
-        record = {"format": FORMAT_VERSION, "metadata": self.metadata, "norm": self.norm, "eps": self.eps.tolist(),
-                  "classes": self.classes, "accuracy": self.accuracy.tolist(), "clean_accuracy": self.clean_accuracy,
-                  "success_rate": self.success_rate.tolist(), "checks": self.checks,
-                  "files": [str(p.relative_to(folder)) for p in paths]}
-        write_text(folder / "attack.json", json.dumps(record, indent=1, default=_json))
-        tensors = {k: getattr(self, k) for k in ("images", "labels", "eps", "adversarial", "success", "distance",
-                                                 "predictions", "clean_predictions", "target", "scores",
-                                                 "clean_scores")}
-        with atomic(folder / "attack.pt") as tmp:
-            torch.save({"format": FORMAT_VERSION, **tensors}, tmp)
-        return paths
+                pngs.append((f"{sub}/adv_{i:03d}.png", self.adversarial[k, i], meta))
+        sidecar = {"metadata": self.metadata, "norm": self.norm, "eps": self.eps.tolist(), "classes": self.classes,
+                   "accuracy": self.accuracy.tolist(), "clean_accuracy": self.clean_accuracy,
+                   "success_rate": self.success_rate.tolist(), "checks": self.checks}
+        return save_record(Path(folder) / "attack", "attack", FORMAT_VERSION, {k: getattr(self, k) for k in TENSORS},
+                           sidecar, weights_sha256=self.metadata.get("weights_sha256"), pngs=pngs)
 
     @classmethod
     def load(cls, folder: str | os.PathLike, model: ProbeModel | None = None) -> AttackResult:
         """Read a saved result back; with ``model``, refuse one whose weights are not those it was made with."""
         folder = Path(folder)
-        record = json.loads((folder / "attack.json").read_text())
-        t = torch.load(folder / "attack.pt", map_location="cpu", weights_only=True)
-        if t.get("format") != FORMAT_VERSION:
-            raise ConfigError(f"{folder}: attack result format {t.get('format')} is not {FORMAT_VERSION}")
+        t, record = load_record(folder / "attack", "attack", FORMAT_VERSION)
+        if record.get("format", 0) < WEIGHTS_DIGEST_SINCE:
+            raise CheckpointError(f"{folder}: attack result format {record.get('format')} is older than this "
+                                  f"phosphene reads (from {WEIGHTS_DIGEST_SINCE})")
         if model is not None:
             check_weights(record["metadata"], model, folder)
         return cls(t["images"], t["labels"], t["eps"], t["adversarial"], t["success"], t["distance"], t["predictions"],
@@ -221,9 +213,3 @@ def _eps_text(e: float, norm: str) -> str:
     if norm == "linf" and e > 0 and abs(e * 255 * 4 - round(e * 255 * 4)) < 1e-4:
         return f"{e * 255:g}/255"
     return f"{e:.4g}"
-
-
-def _json(o):
-    if isinstance(o, torch.Tensor):
-        return o.tolist()
-    return str(o)

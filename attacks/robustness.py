@@ -12,7 +12,7 @@ and severity, the perturbation mean those two, and the overall mean clean, white
 """
 from __future__ import annotations
 
-import json
+import csv
 import os
 import platform
 import re
@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from synth import __version__
 from synth.errors import ConfigError, ImageError, UnknownNameError
-from synth.files import write_csv, write_text
+from synth.files import load_record, save_record, write_csv, write_text
 from synth.zoo.probe import ProbeModel
 from synth.rng import seeded_globals
 
@@ -242,6 +242,9 @@ def corrupted(x: torch.Tensor, names: Sequence[str], severities: Sequence[int], 
 
 
 # ------------------------------------------------------------------------------------------------ the table
+FORMAT_VERSION = 1  # 1: one record format (synth.files.save_record); 0: robustness.json without kind or conditions
+
+
 @dataclass
 class RobustnessTable:
     """One row per model (accuracy by condition and the means), the long-form conditions, and the settings."""
@@ -305,8 +308,9 @@ class RobustnessTable:
         return save_figure(fig, path)
 
     def save(self, out: str | os.PathLike) -> dict[str, Path]:
-        """Write robustness.csv (one row per model), conditions.csv, robustness.md, robustness.png and
-        robustness.json (settings and versions) into ``out``; every file is written atomically."""
+        """Write robustness.csv (one row per model), conditions.csv, robustness.md, robustness.png and the record
+        ``robustness`` (``synth.files.save_record``: robustness.json with the rows, conditions, settings and
+        versions) into ``out``; every file is written atomically."""
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         paths = {"csv": out / "robustness.csv", "conditions": out / "conditions.csv", "markdown": out / "robustness.md",
@@ -316,16 +320,18 @@ class RobustnessTable:
         write_text(paths["markdown"], "# Robustness\n\n![accuracy against ε and severity](robustness.png)\n\n"
                    + self.markdown())
         self.plot(paths["plot"])
-        write_text(paths["json"], json.dumps({"rows": self.rows, "settings": self.settings}, indent=2))
+        save_record(out / "robustness", "robustness", FORMAT_VERSION, {},
+                    {"rows": self.rows, "conditions": self.conditions, "settings": self.settings})
         return paths
 
     @classmethod
     def load(cls, out: str | os.PathLike) -> RobustnessTable:
-        """Read a saved table back (rows and settings from robustness.json, conditions from conditions.csv)."""
-        import csv
-
+        """Read a saved table back from robustness.json (a table saved before it held the conditions: those from
+        conditions.csv)."""
         out = Path(out)
-        blob = json.loads((out / "robustness.json").read_text())
+        _, blob = load_record(out / "robustness", "robustness", FORMAT_VERSION)
+        if blob.get("format", 0) >= 1:
+            return cls(blob["rows"], blob["conditions"], blob["settings"])
         with open(out / "conditions.csv", newline="") as f:
             conds = [{k: (float(v) if k in ("eps", "accuracy") else int(v) if k in ("severity", "n") else v)
                       for k, v in r.items()} for r in csv.DictReader(f)]

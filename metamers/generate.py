@@ -9,8 +9,6 @@ response can come within a few per cent of another.  The result judges every met
 """
 from __future__ import annotations
 
-import contextlib
-import json
 import math
 import os
 from collections.abc import Callable
@@ -21,14 +19,15 @@ import torch
 
 from synth import Box, __version__
 from synth.engine.criteria import Criterion
-from synth.engine.loop import Surrogate, fake_relu as fake_relu_ctx, last_relu, optimize, surrogate_gradients
+from synth.engine.gradients import Surrogate, last_relu, patched_backward
+from synth.engine.loop import optimize
 from synth.errors import ConfigError
-from synth.files import atomic, write_csv, write_text
+from synth.files import write_csv
 from synth.engine.objectives import Match, Outside
 from synth.engine.params import Blurred, Pixels
 from synth.zoo.probe import INPUT, LOGITS, ProbeModel, check_images
 from synth.engine.results import Result
-from synth.files import check_weights, write_png
+from synth.files import check_weights, load_record, save_record
 
 from .criterion import ERROR_TARGET, MetamerStop, Null, judge
 
@@ -52,9 +51,9 @@ STEP_RULE = "adam"
 LR_EARLY, LR_LATE = 0.3, 0.1
 SCHEDULE = "step"
 INIT_NOISE = 1 / 20
-RELU_BETA, POOL_TAU = 2.0, 0.2  # surrogate-gradient sharpness (synth.engine.loop.surrogate_gradients)
+RELU_BETA, POOL_TAU = 2.0, 0.2  # surrogate-gradient sharpness (synth.engine.gradients.patched_backward)
 NULL_IMAGES = 256
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: one record format (synth.files.save_record): metamers.pt holds the references
 
 
 def stages(model: ProbeModel) -> list[str]:
@@ -136,34 +135,32 @@ class MetamerResult:
                  "steps": int(self.metadata.get("steps_each", [0] * len(self))[i])} for i in range(len(self))]
 
     def save(self, folder: str | os.PathLike) -> list[Path]:
-        """Write one PNG per metamer (named after its reference, the recipe in text chunks), ``metamers.json``
-        and ``metamers.csv`` with the statistics, ``references.pt``, and the engine result (``result.pt``)."""
+        """Write the engine result (the record ``result``: history, full activations, recipe), ``metamers.csv`` with
+        the statistics, and the record ``metamers`` (``synth.files.save_record``): one PNG per metamer (named after
+        its reference, the recipe in text chunks), ``metamers.pt`` with the references and ``metamers.json`` with
+        the statistics at every stage.  Returns the PNGs' paths."""
         folder = Path(folder)
-        self.run.save(folder, pngs=False)  # result.json / result.pt: history, full activations, recipe
-        paths = []
+        self.run.save(folder, pngs=False)
         rows = self.summary()
-        for i, img in enumerate(self.images):
-            path = folder / f"{rows[i]['name']}.png"
-            write_png(img, path, {**self.metadata, **{k: v for k, v in rows[i].items()}, "index": i})
-            paths.append(path)
         write_csv(folder / "metamers.csv", rows)
-        doc = {"format": FORMAT_VERSION, "stage": self.stage, "layer": self.layer, "error_target": self.error_target,
+        pngs = [(f"{rows[i]['name']}.png", img, {**self.metadata, **rows[i], "index": i})
+                for i, img in enumerate(self.images)]
+        doc = {"stage": self.stage, "layer": self.layer, "error_target": self.error_target,
                "names": [r["name"] for r in rows], "metadata": self.metadata, "metamers": rows,
                "stages": {st: {k: v.tolist() for k, v in d.items()} for st, d in self.stats.items()}}
-        write_text(folder / "metamers.json", json.dumps(doc, indent=1))
-        with atomic(folder / "references.pt") as tmp:
-            torch.save(self.references, tmp)
-        return paths
+        return save_record(folder / "metamers", "metamers", FORMAT_VERSION, {"references": self.references}, doc,
+                           weights_sha256=self.metadata.get("weights_sha256"), pngs=pngs)
 
     @classmethod
     def load(cls, folder: str | os.PathLike, model: ProbeModel | None = None) -> MetamerResult:
         """Read a saved result back; with ``model``, refuse one whose weights are not those it was made with."""
         folder = Path(folder)
-        doc = json.loads((folder / "metamers.json").read_text())
+        t, doc = load_record(folder / "metamers", "metamers", FORMAT_VERSION)
         if model is not None:
             check_weights(doc["metadata"], model, folder)
         run = Result.load(folder, model)
-        refs = torch.load(folder / "references.pt", map_location="cpu", weights_only=True)
+        refs = t["references"] if doc["format"] >= 2 else torch.load(folder / "references.pt", map_location="cpu",
+                                                                       weights_only=True)
         stats = {st: {k: torch.tensor(v) for k, v in d.items()} for st, d in doc["stages"].items()}
         return cls(run.images, refs, doc["stage"], doc["layer"], stats, run, doc["error_target"], doc["names"],
                    doc["metadata"])
@@ -315,12 +312,12 @@ def _once(model: ProbeModel, references: torch.Tensor, *, stage: str, layer: str
     rule = _stop_rule(stop, layer, target, Null.measure(target, null_acts, layer), error)
     param = Blurred(start, sigma=2.0, sigma_end=0.0) if coarse_to_fine else Pixels(start)
     fake = last_relu(run.net, layer) if fake_relu and layer != LOGITS else None
-    relu_ctx = fake_relu_ctx(run.net, layer) if fake else contextlib.nullcontext()
     sur = Surrogate(RELU_BETA, POOL_TAU)
-    smooth = surrogate_gradients(run.net, sur, skip=[fake] if fake else []) if surrogate \
-        else contextlib.nullcontext()
-    with relu_ctx as relu_name, smooth as smoothed:
-        settings = {"fake_relu": relu_name, "surrogate": f"{sur} on {len(smoothed)} modules" if surrogate else None,
+    soft = "soft" if surrogate else None
+    with patched_backward(run.net, relus=soft, pools=soft, modules={fake: "identity"} if fake else {},
+                          surrogate=sur) as patched:
+        smoothed = [name for name, backward in patched.items() if backward == "soft"]
+        settings = {"fake_relu": fake, "surrogate": f"{sur} on {len(smoothed)} modules" if surrogate else None,
                     "noise_off": silenced}
         return optimize(run, objective, param, constraints=() if range_penalty > 0 else (Box(),), step=step,
                         lr=lr, lr_schedule=lr_schedule, steps=steps, stop=rule, seed=seed, checkpoint=checkpoint,

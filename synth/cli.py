@@ -121,15 +121,22 @@ def _readout_path(name: str) -> str:
     return str(Path(os.environ.get("PHOSPHENE_READOUTS", "readouts")) / name)
 
 
-def _synth(args: argparse.Namespace) -> None:
-    from synth.engine.constraints import stimulus_controls
-    from synth.neuro.evolve import evolve
+def _load_with_readouts(args: argparse.Namespace):
+    """The command's --model (as ``_load`` gives it) with every --readout attached, for objectives on their sites."""
     from synth.neuro.readouts import Readout
-    from synth.neuro.synthesis import synthesize
 
     model = _load(args, args.model, args.weights)
     for name in args.readout:
         model.add_readout(Readout.load(_readout_path(name)))
+    return model
+
+
+def _synth(args: argparse.Namespace) -> None:
+    from synth.engine.constraints import stimulus_controls
+    from synth.neuro.evolve import evolve
+    from synth.neuro.synthesis import synthesize
+
+    model = _load_with_readouts(args)
     size = args.size or model.input_size
     if args.evolve:
         result = evolve(model, args.objective, code=args.code, optimizer=args.optimizer,
@@ -242,11 +249,8 @@ def _attack(args: argparse.Namespace) -> None:
     from attacks.common import parse_eps
 
     from synth.errors import ConfigError, UnknownNameError
-    from synth.neuro.readouts import Readout
 
-    model = _load(args, args.model, args.weights)
-    for name in args.readout:
-        model.add_readout(Readout.load(_readout_path(name)))
+    model = _load_with_readouts(args)
     eps = parse_eps([e for text in args.eps for e in text.split(",")]) if args.eps else None
     if args.attack not in attacks.CATALOGUE:
         raise UnknownNameError("attack", args.attack, attacks.CATALOGUE)

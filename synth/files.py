@@ -6,6 +6,7 @@ import contextlib
 import csv
 import functools
 import hashlib
+import io
 import json
 import os
 import platform
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image, PngImagePlugin
 
-from synth.errors import CheckpointError, ImageError
+from synth.errors import CheckpointError, ConfigError, ImageError
 
 
 @contextlib.contextmanager
@@ -35,6 +36,18 @@ def atomic(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def save_torch(obj: object, path: str | os.PathLike) -> str:
+    """Atomically ``torch.save`` to ``path`` and return the sha256 of the bytes written.  The archive is made in
+    memory: torch names it after the file it is given, so saving under a temporary name would make the same tensors
+    give different bytes each time."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    data = buffer.getvalue()
+    with atomic(path) as tmp:
+        tmp.write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -152,3 +165,92 @@ def read_png(path: str | os.PathLike) -> tuple[torch.Tensor, dict]:
     except json.JSONDecodeError:
         meta = {}  # another program's (or a damaged) text chunk: the pixels are still the image
     return torch.from_numpy(rgb).permute(2, 0, 1).float(), meta
+
+
+# ------------------------------------------------------------------------------------------------ records
+# Every saved result (an optimization's Result, an AttackResult, a MetamerResult, a robustness table, a readout)
+# is one record: PATH.pt with its tensors, its PNGs, and PATH.json, the sidecar that names the record's kind and
+# format version, the digest of the weights it was made with, the digest of PATH.pt and the PNGs' names.
+_RECORD_HEAD = ("kind", "format", "weights_sha256", "tensors_sha256", "files")
+
+
+def _beside(path: Path, suffix: str) -> Path:
+    """PATH with ``suffix`` appended (a dot in PATH's name is kept: 'v4.sites' → 'v4.sites.json')."""
+    return path.with_name(path.name + suffix)
+
+
+def _jsonable(o: object) -> object:
+    """What a sidecar writes for a value JSON does not know: tensors and arrays as lists, anything else as text."""
+    if isinstance(o, (torch.Tensor, np.ndarray, np.generic)):
+        return o.tolist()
+    return str(o)
+
+
+def save_record(path: str | os.PathLike, kind: str, version: int, tensors: dict, sidecar: dict, *,
+                weights_sha256: str | None = None,
+                pngs: Sequence[tuple[str, torch.Tensor, dict]] = ()) -> list[Path]:
+    """Write the record ``PATH``: ``PATH.pt`` (``tensors``, loadable with ``weights_only``; none when empty), one
+    PNG per ``(name relative to PATH's folder, 3×H×W image, text chunks)`` in ``pngs``, then ``PATH.json``:
+    ``sidecar`` under the record's kind, format ``version``, weights digest, the .pt's digest and the PNGs' names.
+    Every file appears atomically, the sidecar last; returns the PNGs' paths."""
+    path = Path(path)
+    clash = set(_RECORD_HEAD) & set(sidecar)
+    if clash:
+        raise ConfigError(f"a {kind} record's sidecar cannot set {sorted(clash)}: save_record writes them")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    digest = None
+    if tensors:
+        digest = save_torch(tensors, _beside(path, ".pt"))
+    paths = []
+    for name, image, meta in pngs:
+        png = path.parent / name
+        png.parent.mkdir(parents=True, exist_ok=True)
+        write_png(image, png, meta)
+        paths.append(png)
+    head = {"kind": kind, "format": version, "weights_sha256": weights_sha256, "tensors_sha256": digest,
+            "files": [p.relative_to(path.parent).as_posix() for p in paths]}
+    write_text(_beside(path, ".json"), json.dumps({**head, **sidecar}, indent=1, default=_jsonable))
+    return paths
+
+
+def load_record(path: str | os.PathLike, kind: str, version: int) -> tuple[dict, dict]:
+    """Read the record ``PATH`` back: its tensors (``{}`` when it has none) and its sidecar.  A record saved before
+    records had one format (no kind in its sidecar, an older format) is read as it is, for its class to convert.
+
+    ConfigError when there is no ``PATH.json``; CheckpointError for an unreadable file, another kind of record, a
+    format newer than ``version``, or a ``PATH.pt`` that is not the one the sidecar was written with."""
+    path = Path(path)
+    side, pt = _beside(path, ".json"), _beside(path, ".pt")
+    if not side.is_file():
+        raise ConfigError(f"no {kind} record at {path} (expected {side})")
+    try:
+        sidecar = json.loads(side.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"cannot read {side}: {e}") from None
+    if not isinstance(sidecar, dict):
+        raise CheckpointError(f"{side} is not a phosphene record (a JSON object with its kind and format)")
+    found, fmt = sidecar.get("kind"), sidecar.get("format", 0)
+    if not isinstance(fmt, int):
+        raise CheckpointError(f"{side} has format {fmt!r}, not a version number")
+    if found is None and fmt >= version:
+        raise CheckpointError(f"{side} names no kind of record: not a {kind} record that phosphene wrote")
+    if found is not None and found != kind:
+        raise CheckpointError(f"{side} is a {found} record, not a {kind} record: load it as a {found}")
+    if fmt > version:
+        raise CheckpointError(f"{side} is a {kind} record of format {fmt}, newer than this phosphene reads "
+                              f"(up to {version}): load it with a newer phosphene")
+    digest = sidecar.get("tensors_sha256")
+    if found is not None and digest is None:
+        return {}, sidecar
+    if not pt.is_file():
+        if found is None:  # a record from before the one format that kept no tensors (a robustness table)
+            return {}, sidecar
+        raise CheckpointError(f"{pt} is missing: {side.name} was written with tensors in it")
+    if digest is not None and sha256(pt) != digest:
+        raise CheckpointError(f"{pt} is not the file {side.name} was written with (its digest differs): saved "
+                              "again in part, copied from another record, or damaged")
+    try:
+        tensors = torch.load(pt, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for a damaged or unsafe file
+        raise CheckpointError(f"cannot read {pt} as tensors: {e}") from None
+    return tensors, sidecar

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from synth import Box, Contrast, Grayscale, LpBall, Mask, optimize, synthesize
-from synth.engine.loop import redirected_relu
+from synth.engine.gradients import patched_backward
 from synth.errors import ConfigError, ImageError, UnknownNameError
 from synth.engine.objectives import Match
 from synth.engine.params import Blurred, Fourier, Pixels, gaussian_blur, make
@@ -123,7 +123,7 @@ def test_redirected_relu_moves_a_silent_start_that_plain_ascent_cannot(tiny):
     assert float(plain.scores[0]) == 0.0 and torch.equal(plain.images, grey)
     redirected = optimize(tiny, f"IT:{dead}", Pixels(grey), steps=15, relu_override=15, progress=False)
     assert not torch.equal(redirected.images, grey)
-    with redirected_relu(tiny.net):
+    with patched_backward(tiny.net, relus="redirect"):
         pass
     assert all("forward" not in m.__dict__ for m in tiny.net.modules())  # patches removed
 
@@ -328,7 +328,7 @@ def test_apgd_ascends_inside_the_ball(tiny):
 
 
 def test_apgd_halves_the_step_and_restarts_from_the_best_point_where_the_score_stalls():
-    from synth.engine.loop import APGD
+    from synth.engine.steps import APGD
     x = torch.nn.Parameter(torch.zeros(2, 1, 2, 2))
     opt = APGD([x], torch.tensor([0.4, 0.4]), math.inf, steps=20, project=lambda t: t.clamp_(-1, 1))
     assert opt.gap == 4
@@ -344,7 +344,7 @@ def test_apgd_halves_the_step_and_restarts_from_the_best_point_where_the_score_s
 
 
 def test_surrogate_gradients_keep_the_forward_and_reach_silent_units_and_pool_runners_up(tiny):
-    from synth.engine.loop import Surrogate, surrogate_gradients
+    from synth.engine.gradients import Surrogate
     x = torch.rand(2, 3, 32, 32, generator=_gen(4), requires_grad=True)
 
     def run():
@@ -354,7 +354,7 @@ def test_surrogate_gradients_keep_the_forward_and_reach_silent_units_and_pool_ru
         return a.detach(), x.grad.clone()
 
     exact, g_exact = run()
-    with surrogate_gradients(tiny.net, skip=["V4.nonlin"]) as changed:
+    with patched_backward(tiny.net, relus="soft", pools="soft", modules={"V4.nonlin": None}) as changed:
         smooth, g_smooth = run()
     assert "V1.nonlin" in changed and "V2.pool" in changed and "V4.nonlin" not in changed
     assert torch.equal(exact, smooth)  # the forward pass is exactly the network's
@@ -364,7 +364,7 @@ def test_surrogate_gradients_keep_the_forward_and_reach_silent_units_and_pool_ru
     pool(z).sum().backward()
     assert int((z.grad != 0).sum()) == 4  # exact: all of each window's gradient to its argmax
     z.grad = None
-    with surrogate_gradients(pool):
+    with patched_backward(pool, relus="soft", pools="soft"):
         out = pool(z)
         out.sum().backward()
     assert int((z.grad != 0).sum()) == 16 and torch.allclose(z.grad.sum(), torch.tensor(4.0))  # spread, same total

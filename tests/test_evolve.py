@@ -10,7 +10,7 @@ import torch
 import synth
 from synth.engine.loop import optimize
 from synth.errors import ConfigError, UnknownNameError
-from synth.neuro.evolve import CMAES, Genetic
+from synth.engine.steps import CMAES, Genetic
 from synth.engine.params import Fourier
 
 

@@ -9,9 +9,8 @@ import torch
 import synth
 from synth import Box, LpBall, optimize
 from synth.engine.criteria import AllOf, Plateau, RelativeError, ScoreAtLeast, Where
-from synth.engine.loop import StepDecay, schedule
+from synth.engine.steps import Genetic, StepDecay, schedule
 from synth.errors import CheckpointError, ConfigError
-from synth.neuro.evolve import Genetic
 from synth.engine.objectives import Match, parse
 from synth.engine.params import Fourier, Pixels
 from synth.engine.results import Result

@@ -11,7 +11,7 @@ import metamers
 import synth
 from synth.cli import main
 from synth.engine.criteria import Where
-from synth.engine.loop import fake_relu
+from synth.engine.gradients import last_relu, patched_backward
 from synth.errors import CheckpointError, ConfigError
 from metamers.recognize import Recognizability, recognizability
 
@@ -163,10 +163,10 @@ def test_fake_relu_passes_gradient_through_silent_units(tiny):
         return x.grad.abs().sum()
 
     assert grad() == 0
-    with fake_relu(net, "IT") as name:
+    with patched_backward(net, modules={(name := last_relu(net, "IT")): "identity"}):
         assert grad() > 0 and torch.equal(net(x), torch.zeros(2, 4))  # same forward, gradient gets through
     assert name == "IT.nonlin" and grad() == 0 and stage.nonlin.inplace
-    with fake_relu(tiny.net, "V4") as name:
+    with patched_backward(tiny.net, modules={(name := last_relu(tiny.net, "V4")): "identity"}):
         assert name == "V4.nonlin"
 
 

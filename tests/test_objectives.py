@@ -4,6 +4,8 @@ import math
 import pytest
 import torch
 
+import synth
+
 from synth.errors import ConfigError, UnknownNameError
 from synth.engine.objectives import Direction, Diversity, LayerNorm, Match, OneHot, Site, Stretch, parse
 
@@ -95,3 +97,16 @@ def test_bad_targets_and_indices_are_refused(acts):
         Match("IT", torch.ones(5)).score(acts)
     with pytest.raises(ConfigError, match="resolved"):
         Site("R", "site3").score(acts)
+
+
+def test_labels_take_a_rendered_batchs_numpy_labels():
+    import numpy as np
+
+    from synth.engine.objectives import Labels
+
+    batch = synth.render(3, "test")
+    assert isinstance(batch.labels, np.ndarray)
+    assert Labels(batch.labels).values == tuple(int(v) for v in batch.labels)
+    assert Labels(np.int64(2)).values == 2
+    with pytest.raises(ConfigError, match="integers"):
+        Labels(np.array([0.5, 1.5]))

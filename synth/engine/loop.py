@@ -4,7 +4,13 @@ Synthesis, attacks and metamers differ only in what they pass in: an objective o
 parametrization of the image, constraints (differentiable maps and projections), a step rule and schedule,
 random transforms averaged per step, and a stopping target.  The loop runs the model only as far as the
 deepest layer the objective reads.  Gradient-free step rules (``synth.evolve``) plug into the same loop: they
-receive the scores instead of gradients.
+receive the scores instead of gradients.  Step rules of both kinds reach the loop through one interface
+(``synth.engine.steps.Stepper``); backward passes other than the network's own come from
+``synth.engine.gradients.patched_backward``.
+
+``optimize`` reads as the algorithm: it sets the run up (``_Job``, what stays fixed; ``Run``, the state a checkpoint
+saves and a resumed run loads), takes the steps (``_iterate``; each ``_step`` evaluates the batch, keeps the books,
+stops the images that met the rule and moves the others), and measures the images it returns (``_finish``).
 
 A run can be long and interrupted: with ``checkpoint=PATH`` the state that defines it (parameters, step rule and
 schedule state, random generators, step count, which images stopped, history) is written every
@@ -27,427 +33,29 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 from tqdm.auto import tqdm
 
 from synth.version import __version__
 from synth.engine.constraints import Box, Constraint, LpBall
 from synth.engine.criteria import Criterion, combine
+from synth.engine.gradients import patched_backward
+from synth.engine.steps import GradientFree, OptimizerFactory, ScheduleFactory, Stepper, stepper
 from synth.errors import CheckpointError, ConfigError, UnknownNameError
-from synth.files import atomic, machine, tensor_digest
+from synth.files import machine, save_torch, tensor_digest
 from synth.engine.objectives import Objective, parse
 from synth.engine.params import Parametrization
-from synth.zoo.probe import SHARED, ProbeModel, check_images
+from synth.zoo.probe import ProbeModel, check_images
 from synth.engine.results import Result
 from synth.rng import derive, generator, noise_generator
 from synth.engine.transforms import Transform, apply as apply_transforms, describe
 
-STEP_RULES = ("adam", "sgd", "sign", "l2", "apgd", "apgd-l2")
 PRECISIONS = ("fp32", "bf16")
-SCHEDULES = ("constant", "cosine", "linear", "step")
 CHECKPOINT_FORMAT = 2  # 2: the model's noise from the run's own generator; the global generators untouched
-
-
-def _per_image(lr: float | torch.Tensor) -> tuple[float, torch.Tensor | None]:
-    """A step size as (scheduled base, per-image factors or None): a tensor gives one size per image."""
-    if isinstance(lr, torch.Tensor) and lr.ndim == 1:
-        if not (torch.isfinite(lr).all() and (lr > 0).all()):
-            raise ConfigError("per-image step sizes must be positive finite numbers")
-        return 1.0, lr.detach().float()
-    lr = float(lr)
-    if not (lr > 0 and math.isfinite(lr)):
-        raise ConfigError(f"step size lr must be a positive number, got {lr}")
-    return lr, None
-
-
-def _direction(grad: torch.Tensor, norm: float) -> torch.Tensor:
-    """Steepest-ascent direction of unit length per image: the gradient's sign (L-inf) or the gradient over its
-    L2 norm (dim 0 indexes images)."""
-    if norm == math.inf:
-        return grad.sign()
-    return grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (grad.ndim - 1))
-
-
-def _shaped(scale: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    if scale.shape[0] != p.shape[0]:
-        raise ConfigError(f"{scale.shape[0]} step sizes for a parameter holding {p.shape[0]} images")
-    return scale.to(p.device, p.dtype).view(-1, *[1] * (p.ndim - 1))
-
-
-class SteepestDescent(torch.optim.Optimizer):
-    """Steepest descent of length ``lr`` in a norm, per image: L-inf steps along the gradient's sign (the FGSM /
-    PGD step), L2 steps along the gradient divided by its norm over each image.  ``lr`` is one step size or one
-    per image (an (N,) tensor)."""
-
-    def __init__(self, params, lr: float | torch.Tensor, norm: float):
-        if norm not in (2, math.inf):
-            raise ConfigError(f"steepest descent supports the L2 and L-inf norms, got {norm}")
-        base, self.scale = _per_image(lr)
-        super().__init__(params, {"lr": base})
-        self.norm = norm
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                d = _direction(p.grad, self.norm)
-                if self.scale is None:
-                    p.add_(d, alpha=-group["lr"])
-                else:
-                    p.addcmul_(d, _shaped(self.scale, p), value=-group["lr"])
-
-
-class APGD(torch.optim.Optimizer):
-    """Auto-PGD's step rule (Croce & Hein 2020): steepest steps with momentum 0.75, and a per-image step size that
-    starts at ``lr`` (2ε in the paper) and halves at checkpoints where the score rose in fewer than ``rho`` of the
-    steps since the last one, or neither the step size nor the best score changed; a halved image restarts from
-    its best point.  Checkpoints fall after 22% of ``steps``, then at gaps shrinking by 3% to at least 6%.
-    ``project`` maps a point back onto the feasible set (ε-ball and box).  The engine passes each step's scores
-    through ``observe`` before ``step``."""
-
-    def __init__(self, params, lr: float | torch.Tensor, norm: float, steps: int,
-                 project: Callable[[torch.Tensor], None], alpha: float = 0.75, rho: float = 0.75):
-        if norm not in (2, math.inf):
-            raise ConfigError(f"APGD supports the L2 and L-inf norms, got {norm}")
-        base, scale = _per_image(lr)
-        super().__init__(params, {"lr": base})
-        ps = [p for g in self.param_groups for p in g["params"]]
-        if len(ps) != 1:
-            raise ConfigError("APGD steps one pixel tensor")
-        self.p, self.norm, self.project, self.alpha, self.rho = ps[0], norm, project, alpha, rho
-        n = self.p.shape[0]
-        self.eta = (scale if scale is not None else torch.ones(n)).to(self.p.device, self.p.dtype).clone()
-        self.gap = max(int(0.22 * steps), 1)
-        self.shrink, self.min_gap = max(int(0.03 * steps), 1), max(int(0.06 * steps), 1)
-        self.t = self.since = 0
-        self.prev = self.p.detach().clone()
-        self.best = self.p.detach().clone()
-        self.best_grad = torch.zeros_like(self.p)
-        self.best_f = torch.full((n,), -math.inf, device=self.p.device)
-        self.last_f = torch.full((n,), -math.inf, device=self.p.device)
-        self.rises = torch.zeros(n, device=self.p.device)
-        self.best_at_check = self.best_f.clone()
-        self.halved_at_check = torch.ones(n, dtype=torch.bool, device=self.p.device)
-
-    @torch.no_grad()
-    def observe(self, scores: torch.Tensor, index: torch.Tensor) -> None:
-        """Record the scores of the current point for images ``index``; at a checkpoint, halve and restart."""
-        p, grad = self.p, self.p.grad
-        scores = scores.to(self.best_f.dtype)
-        better = scores > self.best_f[index]
-        rows = index[better]
-        self.best[rows] = p[rows]
-        if grad is not None:
-            self.best_grad[rows] = grad[rows]
-        self.best_f[rows] = scores[better]
-        if self.t > 0:
-            self.rises[index] += (scores > self.last_f[index]).float()
-            self.since += 1
-        self.last_f[index] = scores
-        if self.since < self.gap:
-            return
-        oscillating = self.rises <= self.gap * self.rho
-        stalled = ~self.halved_at_check & (self.best_at_check >= self.best_f)
-        halve = oscillating | stalled
-        self.eta[halve] /= 2
-        p[halve] = self.best[halve]
-        if grad is not None:
-            grad[halve] = self.best_grad[halve]
-        self.halved_at_check, self.best_at_check = halve, self.best_f.clone()
-        self.rises.zero_()
-        self.since = 0
-        self.gap = max(self.gap - self.shrink, self.min_gap)
-
-    _STATE = ("eta", "prev", "best", "best_grad", "best_f", "last_f", "rises", "best_at_check", "halved_at_check")
-
-    def state_dict(self) -> dict:
-        """The optimizer's state plus Auto-PGD's per-image step sizes, best points and checkpoint counters."""
-        out = super().state_dict()
-        out["apgd"] = {**{k: getattr(self, k).clone() for k in self._STATE},
-                       "gap": self.gap, "t": self.t, "since": self.since}
-        return out
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        state_dict = dict(state_dict)
-        mine = state_dict.pop("apgd")
-        super().load_state_dict(state_dict)
-        for k in self._STATE:
-            getattr(self, k).copy_(mine[k])
-        self.gap, self.t, self.since = mine["gap"], mine["t"], mine["since"]
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        p = self.p
-        if p.grad is None:
-            return
-        lr = self.param_groups[0]["lr"]
-        momentum = p - self.prev
-        self.prev = p.detach().clone()
-        a = self.alpha if self.t > 0 else 1.0
-        z = p - _direction(p.grad, self.norm) * _shaped(self.eta, p) * lr  # the gradient is of the loss, -score
-        self.project(z)
-        new = p + a * (z - p) + (1 - a) * momentum
-        self.project(new)
-        p.copy_(new)
-        self.t += 1
-
-
-class GradientFree(Protocol):
-    """A step rule that updates the parametrization from scores alone (e.g. a genetic algorithm); to checkpoint,
-    it also has ``state_dict()`` and ``load_state_dict()``."""
-
-    def update(self, scores: torch.Tensor) -> None:
-        """Replace the population in the parametrization given this generation's scores."""
-
-
-OptimizerFactory = Callable[[list[torch.Tensor]], torch.optim.Optimizer]
-ScheduleFactory = Callable[[torch.optim.Optimizer, int], torch.optim.lr_scheduler.LRScheduler]
-
-
-def step_rule(name: str, params: Sequence[torch.Tensor], lr: float | torch.Tensor, steps: int = 1,
-              project: Callable[[torch.Tensor], None] | None = None) -> torch.optim.Optimizer:
-    """Build a step rule by name: 'adam', 'sgd', 'sign' (L-inf steepest), 'l2' (normalized gradient), 'apgd' /
-    'apgd-l2' (Auto-PGD, which needs the run's ``steps`` and the ``project``ion onto the feasible set).  ``lr`` may
-    hold one step size per image for the steepest and APGD rules."""
-    if name not in STEP_RULES:
-        raise UnknownNameError("step rule", name, STEP_RULES)
-    base, scale = _per_image(lr)
-    if name == "adam" or name == "sgd":
-        if scale is not None:
-            raise ConfigError(f"per-image step sizes work with the 'sign', 'l2' and 'apgd' step rules, not {name!r}")
-        return torch.optim.Adam(params, lr=base) if name == "adam" else torch.optim.SGD(params, lr=base)
-    if name in ("sign", "l2"):
-        return SteepestDescent(params, lr, math.inf if name == "sign" else 2)
-    return APGD(params, lr, math.inf if name == "apgd" else 2, steps, project or (lambda x: None))
-
-
-class StepDecay:
-    """Step decay: the step size is multiplied by ``gamma`` at the start of each of ``stages`` equal parts of the
-    run.  The default is Feather et al. (2023)'s metamer schedule: 8 stages, each halving the step."""
-
-    def __init__(self, stages: int = 8, gamma: float = 0.5):
-        if stages < 1 or not 0 < gamma <= 1:
-            raise ConfigError(f"step decay needs stages >= 1 and 0 < gamma <= 1, got {stages} and {gamma}")
-        self.stages, self.gamma = int(stages), float(gamma)
-
-    def __call__(self, opt: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LRScheduler:
-        every = max(1, math.ceil(steps / self.stages))
-        return torch.optim.lr_scheduler.LambdaLR(opt, lambda t: self.gamma ** min(t // every, self.stages - 1))
-
-    def __str__(self) -> str:
-        return f"step(stages={self.stages}, gamma={self.gamma:g})"
-
-
-def schedule(name: str | ScheduleFactory, opt: torch.optim.Optimizer,
-             steps: int) -> torch.optim.lr_scheduler.LRScheduler:
-    """Step-size schedule over the run: 'constant', 'cosine' (to zero), 'linear' (to zero), 'step' (halved at
-    each eighth, Feather et al.'s), or a callable ``(optimizer, steps) -> scheduler`` (e.g. ``StepDecay(4)``).
-    Each is a closed form of the step index, so a run continued for more steps keeps its shape."""
-    total = max(1, steps)
-    if callable(name):
-        out = name(opt, steps)
-        if not isinstance(out, torch.optim.lr_scheduler.LRScheduler):
-            raise ConfigError(f"schedule {name} returned {type(out).__name__}, not a torch LRScheduler")
-        return out
-    if name == "constant":
-        return torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0)
-    if name == "cosine":
-        return torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 * (1 + math.cos(math.pi * min(t, total) / total)))
-    if name == "linear":
-        return torch.optim.lr_scheduler.LambdaLR(opt, lambda t: max(0.0, 1 - t / total))
-    if name == "step":
-        return StepDecay()(opt, steps)
-    raise UnknownNameError("schedule", name, SCHEDULES)
-
-
-class _RedirectedReLU(torch.autograd.Function):
-    """ReLU whose backward lets gradient through silent units when no unit of that image passes any (Lucid)."""
-
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return x.clamp_min(0)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        relu_grad = grad * (x > 0)
-        redirected = torch.where((x < 0) & (grad > 0), torch.zeros_like(grad), grad)
-        passes = relu_grad.flatten(1).norm(dim=1) > 0
-        return torch.where(passes.view(-1, *[1] * (grad.ndim - 1)), relu_grad, redirected)
-
-
-@contextlib.contextmanager
-def redirected_relu(net: nn.Module) -> Iterator[None]:
-    """Temporarily give every nn.ReLU of ``net`` Lucid's redirected gradient (escapes dead starts)."""
-    relus = [m for m in net.modules() if isinstance(m, nn.ReLU)]
-    saved = [(m, m.inplace) for m in relus]
-    for m in relus:
-        m.inplace = False
-        m.forward = _RedirectedReLU.apply
-    try:
-        yield
-    finally:
-        for m, inplace in saved:
-            del m.forward
-            m.inplace = inplace
-
-
-class _FakeReLU(torch.autograd.Function):
-    """ReLU forward, identity backward: gradient reaches units whose input is negative (Feather et al. 2023)."""
-
-    @staticmethod
-    def forward(ctx, x):
-        return x.clamp_min(0)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad
-
-
-def last_relu(net: nn.Module, module: str) -> str | None:
-    """The name of the last ``nn.ReLU`` inside module ``module`` of ``net`` (or the module itself), or None."""
-    names = [n for n, m in net.named_modules() if isinstance(m, nn.ReLU) and (n == module or n.startswith(module + "."))]
-    return names[-1] if names else None
-
-
-@contextlib.contextmanager
-def fake_relu(net: nn.Module, module: str | None) -> Iterator[str | None]:
-    """Temporarily give the last ReLU of ``module`` an identity gradient (the 'fake ReLU' of Feather et al.'s
-    metamers, so a matched stage's silent units still pass gradient); yields the ReLU's name, None if none."""
-    name = last_relu(net, module) if module else None
-    relu = dict(net.named_modules())[name] if name else None
-    inplace = relu.inplace if relu is not None else False
-    if relu is not None:
-        relu.inplace = False
-        relu.forward = _FakeReLU.apply
-    try:
-        yield name
-    finally:
-        if relu is not None:
-            del relu.forward
-            relu.inplace = inplace
-
-
-class _SoftReLU(torch.autograd.Function):
-    """ReLU forward; backward through the derivative of a softplus of sharpness ``beta`` / the input's RMS per
-    image, so a unit just below threshold still passes some gradient (a surrogate gradient)."""
-
-    @staticmethod
-    def forward(ctx, x, beta):
-        ctx.save_for_backward(x)
-        ctx.beta = beta
-        return x.clamp_min(0)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        rms = x.detach().flatten(1).pow(2).mean(1).sqrt().clamp_min(1e-6).view(-1, *[1] * (x.ndim - 1))
-        return grad * torch.sigmoid(ctx.beta * x / rms), None
-
-
-class _SoftMaxPool(torch.autograd.Function):
-    """Max-pooling forward; backward spread over each window by a softmax of temperature ``tau`` × the input's RMS
-    per image, instead of all to the argmax (a surrogate gradient that lets a window's runner-up take over)."""
-
-    @staticmethod
-    def forward(ctx, x, kernel, stride, padding, tau):
-        ctx.save_for_backward(x)
-        ctx.args = (kernel, stride, padding, tau)
-        return F.max_pool2d(x, kernel, stride, padding)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        kernel, stride, padding, tau = ctx.args
-        n, c, h, w = x.shape
-        rows = x.detach().reshape(n * c, 1, h, w)
-        windows = F.unfold(rows, kernel, padding=padding, stride=stride)               # (N·C, k·k, L)
-        valid = F.unfold(torch.ones(1, 1, h, w, device=x.device, dtype=x.dtype), kernel, padding=padding,
-                         stride=stride) > 0
-        rms = x.detach().flatten(1).pow(2).mean(1).sqrt().clamp_min(1e-6).repeat_interleave(c).view(-1, 1, 1)
-        weights = torch.softmax((windows / (tau * rms)).masked_fill(~valid, -math.inf), dim=1)
-        spread = F.fold(weights * grad.reshape(n * c, 1, -1), (h, w), kernel, padding=padding, stride=stride)
-        return spread.reshape(n, c, h, w), None, None, None, None
-
-
-class Surrogate:
-    """Surrogate-gradient settings: the softplus sharpness ``relu_beta`` of a ReLU's backward and the softmax
-    temperature ``pool_tau`` of a max-pool's (both relative to the input's RMS per image).  With ``fade``, the
-    surrogate gives way to the exact gradient over the run (``at(progress)``): τ falls linearly to 1 % of its start
-    and β rises as 1 / (1 − progress), to 100× at the end, so the smooth gradient opens the way early and the exact
-    one settles the match."""
-
-    def __init__(self, relu_beta: float = 2.0, pool_tau: float = 0.2, fade: bool = True):
-        if not relu_beta > 0 or not pool_tau > 0:
-            raise ConfigError(f"surrogate gradients need relu_beta > 0 and pool_tau > 0, got {relu_beta} and {pool_tau}")
-        self.relu_beta, self.pool_tau, self.fade = float(relu_beta), float(pool_tau), fade
-        self.beta, self.tau = self.relu_beta, self.pool_tau
-
-    def at(self, progress: float) -> None:
-        """Set the current sharpness for the fraction ``progress`` of the run done."""
-        if self.fade:
-            f = min(max(progress, 0.0), 1.0)
-            self.beta = self.relu_beta / max(0.01, 1 - f)
-            self.tau = self.pool_tau * (1 - 0.99 * f)
-
-    def __str__(self) -> str:
-        return f"surrogate(relu_beta={self.relu_beta:g}, pool_tau={self.pool_tau:g}{', fading' if self.fade else ''})"
-
-
-@contextlib.contextmanager
-def surrogate_gradients(net: nn.Module, settings: Surrogate | None = None,
-                        skip: Sequence[str] = ()) -> Iterator[list[str]]:
-    """Temporarily give every ``nn.ReLU`` a softplus-derivative backward and every ``nn.MaxPool2d`` a softmax-window
-    backward (forward passes unchanged, so scores stay exact), except modules named in ``skip``; the backward reads
-    ``settings`` (a ``Surrogate``) when it runs, so a run can fade them.  Matching a late stage through a ReLU
-    network stalls where silent units and pooling argmaxes block the gradient: measured on toy-standard's IT
-    (16 test images, Adam 0.01, 2400 steps), 12 of 16 metamers reached 0.05 normalized error with fixed surrogates,
-    15 with fading ones, and the median error after 1200 steps of 8 of them fell from 0.071 without to 0.038.
-    Yields the names of the modules changed."""
-    settings = settings or Surrogate()
-    changed: list[tuple[nn.Module, bool]] = []
-    names = []
-    for name, m in net.named_modules():
-        if name in skip:
-            continue
-        if isinstance(m, nn.ReLU):
-            changed.append((m, m.inplace))
-            m.inplace = False
-            m.forward = functools.partial(_relu, settings=settings)
-        elif isinstance(m, nn.MaxPool2d) and m.dilation in (1, (1, 1)) and not m.ceil_mode \
-                and not m.return_indices:
-            changed.append((m, False))
-            m.forward = functools.partial(_pool, m=m, settings=settings)
-        else:
-            continue
-        names.append(name)
-    try:
-        yield names
-    finally:
-        for m, inplace in changed:
-            del m.forward
-            if isinstance(m, nn.ReLU):
-                m.inplace = inplace
-
-
-# The surrogates' sharpness changes every step; torch.compile (2.14) fails to lift such a float into the graph of a
-# custom autograd Function, so these two run eagerly inside a compiled forward (a graph break; 0.3 us when eager).
-@torch.compiler.disable
-def _relu(x: torch.Tensor, settings: Surrogate) -> torch.Tensor:
-    return _SoftReLU.apply(x, settings.beta)
-
-
-@torch.compiler.disable
-def _pool(x: torch.Tensor, m: nn.MaxPool2d, settings: Surrogate) -> torch.Tensor:
-    return _SoftMaxPool.apply(x, m.kernel_size, m.stride or m.kernel_size, m.padding, settings.tau)
 
 
 def render(param: Parametrization, constraints: Sequence[Constraint]) -> torch.Tensor:
@@ -568,6 +176,144 @@ def _evaluate(forward: Forward, objective: Objective, x: torch.Tensor, eot: int,
     return scores, (mean_acts if mean else draws[0])
 
 
+def _project(projections: Sequence[Constraint], x: torch.Tensor) -> None:
+    """Project ``x`` in place onto the set the projecting constraints allow."""
+    for c in projections:
+        c.project_(x)
+
+
+@dataclass
+class _Job:
+    """What stays fixed while a run goes: the model (the run's own fork where it changes modules) and its forward
+    pass, what is scored and when an image stops, the images' parametrization and constraints, the step rule, the
+    recipe a checkpoint must match, and the run's options."""
+
+    model: ProbeModel
+    device: torch.device
+    forward: Forward
+    objective: Objective
+    rule: Criterion | None
+    param: Parametrization
+    pixels: torch.Tensor | None  # what is projected after each step
+    constraints: list[Constraint]
+    projections: list[Constraint]
+    stepper: Stepper
+    transforms: Sequence[Transform]
+    eot: int
+    draws: int  # noise draws when a score is measured on the images themselves
+    eot_average: str
+    steps: int
+    relu_override: int
+    recipe: dict
+    path: Path | None
+    checkpoint_every: int
+    callback: Callable[[int, int], None] | None
+    watch: Callable[[int, torch.Tensor, torch.Tensor], None] | None
+    progress: bool
+
+    def project_(self, x: torch.Tensor) -> None:
+        """Project images ``x`` in place onto the feasible set."""
+        _project(self.projections, x)
+
+
+@dataclass
+class Run:
+    """A run's state between steps, the one record its checkpoint saves and a resumed run loads (beside the state
+    of the parameters, the step rule, the stopping rule and the objective): the random generators, the next step,
+    which images stopped and as what images, each image's latest and best score and best iterate, the history of
+    scores and gradient norms, the images still in the batch, and the evaluations and seconds spent; with a
+    generator's codes, those of the best and the stopped images.  ``obj`` and ``crit``, not saved, are the objective
+    and the stopping rule narrowed to the images in the batch."""
+
+    gen: torch.Generator  # transforms and random starts
+    noise: torch.Generator  # the model's own noise
+    done: torch.Tensor
+    frozen: torch.Tensor
+    last: torch.Tensor
+    best: torch.Tensor
+    best_scores: torch.Tensor
+    active: torch.Tensor
+    best_codes: torch.Tensor | None = None
+    frozen_codes: torch.Tensor | None = None
+    t: int = 0
+    history: list[torch.Tensor] = field(default_factory=list)
+    grad_norms: list[torch.Tensor] = field(default_factory=list)
+    evaluations: int = 0
+    seconds: float = 0.0
+    obj: Objective | None = None
+    crit: Criterion | None = None
+
+    _TENSORS = ("done", "frozen", "last", "best", "best_scores", "active")
+    _CODES = ("best_codes", "frozen_codes")
+
+    @classmethod
+    def start(cls, first: torch.Tensor, codes: torch.Tensor | None, gen: torch.Generator, noise: torch.Generator,
+              device: torch.device) -> Run:
+        """A run about to take its first step from images ``first`` (made by ``codes``, if a generator's)."""
+        n = first.shape[0]
+        return cls(gen, noise, done=torch.zeros(n, dtype=torch.bool, device=device), frozen=first.clone(),
+                   last=torch.full((n,), math.nan, device=device), best=first.clone(),
+                   best_scores=torch.full((n,), -math.inf, device=device), active=torch.arange(n, device=device),
+                   best_codes=codes.clone() if codes is not None else None,
+                   frozen_codes=codes.clone() if codes is not None else None)
+
+    @property
+    def n(self) -> int:
+        """The number of images."""
+        return self.done.shape[0]
+
+    def narrow(self, objective: Objective, rule: Criterion | None) -> None:
+        """Score, and stop, only the images still in the batch."""
+        if len(self.active) < self.n:
+            self.obj, self.crit = objective.select(self.active), rule.select(self.active)
+        else:
+            self.obj, self.crit = objective, rule
+
+    def state_dict(self) -> dict:
+        """The run's state as its checkpoint's entries."""
+        return {"t": self.t, "generator": self.gen.get_state(), "noise": self.noise.get_state(),
+                **{k: getattr(self, k) for k in self._TENSORS}, "evaluations": self.evaluations,
+                "seconds": self.seconds, **({k: getattr(self, k) for k in self._CODES} if self.best_codes is not None
+                                           else {}),
+                "history": torch.stack(self.history) if self.history else None,
+                "grad_norms": torch.stack(self.grad_norms) if self.grad_norms else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore ``state_dict``'s output, onto the run's device."""
+        device = self.done.device
+        self.gen.set_state(state["generator"].cpu())
+        self.noise.set_state(state["noise"].cpu())
+        for k in (*self._TENSORS, *self._CODES):
+            if k in state:
+                setattr(self, k, state[k].to(device))
+        self.history = list(state["history"].to(device)) if state["history"] is not None else []
+        self.grad_norms = list(state["grad_norms"].to(device)) if state["grad_norms"] is not None else []
+        self.t, self.evaluations, self.seconds = state["t"], state["evaluations"], state["seconds"]
+
+
+class _Scored(NamedTuple):
+    """One step's evaluation: every image as rendered, the batch's images and codes, the scores the step follows
+    (over the transforms' draws) and those the books record (of the images themselves), with their activations."""
+
+    images: torch.Tensor
+    batch: torch.Tensor
+    codes: torch.Tensor | None
+    scores: torch.Tensor
+    seen: torch.Tensor
+    acts: dict[str, torch.Tensor]
+
+
+class _Final(NamedTuple):
+    """The returned images, what is measured on them (scores, activations, the stopping rule's verdict) and their
+    codes, if a generator's."""
+
+    images: torch.Tensor
+    scores: torch.Tensor
+    acts: dict[str, torch.Tensor]
+    success: torch.Tensor | None
+    codes: torch.Tensor | None
+
+
 def optimize(model: ProbeModel, objective: Objective | str, param: Parametrization, *,
              constraints: Sequence[Constraint] = (Box(),), step: str | GradientFree | OptimizerFactory = "adam",
              lr: float | torch.Tensor = 0.05, lr_schedule: str | ScheduleFactory = "constant", steps: int = 256,
@@ -601,9 +347,10 @@ def optimize(model: ProbeModel, objective: Objective | str, param: Parametrizati
     redirected ReLU, channels-last weights) does so on a ``ProbeModel.fork``, so no other run sees it.
     ``settings``: what a front-end set beyond these arguments that defines the run (e.g. metamers' surrogate
     gradients): recorded in the metadata and part of the checkpoint's fingerprint.  ``relu_override`` steps of
-    Lucid's redirected ReLU gradient start the run.  ``checkpoint``: a file the run's state is written to every ``checkpoint_every`` steps and at
-    the end, and continued from when it exists (see the module docstring).  ``callback(t, steps)`` runs before
-    each step (e.g. to fade surrogate gradients); it must depend on ``t`` alone for a resumed run to match.
+    Lucid's redirected ReLU gradient start the run.  ``checkpoint``: a file the run's state is written to every
+    ``checkpoint_every`` steps and at the end, and continued from when it exists (see the module docstring).
+    ``callback(t, steps)`` runs before each step (e.g. to fade surrogate gradients); it must depend on ``t`` alone
+    for a resumed run to match.
     ``watch(t, images, scores)`` sees each step's images (N×3×H×W as rendered for that step, detached) and every
     image's latest score (N), for live displays and progress; what it does to them does not reach the run.
     Speed and memory (see ``Forward``; recorded in the metadata): ``precision`` 'fp32' or 'bf16' (the network's
@@ -612,13 +359,32 @@ def optimize(model: ProbeModel, objective: Objective | str, param: Parametrizati
     the compilation), ``checkpoint_activations`` (recompute each stage in the backward pass: less memory, about
     one more forward pass of compute per step).  Every step and the final scores use them.
     """
+    job, run = _set_up(model, objective, param, constraints=constraints, step=step, lr=lr, lr_schedule=lr_schedule,
+                       steps=steps, transforms=transforms, eot=eot, eot_average=eot_average, target=target, stop=stop,
+                       random_start=random_start, seed=seed, relu_override=relu_override, checkpoint=checkpoint,
+                       checkpoint_every=checkpoint_every, callback=callback, watch=watch, progress=progress,
+                       settings=settings, precision=precision, channels_last=channels_last, compile=compile,
+                       checkpoint_activations=checkpoint_activations)
+    with weights_layout(job.model, channels_last), noise_generator(run.noise):  # NHWC weights; the run's own noise
+        _iterate(job, run)
+        final = _finish(job, run)
+    return _result(job, run, final, metadata)
+
+
+def _set_up(model: ProbeModel, objective: Objective | str, param: Parametrization, *,
+            constraints: Sequence[Constraint], step: str | GradientFree | OptimizerFactory, lr: float | torch.Tensor,
+            lr_schedule: str | ScheduleFactory, steps: int, transforms: Sequence[Transform], eot: int,
+            eot_average: str, target: float | None, stop: Criterion | Callable | None, random_start: bool, seed: int,
+            relu_override: int, checkpoint: str | os.PathLike | None, checkpoint_every: int,
+            callback: Callable[[int, int], None] | None,
+            watch: Callable[[int, torch.Tensor, torch.Tensor], None] | None, progress: bool, settings: dict | None,
+            precision: str, channels_last: bool, compile: bool | str,
+            checkpoint_activations: bool) -> tuple[_Job, Run]:
+    """Check ``optimize``'s arguments and set the run up: the objective and stopping rule resolved on the model, the
+    start images, the step rule, the recipe, the forward pass, and the run's state, continued from the checkpoint
+    when it exists."""
     objective = parse(objective).resolve(model)
-    if steps < 0 or eot < 1:
-        raise ConfigError(f"steps must be >= 0 and eot >= 1, got steps={steps}, eot={eot}")
-    if eot_average not in ("scores", "activations"):
-        raise UnknownNameError("EOT average", eot_average, ("scores", "activations"))
-    if checkpoint_every < 1:
-        raise ConfigError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
+    _check(steps, eot, eot_average, checkpoint_every)
     rule = combine(target, stop)
     rule = rule.resolve(model) if rule is not None else None
     if model.training:
@@ -627,15 +393,42 @@ def optimize(model: ProbeModel, objective: Objective | str, param: Parametrizati
     param = param.to(device)
     constraints = [c.to(device) for c in constraints]
     projections = _projections(param, constraints)
-    pixels = param.pixels
     gen = torch.Generator().manual_seed(seed)  # transforms and random starts
     noise = generator(derive(seed, 1), device)  # the model's own noise
-    draws = eot if model.stochastic else 1  # noise draws when a score is measured on the images themselves
+    first = _start(param, constraints, projections, random_start, gen)
+    rule_of_steps = stepper(step, list(param.parameters()), lr, lr_schedule, steps,
+                            functools.partial(_project, projections))
+    recipe = _recipe(model, objective, rule, param, constraints, transforms=transforms, eot=eot,
+                     eot_average=eot_average, step=step, lr=lr, lr_schedule=lr_schedule, target=target, stop=stop,
+                     random_start=random_start, relu_override=relu_override, seed=seed, settings=settings)
+    draws = eot if model.stochastic else 1
+    if relu_override > 0 or channels_last:  # the run changes modules or weight layouts: on its own fork
+        model = model.fork()
+    forward = Forward(model, recipe["layers"], precision, channels_last, compile, checkpoint_activations)
+    recipe.update(forward.describe())
+    job = _Job(model=model, device=device, forward=forward, objective=objective, rule=rule, param=param,
+               pixels=param.pixels, constraints=constraints, projections=projections, stepper=rule_of_steps,
+               transforms=transforms, eot=eot, draws=draws, eot_average=eot_average, steps=steps,
+               relu_override=relu_override, recipe=recipe, path=Path(checkpoint) if checkpoint is not None else None,
+               checkpoint_every=checkpoint_every, callback=callback, watch=watch, progress=progress)
+    return job, _begin(job, Run.start(first, param.codes(), gen, noise, device))
 
-    def project_(x: torch.Tensor) -> None:
-        for c in projections:
-            c.project_(x)
 
+def _check(steps: int, eot: int, eot_average: str, checkpoint_every: int) -> None:
+    """Refuse counts and names a run cannot take."""
+    if steps < 0 or eot < 1:
+        raise ConfigError(f"steps must be >= 0 and eot >= 1, got steps={steps}, eot={eot}")
+    if eot_average not in ("scores", "activations"):
+        raise UnknownNameError("EOT average", eot_average, ("scores", "activations"))
+    if checkpoint_every < 1:
+        raise ConfigError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
+
+
+def _start(param: Parametrization, constraints: Sequence[Constraint], projections: Sequence[Constraint],
+           random_start: bool, gen: torch.Generator) -> torch.Tensor:
+    """Check the start, draw random starts in the Lp balls and project every start; returns the images it renders,
+    checked."""
+    pixels = param.pixels
     with torch.no_grad():
         if pixels is not None:  # a start a little outside the box is projected; 0-255 pixels or NaN are refused
             check_images(pixels, slack=1.0)
@@ -646,19 +439,20 @@ def optimize(model: ProbeModel, objective: Objective | str, param: Parametrizati
             for ball in balls:
                 pixels.copy_(ball.sample(gen))
         if pixels is not None:
-            project_(pixels)
+            _project(projections, pixels)
         first = render(param, constraints).detach()
     check_images(first)
-    n = first.shape[0]
-    gradient_free = not isinstance(step, str) and hasattr(step, "update")
-    opt = sched = None
-    if not gradient_free:
-        opt = _optimizer(step, list(param.parameters()), lr, steps, project_)
-        sched = schedule(lr_schedule, opt, steps)
-    elif isinstance(lr, torch.Tensor):
-        raise ConfigError("per-image step sizes need a gradient step rule")
+    return first
+
+
+def _recipe(model: ProbeModel, objective: Objective, rule: Criterion | None, param: Parametrization,
+            constraints: Sequence[Constraint], *, transforms: Sequence[Transform], eot: int, eot_average: str,
+            step: str | GradientFree | OptimizerFactory, lr: float | torch.Tensor, lr_schedule: str | ScheduleFactory,
+            target: float | None, stop: Criterion | Callable | None, random_start: bool, relu_override: int,
+            seed: int, settings: dict | None) -> dict:
+    """What defines the run, as its metadata records it (a checkpoint must match its ``_FINGERPRINT``)."""
     layers = tuple(dict.fromkeys((*objective.layers, *(rule.layers if rule is not None else ()))))
-    recipe = {
+    return {
         "model": model.name, "weights_sha256": model.weights_digest(),
         "layers": list(layers), "objective": str(objective), "parametrization": str(param),
         "constraints": [c.fingerprint() for c in constraints], "transforms": describe(transforms), "eot": eot,
@@ -670,142 +464,158 @@ def optimize(model: ProbeModel, objective: Objective | str, param: Parametrizati
         "interventions": [str(i) for i in model.interventions],  # a model made by model.intervene(...)
         "objective_fingerprint": objective.fingerprint(), "settings": dict(settings or {}),
     }
-    if relu_override > 0 or channels_last:  # the run changes modules or weight layouts: on its own fork
-        model = model.fork()
-    forward = Forward(model, layers, precision, channels_last, compile, checkpoint_activations)
-    recipe.update(forward.describe())
-    state = {"t": 0, "done": torch.zeros(n, dtype=torch.bool, device=device), "frozen": first.clone(),
-             "last": torch.full((n,), math.nan, device=device), "best": first.clone(),
-             "best_scores": torch.full((n,), -math.inf, device=device), "history": [], "grad_norms": [],
-             "evaluations": 0, "active": torch.arange(n, device=device), "seconds": 0.0}
-    codes = param.codes()  # a generator's latent codes: tracked beside the images they make
-    if codes is not None:
-        state["best_codes"], state["frozen_codes"] = codes.clone(), codes.clone()
-    path = Path(checkpoint) if checkpoint is not None else None
-    if path is not None and path.is_file():
-        _resume(path, state, recipe, param, opt, sched, step if gradient_free else None, rule, objective,
-                (gen, noise), device, n)
-    done, frozen, last, best, best_scores = (state[k] for k in ("done", "frozen", "last", "best", "best_scores"))
-    history, grad_norms, active = state["history"], state["grad_norms"], state["active"]
-    best_codes, frozen_codes = state.get("best_codes"), state.get("frozen_codes")
-    evaluations = state["evaluations"]
-    obj, crit = objective, rule
-    if len(active) < n:
-        obj, crit = objective.select(active), rule.select(active)
 
-    def save(t_next: int, seconds: float) -> None:
-        tracked = {"done": done, "frozen": frozen, "last": last, "best": best, "best_scores": best_scores,
-                   "history": history, "grad_norms": grad_norms, "active": active, "evaluations": evaluations,
-                   "seconds": seconds,
-                   **({"best_codes": best_codes, "frozen_codes": frozen_codes} if codes is not None else {})}
-        _save_checkpoint(path, recipe, t_next, param, opt, sched, step if gradient_free else None, rule, objective,
-                         (gen, noise), tracked)
 
-    start = min(state["t"], steps)
-    t0 = time.perf_counter() - state["seconds"]
-    bar = tqdm(range(start, steps), desc=str(objective)[:40], unit="step", disable=not progress, leave=False,
-               initial=start, total=steps)
-    t_next = start
-    with weights_layout(model, channels_last), noise_generator(noise):  # NHWC weights; the run's own noise
-        for t in bar if not bool(done.all()) else ():
-            param.schedule(t / max(1, steps))
-            if callback is not None:
-                callback(t, steps)
-            with redirected_relu(model.net) if t < relu_override else contextlib.nullcontext():
-                with torch.set_grad_enabled(not gradient_free):
-                    x = render(param, constraints)
-                    xa = x if len(active) == n else x[active]
-                    ca = param.codes()[active].clone() if codes is not None else None
-                    scores, acts = _evaluate(forward, obj, xa, eot, transforms, gen, mean=crit is not None,
-                                             average=eot_average)
-                    if not gradient_free:
-                        opt.zero_grad(set_to_none=True)
-                        with SHARED.running():  # a recomputed stage runs modules again in the backward pass
-                            (-scores.sum()).backward()
-            evaluations += len(active) * eot
-            scores = scores.detach()
-            if transforms:  # what the step's images score themselves: the run's record and its stopping rule
-                with torch.no_grad():
-                    seen, acts = _evaluate(forward, obj, xa.detach(), draws, (), gen, mean=crit is not None,
-                                           average=eot_average)
-                evaluations += len(active) * draws
-            else:
-                seen = scores
-            last[active] = seen
-            history.append(last.clone())
-            if watch is not None:
-                watch(t, x.detach().clone(), last.clone())
-            better = seen > best_scores[active]
-            best[active[better]] = xa.detach()[better]
-            best_scores[active[better]] = seen[better]
-            if codes is not None:
-                best_codes[active[better]] = ca[better]
-            if not gradient_free:
-                grad_norms.append(_grad_norms(param, n, active))
-            t_next = t + 1
-            reached = None
-            if crit is not None:
-                reached = crit(seen, {k: v.detach() for k, v in acts.items()})
-                if reached.any():  # keep the image that met the criterion, before this step moves it
-                    rows = active[reached]
-                    frozen[rows] = xa.detach()[reached]
-                    if codes is not None:
-                        frozen_codes[rows] = ca[reached]
-                    done[rows] = True
-                    if bool(done.all()):
-                        break
-                else:
-                    reached = None
-            if gradient_free:
-                step.update(scores)
-            else:
-                if hasattr(opt, "observe"):
-                    opt.observe(scores, active)
-                opt.step()
-                sched.step()
-            if pixels is not None:
-                with torch.no_grad():
-                    project_(pixels)
-                    if done.any():
-                        pixels[done] = frozen[done]
-            if reached is not None and not gradient_free:  # finished images leave the batch
-                active = active[~reached]
-                obj, crit = objective.select(active), rule.select(active)
-            if path is not None and t_next % checkpoint_every == 0 and t_next < steps:
-                save(t_next, time.perf_counter() - t0)
-            if progress and t % 8 == 0:
-                bar.set_postfix({"score": f"{float(seen.mean()):.3g}", "done": f"{int(done.sum())}/{n}"})
-        bar.close()
-        elapsed = time.perf_counter() - t0
-        if path is not None:
-            save(max(t_next, start), elapsed)
-        with torch.no_grad():  # the result's figures: measured on the returned images, with no transform
-            final = render(param, constraints).clone()
-            final[done] = frozen[done]
-            project_(final)  # the safety net: whatever the step rule did, the returned images are feasible
-            final_scores, final_acts = _evaluate(forward, objective, final, draws, (), gen, average=eot_average)
-            success = rule.final(final_scores, final_acts) if rule is not None else None
-            better = final_scores > best_scores
-            best[better], best_scores[better] = final[better], final_scores[better]
-            project_(best)
-            if codes is not None:
-                final_codes = param.codes().clone()
-                final_codes[done] = frozen_codes[done]
-                best_codes[better] = final_codes[better]
-    meta = {**recipe, "steps": steps, "steps_run": len(history), "evaluations": evaluations,
-            "seconds": round(elapsed, 3), "device": str(device), "phosphene": __version__, "torch": torch.__version__,
-            "machine": machine(), **({"checkpoint": str(path)} if path is not None else {}),
-            **(metadata or {})}
-    hist = torch.stack(history).cpu() if history else torch.zeros(0, n)
-    grads = torch.stack(grad_norms).cpu() if grad_norms else torch.zeros(0, n)
-    balls = [c for c in projections if isinstance(c, LpBall)]
-    return Result(final.detach().cpu(), hist, final_scores.cpu(),
-                  {k: v.detach().cpu() for k, v in final_acts.items() if k != "input"}, meta,
-                  success=success.cpu() if success is not None else None, best=best.cpu(),
-                  best_scores=best_scores.cpu(), grad_norm=grads,
-                  distance=balls[0].distance(final).cpu() if balls else None, targets=objective.tensors(),
-                  codes=final_codes.cpu() if codes is not None else None,
-                  best_codes=best_codes.cpu() if codes is not None else None)
+def _begin(job: _Job, run: Run) -> Run:
+    """``run`` as it starts, or continued from the checkpoint when one exists, its scorers narrowed to its batch."""
+    if job.path is not None and job.path.is_file():
+        _resume(job, run)
+    run.t = min(run.t, job.steps)
+    run.narrow(job.objective, job.rule)
+    return run
+
+
+def _iterate(job: _Job, run: Run) -> None:
+    """Take the run's steps, from where it is to ``steps`` or until every image has stopped, checkpointing every
+    ``checkpoint_every`` steps and at the end."""
+    t0 = time.perf_counter() - run.seconds
+    bar = tqdm(range(run.t, job.steps), desc=str(job.objective)[:40], unit="step", disable=not job.progress,
+               leave=False, initial=run.t, total=job.steps)
+    for t in bar if not bool(run.done.all()) else ():
+        seen = _step(job, run, t)
+        if seen is None:  # every image has stopped
+            break
+        if job.path is not None and run.t % job.checkpoint_every == 0 and run.t < job.steps:
+            run.seconds = time.perf_counter() - t0
+            _save(job, run)
+        if job.progress and t % 8 == 0:
+            bar.set_postfix({"score": f"{float(seen.mean()):.3g}", "done": f"{int(run.done.sum())}/{run.n}"})
+    bar.close()
+    run.seconds = time.perf_counter() - t0
+    if job.path is not None:
+        _save(job, run)
+
+
+def _step(job: _Job, run: Run, t: int) -> torch.Tensor | None:
+    """Step ``t``: evaluate the batch, keep the books, stop the images that met the rule and move the others;
+    returns the scores seen, or None once every image has stopped."""
+    job.param.schedule(t / max(1, job.steps))
+    if job.callback is not None:
+        job.callback(t, job.steps)
+    scored = _evaluate_step(job, run, t)
+    _keep_books(job, run, t, scored)
+    reached = _stop(run, scored)
+    if reached is not None and bool(run.done.all()):
+        return None
+    _move(job, run, scored.scores, reached)
+    return scored.seen
+
+
+def _evaluate_step(job: _Job, run: Run, t: int) -> _Scored:
+    """Score the batch over ``eot`` draws of the transforms and give the step rule its gradient (Lucid's redirected
+    ReLU gradient for the first ``relu_override`` steps); with transforms, score the images themselves once more."""
+    redirect = patched_backward(job.model.net, relus="redirect") if t < job.relu_override else contextlib.nullcontext()
+    with redirect, torch.set_grad_enabled(job.stepper.gradient):
+        x = render(job.param, job.constraints)
+        xa = x if len(run.active) == run.n else x[run.active]
+        ca = job.param.codes()[run.active].clone() if run.best_codes is not None else None
+        scores, acts = _evaluate(job.forward, run.obj, xa, job.eot, job.transforms, run.gen, mean=run.crit is not None,
+                                 average=job.eot_average)
+        job.stepper.backward(scores)
+    run.evaluations += len(run.active) * job.eot
+    scores = scores.detach()
+    if not job.transforms:
+        return _Scored(x, xa, ca, scores, scores, acts)
+    with torch.no_grad():  # what the step's images score themselves: the run's record and its stopping rule
+        seen, acts = _evaluate(job.forward, run.obj, xa.detach(), job.draws, (), run.gen, mean=run.crit is not None,
+                               average=job.eot_average)
+    run.evaluations += len(run.active) * job.draws
+    return _Scored(x, xa, ca, scores, seen, acts)
+
+
+def _keep_books(job: _Job, run: Run, t: int, s: _Scored) -> None:
+    """Record step ``t``: each image's latest score and the history, the best iterate, the gradient norms."""
+    active = run.active
+    run.last[active] = s.seen
+    run.history.append(run.last.clone())
+    if job.watch is not None:
+        job.watch(t, s.images.detach().clone(), run.last.clone())
+    better = s.seen > run.best_scores[active]
+    run.best[active[better]] = s.batch.detach()[better]
+    run.best_scores[active[better]] = s.seen[better]
+    if run.best_codes is not None:
+        run.best_codes[active[better]] = s.codes[better]
+    if job.stepper.gradient:
+        run.grad_norms.append(_grad_norms(job.param, run.n, active))
+    run.t = t + 1
+
+
+def _stop(run: Run, s: _Scored) -> torch.Tensor | None:
+    """Apply the stopping rule: keep the images that met it as they are, before this step moves them, and mark them
+    done; returns which of the batch did, or None if none."""
+    if run.crit is None:
+        return None
+    reached = run.crit(s.seen, {k: v.detach() for k, v in s.acts.items()})
+    if not reached.any():
+        return None
+    rows = run.active[reached]
+    run.frozen[rows] = s.batch.detach()[reached]
+    if run.frozen_codes is not None:
+        run.frozen_codes[rows] = s.codes[reached]
+    run.done[rows] = True
+    return reached
+
+
+def _move(job: _Job, run: Run, scores: torch.Tensor, reached: torch.Tensor | None) -> None:
+    """Step the parameters and project the pixels, holding the images that stopped where they stopped; with a
+    gradient rule, they leave the batch (a gradient-free rule moves its whole population)."""
+    job.stepper.step(scores, run.active)
+    if job.pixels is not None:
+        with torch.no_grad():
+            job.project_(job.pixels)
+            if run.done.any():
+                job.pixels[run.done] = run.frozen[run.done]
+    if reached is not None and job.stepper.gradient:
+        run.active = run.active[~reached]
+        run.narrow(job.objective, job.rule)
+
+
+def _finish(job: _Job, run: Run) -> _Final:
+    """The returned images, each as it stopped or as the run left it, projected once more (whatever the step rule
+    did, they are feasible), and what they score with no transform; the best iterate updated with them."""
+    with torch.no_grad():
+        final = render(job.param, job.constraints).clone()
+        final[run.done] = run.frozen[run.done]
+        job.project_(final)
+        scores, acts = _evaluate(job.forward, job.objective, final, job.draws, (), run.gen, average=job.eot_average)
+        success = job.rule.final(scores, acts) if job.rule is not None else None
+        better = scores > run.best_scores
+        run.best[better], run.best_scores[better] = final[better], scores[better]
+        job.project_(run.best)
+        codes = None
+        if run.best_codes is not None:
+            codes = job.param.codes().clone()
+            codes[run.done] = run.frozen_codes[run.done]
+            run.best_codes[better] = codes[better]
+    return _Final(final, scores, acts, success, codes)
+
+
+def _result(job: _Job, run: Run, final: _Final, metadata: dict | None) -> Result:
+    """The run's ``Result``: the returned images and their figures, the run's books, and its metadata."""
+    meta = {**job.recipe, "steps": job.steps, "steps_run": len(run.history), "evaluations": run.evaluations,
+            "seconds": round(run.seconds, 3), "device": str(job.device), "phosphene": __version__,
+            "torch": torch.__version__, "machine": machine(),
+            **({"checkpoint": str(job.path)} if job.path is not None else {}), **(metadata or {})}
+    hist = torch.stack(run.history).cpu() if run.history else torch.zeros(0, run.n)
+    grads = torch.stack(run.grad_norms).cpu() if run.grad_norms else torch.zeros(0, run.n)
+    balls = [c for c in job.projections if isinstance(c, LpBall)]
+    coded = final.codes is not None
+    return Result(final.images.detach().cpu(), hist, final.scores.cpu(),
+                  {k: v.detach().cpu() for k, v in final.acts.items() if k != "input"}, meta,
+                  success=final.success.cpu() if final.success is not None else None, best=run.best.cpu(),
+                  best_scores=run.best_scores.cpu(), grad_norm=grads,
+                  distance=balls[0].distance(final.images).cpu() if balls else None, targets=job.objective.tensors(),
+                  codes=final.codes.cpu() if coded else None, best_codes=run.best_codes.cpu() if coded else None)
 
 
 def _describe(thing: object) -> str:
@@ -818,46 +628,35 @@ def _describe(thing: object) -> str:
     return getattr(thing, "__qualname__", type(thing).__qualname__)
 
 
-def _optimizer(step: str | OptimizerFactory, params: list[torch.Tensor], lr: float | torch.Tensor, steps: int,
-               project: Callable[[torch.Tensor], None]) -> torch.optim.Optimizer:
-    """The gradient step rule: by name, or built by the caller's factory."""
-    if isinstance(step, str):
-        return step_rule(step, params, lr, steps, project)
-    if not callable(step):
-        raise ConfigError(f"step must be a step rule's name ({', '.join(STEP_RULES)}), a gradient-free rule, or a "
-                          f"factory params -> torch.optim.Optimizer; got {type(step).__name__}")
-    opt = step(params)
-    if not isinstance(opt, torch.optim.Optimizer):
-        raise ConfigError(f"the step factory returned {type(opt).__name__}, not a torch.optim.Optimizer")
-    return opt
-
-
 # What must agree between a checkpoint and the call continuing it (more steps are allowed: the run goes on).
 _FINGERPRINT = ("model", "weights_sha256", "objective", "objective_fingerprint", "parametrization", "constraints",
                 "transforms", "eot", "eot_average", "step_rule", "lr", "lr_schedule", "target", "stop", "random_start",
                 "relu_override", "seed", "interventions", "precision", "parametrization_info", "settings")
 
 
-def _save_checkpoint(path: Path, recipe: dict, t_next: int, param: Parametrization, opt, sched, free, rule,
-                     objective: Objective, gens: tuple[torch.Generator, torch.Generator], state: dict) -> None:
-    """Write the run's state atomically, so that a run killed while saving keeps the previous checkpoint."""
-    blob = {"format": CHECKPOINT_FORMAT, "recipe": {k: recipe[k] for k in _FINGERPRINT}, "t": t_next,
-            "param": param.state_dict(), "optimizer": opt.state_dict() if opt is not None else None,
-            "schedule": sched.state_dict() if sched is not None else None,
-            "free": free.state_dict() if free is not None else None,
-            "rule": rule.state_dict() if rule is not None else None, "objective": objective.state_dict(),
-            "generator": gens[0].get_state(), "noise": gens[1].get_state(),
-            **{k: v for k, v in state.items() if k not in ("history", "grad_norms")},
-            "history": torch.stack(state["history"]) if state["history"] else None,
-            "grad_norms": torch.stack(state["grad_norms"]) if state["grad_norms"] else None}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic(path) as tmp:
-        torch.save(blob, tmp)
+def _save(job: _Job, run: Run) -> None:
+    """Write the run's checkpoint atomically, so that a run killed while saving keeps the previous one."""
+    blob = {"format": CHECKPOINT_FORMAT, "recipe": {k: job.recipe[k] for k in _FINGERPRINT},
+            "param": job.param.state_dict(), **job.stepper.state_dict(),
+            "rule": job.rule.state_dict() if job.rule is not None else None, "objective": job.objective.state_dict(),
+            **run.state_dict()}
+    job.path.parent.mkdir(parents=True, exist_ok=True)
+    save_torch(blob, job.path)
 
 
-def _resume(path: Path, state: dict, recipe: dict, param: Parametrization, opt, sched, free, rule,
-            objective: Objective, gens: tuple[torch.Generator, torch.Generator], device: torch.device, n: int) -> None:
-    """Load a checkpoint into the run's state, after checking that it belongs to this run."""
+def _resume(job: _Job, run: Run) -> None:
+    """Continue the run from its checkpoint, after checking that the checkpoint belongs to it."""
+    blob = _read_checkpoint(job.path, job.recipe, run.n, job.device)
+    job.param.load_state_dict(blob["param"])
+    job.stepper.load_state_dict(blob)
+    if job.rule is not None:
+        job.rule.load_state_dict(blob["rule"])
+    job.objective.load_state_dict(blob["objective"])
+    run.load_state_dict(blob)
+
+
+def _read_checkpoint(path: Path, recipe: dict, n: int, device: torch.device) -> dict:
+    """A checkpoint's contents, refused unless it is of this format and belongs to the run of ``recipe``."""
     try:
         blob = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same clear message
@@ -873,25 +672,7 @@ def _resume(path: Path, state: dict, recipe: dict, param: Parametrization, opt, 
         what = "; ".join(f"{k} was {blob['recipe'].get(k)!r}, now {recipe[k]!r}" for k in differ[:3]) or \
             f"it holds {blob['done'].shape[0]} images, this run {n}"
         raise CheckpointError(f"checkpoint {path} belongs to another run ({what}); delete it or choose another path")
-    if free is not None and not hasattr(free, "load_state_dict"):
-        raise ConfigError(f"step rule {free} cannot resume: it has no load_state_dict()")
-    param.load_state_dict(blob["param"])
-    if opt is not None:
-        opt.load_state_dict(blob["optimizer"])
-        sched.load_state_dict(blob["schedule"])
-    if free is not None:
-        free.load_state_dict(blob["free"])
-    if rule is not None:
-        rule.load_state_dict(blob["rule"])
-    objective.load_state_dict(blob["objective"])
-    gens[0].set_state(blob["generator"].cpu())
-    gens[1].set_state(blob["noise"].cpu())
-    for k in ("done", "frozen", "last", "best", "best_scores", "active", "best_codes", "frozen_codes"):
-        if k in blob:
-            state[k] = blob[k].to(device)
-    state["history"] = list(blob["history"].to(device)) if blob["history"] is not None else []
-    state["grad_norms"] = list(blob["grad_norms"].to(device)) if blob["grad_norms"] is not None else []
-    state["t"], state["evaluations"], state["seconds"] = blob["t"], blob["evaluations"], blob["seconds"]
+    return blob
 
 
 def _grad_norms(param: Parametrization, n: int, active: torch.Tensor) -> torch.Tensor:

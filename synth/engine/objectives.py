@@ -35,6 +35,7 @@ import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -559,6 +560,8 @@ class Labels:
     """
 
     def __init__(self, values: Label | Sequence[Label] | torch.Tensor):
+        if isinstance(values, np.ndarray) or isinstance(values, np.generic):  # an ImageBatch's labels, as rendered
+            values = torch.as_tensor(values)
         if isinstance(values, torch.Tensor):
             if values.is_floating_point() or values.ndim > 1:
                 raise ConfigError(f"labels must be integers (one, or one per image), got a {values.dtype} tensor of "

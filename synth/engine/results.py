@@ -1,13 +1,12 @@
 """Result: what an optimization produced — images, score history, achieved activations and the full recipe.
 
-``save(folder)`` writes one PNG per image with the recipe in PNG text chunks, a JSON sidecar with the recipe,
-scores and history, and ``result.pt`` with the exact float tensors (the full activations of the layers the run
-read, and the target tensors its objective names by digest); ``Result.load(folder, model)`` reads them back and
-checks that ``model`` has the weights the result was made with.
+``save(folder)`` writes one record (``synth.files.save_record``): one PNG per image with the recipe in PNG text
+chunks, ``result.json`` with the recipe, scores and history, and ``result.pt`` with the exact float tensors (the
+full activations of the layers the run read, and the target tensors its objective names by digest);
+``Result.load(folder, model)`` reads them back and checks that ``model`` has the weights the result was made with.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -16,9 +15,10 @@ from pathlib import Path
 import torch
 
 from synth.errors import CheckpointError, ConfigError, UnknownNameError
-from synth.files import atomic, check_weights, write_png, write_text
+from synth.files import check_weights, load_record, save_record
 
-FORMAT_VERSION = 4  # 4: 'weights_sha256' is the digest of the model's weights (ProbeModel.weights_digest)
+FORMAT_VERSION = 5  # 5: one record format (synth.files.save_record): kind and the .pt's digest in result.json
+WEIGHTS_DIGEST_SINCE = 4  # 4: 'weights_sha256' is the digest of the model's weights (ProbeModel.weights_digest)
 
 
 @dataclass
@@ -101,27 +101,19 @@ class Result:
         return population(self.activations[layer])
 
     def save(self, folder: str | os.PathLike, prefix: str = "image", pngs: bool = True) -> list[Path]:
-        """Write PNGs (recipe in text chunks; ``pngs=False`` leaves them to the caller), ``result.json`` and
-        ``result.pt``; every file appears atomically."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        paths = []
-        for i, img in enumerate(self.images if pngs else ()):
-            meta = {**self.metadata, "index": i, "score": float(self.scores[i])}
-            path = folder / f"{prefix}_{i:03d}.png"
-            write_png(img, path, meta)
-            paths.append(path)
-        sidecar = {"format": FORMAT_VERSION, "metadata": self.metadata, "files": [p.name for p in paths],
-                   "scores": self.scores.tolist(), "history": self.history.tolist(),
+        """Write the record ``result`` in ``folder`` (``synth.files.save_record``): PNGs with the recipe in text
+        chunks (``pngs=False`` leaves them to the caller), ``result.pt`` and ``result.json``; every file appears
+        atomically.  Returns the PNGs' paths."""
+        images = [(f"{prefix}_{i:03d}.png", img, {**self.metadata, "index": i, "score": float(self.scores[i])})
+                  for i, img in enumerate(self.images)] if pngs else []
+        sidecar = {"metadata": self.metadata, "scores": self.scores.tolist(), "history": self.history.tolist(),
                    "success": self.success.tolist() if self.success is not None else None}
-        write_text(folder / "result.json", json.dumps(sidecar, indent=1))
-        with atomic(folder / "result.pt") as tmp:
-            torch.save({"format": FORMAT_VERSION, "images": self.images, "history": self.history,
-                        "scores": self.scores, "activations": self.activations, "success": self.success,
-                        "best": self.best, "best_scores": self.best_scores, "grad_norm": self.grad_norm,
-                        "distance": self.distance, "targets": self.targets, "codes": self.codes,
-                        "best_codes": self.best_codes}, tmp)
-        return paths
+        tensors = {"images": self.images, "history": self.history, "scores": self.scores,
+                   "activations": self.activations, "success": self.success, "best": self.best,
+                   "best_scores": self.best_scores, "grad_norm": self.grad_norm, "distance": self.distance,
+                   "targets": self.targets, "codes": self.codes, "best_codes": self.best_codes}
+        return save_record(Path(folder) / "result", "result", FORMAT_VERSION, tensors, sidecar,
+                           weights_sha256=self.metadata.get("weights_sha256"), pngs=images)
 
     @classmethod
     def load(cls, folder: str | os.PathLike, model=None) -> Result:
@@ -132,11 +124,10 @@ class Result:
         from synth.engine.objectives import register_target
 
         folder = Path(folder)
-        sidecar = json.loads((folder / "result.json").read_text())
-        tensors = torch.load(folder / "result.pt", map_location="cpu", weights_only=True)
+        tensors, sidecar = load_record(folder / "result", "result", FORMAT_VERSION)
         meta = sidecar["metadata"]
         if model is not None:
-            if sidecar.get("format", 0) < FORMAT_VERSION:
+            if sidecar.get("format", 0) < WEIGHTS_DIGEST_SINCE:
                 raise CheckpointError(f"{folder} was saved by an older phosphene, which recorded the weights file's "
                                       "digest rather than the weights': it cannot be checked against a model; load it "
                                       "without one")

@@ -11,7 +11,6 @@ as 'V4:readout:site3'.
 from __future__ import annotations
 
 import csv
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,11 +21,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from synth.errors import ConfigError, ImageError, UnknownNameError
-from synth.files import atomic, write_text
+from synth.files import atomic, load_record, save_record
 from synth.engine.objectives import population
 from synth.zoo.probe import ProbeModel
 
 METHODS = ("pls", "ridge")
+FORMAT_VERSION = 1  # 1: one record format (synth.files.save_record); 0: PATH.json without kind or format
 
 
 class Readout(nn.Module):
@@ -57,14 +57,14 @@ class Readout(nn.Module):
         return z * self.site_std.to(z.device) + self.site_mean.to(z.device)
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write tensors to ``PATH`` (.pt, weights-only loadable) and the description to ``PATH.json``."""
+        """Write the record ``PATH`` (``synth.files.save_record``): tensors to ``PATH.pt`` (weights-only loadable),
+        the layer, sites and fit to ``PATH.json``; returns the .pt's path."""
         path = Path(path).with_suffix(".pt")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic(path) as tmp:
-            torch.save({"weight": self.weight.cpu(), "bias": self.bias.cpu(), "site_mean": self.site_mean.cpu(),
-                        "site_std": self.site_std.cpu()}, tmp)
-        write_text(path.with_suffix(".json"), json.dumps({"layer": self.layer, "sites": self.sites, "info": self.info},
-                                                         indent=1))
+        tensors = {"weight": self.weight.cpu(), "bias": self.bias.cpu(), "site_mean": self.site_mean.cpu(),
+                   "site_std": self.site_std.cpu()}
+        save_record(path.with_suffix(""), "readout", FORMAT_VERSION, tensors,
+                    {"layer": self.layer, "sites": self.sites, "info": self.info},
+                    weights_sha256=self.info.get("weights_sha256"))
         return path
 
     @classmethod
@@ -73,8 +73,7 @@ class Readout(nn.Module):
         path = Path(path).with_suffix(".pt")
         if not path.is_file() or not path.with_suffix(".json").is_file():
             raise ConfigError(f"no readout at {path} (expected {path.name} and {path.with_suffix('.json').name})")
-        t = torch.load(path, map_location="cpu", weights_only=True)
-        d = json.loads(path.with_suffix(".json").read_text())
+        t, d = load_record(path.with_suffix(""), "readout", FORMAT_VERSION)
         return cls(d["layer"], t["weight"], t["bias"], d["sites"], t["site_mean"], t["site_std"], d.get("info"))
 
 

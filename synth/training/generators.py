@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 from torch import nn
@@ -17,9 +15,9 @@ from tqdm.auto import tqdm
 
 from synth.engine.params import Fourier
 from synth.errors import CheckpointError, UnknownNameError
-from synth.files import atomic, sha256, write_text
+from synth.files import sha256
 from synth.rng import restores_globals
-from synth.version import __version__
+from synth.training.recipes import recipe_named, trained_card, world_of, write_card
 from synth.world.data import ObjectImages, World
 from synth.zoo.generators import GENERATORS_DIR, SPREAD, Critic, FeatureInverter, WorldGAN, _from_card
 
@@ -108,16 +106,12 @@ def _standing_stats(g: WorldGAN, batches: int, batch_size: int, gen: torch.Gener
 def train_generator(name: str, out_dir: str | os.PathLike = GENERATORS_DIR, workers: int = 2,
                     epochs: int | None = None, n_train: int | None = None) -> dict:
     """Run a generator recipe: render the training split, train, write ``NAME.pt``, its card and sample sheet."""
-    if name not in GENERATOR_RECIPES:
-        raise UnknownNameError("generator recipe", name, GENERATOR_RECIPES)
-    recipe = GENERATOR_RECIPES[name]
-    if epochs is not None:
-        recipe = replace(recipe, epochs=epochs)
+    recipe = recipe_named(GENERATOR_RECIPES, "generator recipe", name, epochs)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(recipe.seed)
     gen = torch.Generator().manual_seed(recipe.seed)
-    world = World(**{k: tuple(v) if isinstance(v, list) else v for k, v in recipe.world.items()})
+    world = world_of(recipe.world)
     t0 = time.time()
     data = ObjectImages("train", n_train, world, workers=workers, progress=True)
     render_s = time.time() - t0
@@ -129,19 +123,10 @@ def train_generator(name: str, out_dir: str | os.PathLike = GENERATORS_DIR, work
         arch = {"family": "worldgan", "latent_dim": recipe.latent_dim, "width": recipe.width, "size": world.size,
                 "code_sd": WorldGAN.code_sd}
     train_s = time.time() - t1
-    weights = out_dir / f"{name}.pt"
-    with atomic(weights) as tmp:
-        torch.save(average.state_dict(), tmp)
+    card = trained_card(name, asdict(recipe), average, out_dir,
+                        {"kind": "generator", "description": recipe.description, "architecture": arch},
+                        {"world": asdict(world), "n_train": len(data)}, history, (render_s, train_s))
     (out_dir / f"{name}.training.png").unlink(missing_ok=True)
-    card = {
-        "name": name, "kind": "generator", "description": recipe.description, "architecture": arch,
-        "weights": weights.name, "sha256": sha256(weights),
-        "data": {"world": asdict(world), "n_train": len(data)},
-        "recipe": {**asdict(recipe), "command": f"phosphene train {name}"},
-        "history": history,
-        "timing": {"render_s": round(render_s, 1), "train_s": round(train_s, 1),
-                   "device": f"{platform.processor() or platform.machine()} cpu, {torch.get_num_threads()} threads"},
-    }
     return measure_generator(card, out_dir, workers)
 
 
@@ -280,7 +265,7 @@ def measure_generator(card: dict, out_dir: str | os.PathLike = GENERATORS_DIR, w
     g = _from_card(card, out_dir).requires_grad_(False)
     judge = load_model(recipe.judge, device="cpu")
     _, images = sample(g, recipe.eval_n, seed=recipe.seed + 1)
-    world = World(**{k: tuple(v) if isinstance(v, list) else v for k, v in recipe.world.items()})
+    world = world_of(recipe.world)
     real = ObjectImages("test", recipe.eval_n, world, workers=workers).images
 
     def judged(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -310,11 +295,8 @@ def measure_generator(card: dict, out_dir: str | os.PathLike = GENERATORS_DIR, w
         "real_confident_share": histogram(real)[0],
         "pixel_mean": float(images.mean()), "real_pixel_mean": float(real.mean()),
     }
-    card["versions"] = {"phosphene": __version__, "torch": torch.__version__, "numpy": np.__version__}
     sheet(images[:64]).save(out_dir / f"{card['name']}.png")
-    write_text(out_dir / f"{card['name']}.json", json.dumps(card, indent=2))
-    write_text(out_dir / f"{card['name']}.md", generator_card_markdown(card))
-    return card
+    return write_card(card, out_dir, generator_card_markdown)
 
 
 def remeasure_generator(name: str, out_dir: str | os.PathLike = GENERATORS_DIR, workers: int = 2) -> dict:

@@ -20,8 +20,10 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -32,7 +34,7 @@ from synth.version import __version__
 from synth.zoo import sheets as sheet_io
 from synth.world.data import SPLITS, ObjectImages, World
 from synth.errors import CheckpointError, UnknownNameError
-from synth.files import atomic, sha256, write_text
+from synth.files import save_torch, sha256, write_text
 from synth.zoo.models import WEIGHTS_DIR, embedded_models, embedded_net, load_model
 from synth.zoo.probe import ProbeModel
 from synth.rng import restores_globals
@@ -40,6 +42,8 @@ from synth.zoo.ventral import AREAS
 from synth.zoo.sheets import SL_WEIGHT, Sheet, retinotopic_sheet, save_sheets, spatial_loss, swap_optimize
 from microstim import topography_metrics
 from synth.zoo.vone import TOY_VONE, GaborBank
+
+R = TypeVar("R")  # a recipe class: this module's Recipe, or synth.training.generators' GeneratorRecipe
 
 
 @dataclass(frozen=True)
@@ -139,14 +143,14 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
-def world_of(recipe: Recipe) -> World:
-    """The embedded world a recipe trains on (its settings as a card's JSON stores them, lists back to tuples)."""
-    return World(**{k: tuple(v) if isinstance(v, list) else v for k, v in recipe.world.items()})
+def world_of(settings: dict) -> World:
+    """The embedded world of a recipe's ``world`` settings (as a card's JSON stores them: lists back to tuples)."""
+    return World(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()})
 
 
 def architecture(recipe: Recipe) -> dict:
     """The card's ``architecture`` entry for a recipe (a V1 front-end's full settings included)."""
-    n_classes = len(world_of(recipe).categories)
+    n_classes = len(world_of(recipe.world).categories)
     arch = {"family": recipe.family, "n_classes": n_classes, "widths": list(recipe.widths)}
     if recipe.family == "vone":
         arch["vone"] = {**TOY_VONE, **recipe.vone}
@@ -155,7 +159,7 @@ def architecture(recipe: Recipe) -> dict:
 
 def build(recipe: Recipe) -> ProbeModel:
     """An untrained embedded model with the recipe's architecture (family, widths, world)."""
-    world = world_of(recipe)
+    world = world_of(recipe.world)
     net, mean, std = embedded_net(architecture(recipe))
     return ProbeModel(net, name=recipe.name, classes=world.categories, mean=mean, std=std, areas=AREAS,
                       input_size=world.size)
@@ -244,28 +248,49 @@ def _init_model(name: str, out_dir: Path, workers: int) -> ProbeModel:
 def train(name: str, out_dir: str | os.PathLike = WEIGHTS_DIR, workers: int = 2, epochs: int | None = None,
           n_train: int | None = None) -> dict:
     """Run a recipe: render the data, train, evaluate on the test split, write ``NAME.pt`` and ``NAME.json``."""
-    if name not in RECIPES:
-        raise UnknownNameError("training recipe", name, RECIPES)
-    recipe = RECIPES[name]
-    if epochs is not None:
-        recipe = replace(recipe, epochs=epochs)
+    recipe = recipe_named(RECIPES, "training recipe", name, epochs)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(recipe.seed)
-    world = world_of(recipe)
+    world = world_of(recipe.world)
     t0 = time.time()
     train_set = ObjectImages("train", n_train, world, workers=workers, progress=True)
     val_set = ObjectImages("val", None, world, workers=workers, progress=True)
     render_s = time.time() - t0
+    model = _started(recipe, out_dir, workers)
+    sheets = initial_sheets(recipe, model, train_set.images[:512]) if recipe.topography else {}
+    t1 = time.time()
+    history = _fit(recipe, model, train_set, val_set, sheets)
+    if recipe.mix:
+        _mix(recipe, model, out_dir, workers)
+    train_s = time.time() - t1
+    model.eval().requires_grad_(False)
+    about = {"description": recipe.description, "architecture": architecture(recipe),
+             "classes": list(world.categories), "mean": model.mean.flatten().tolist(),
+             "std": model.std.flatten().tolist(), "input_size": world.size, "areas": AREAS}
+    data = {"world": asdict(world), "n_train": len(train_set), "n_val": len(val_set), "splits": SPLITS}
+    topography = {"topography": _ship_sheets(recipe, model, sheets, out_dir / f"{name}.sheets.pt")} if sheets else {}
+    card = trained_card(name, asdict(recipe), model.net, out_dir, about, data, history, (render_s, train_s),
+                        **topography)
+    return measure(card, model, recipe, out_dir, workers)
 
+
+def _started(recipe: Recipe, out_dir: Path, workers: int) -> ProbeModel:
+    """The recipe's model before training: built, then given every tensor it shares with its ``init`` model (a V1
+    front-end swap keeps the back-end) but the fixed Gabor kernels, which its own VOneBlock settings define."""
     model = build(recipe)
-    if recipe.init:  # every tensor the two architectures share (a V1 front-end swap keeps the back-end) but the
-        # fixed Gabor kernels, which the recipe's own VOneBlock settings define
+    if recipe.init:
         own, src = model.net.state_dict(), _init_model(recipe.init, out_dir, workers).net.state_dict()
         fixed = {f"{n}.weight" for n, m in model.net.named_modules() if isinstance(m, GaborBank)}
         shared = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape and k not in fixed}
         model.net.load_state_dict(shared, strict=False)
-    sheets = initial_sheets(recipe, model, train_set.images[:512]) if recipe.topography else {}
+    return model
+
+
+def _fit(recipe: Recipe, model: ProbeModel, train_set: ObjectImages, val_set: ObjectImages,
+         sheets: dict[str, Sheet]) -> list[dict]:
+    """Train for the recipe's epochs (SGD with Nesterov momentum on a one-cycle schedule) and return each epoch's
+    losses and accuracies, the validation split's included."""
     radius = {model.layer(a): spec["radius_mm"] for a, spec in recipe.topography.items()}
     steps_per_epoch = max(1, len(train_set) // recipe.batch_size)
     opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=0.9, nesterov=True,
@@ -274,37 +299,22 @@ def train(name: str, out_dir: str | os.PathLike = WEIGHTS_DIR, workers: int = 2,
                                                 pct_start=0.15 if not recipe.init else 0.05)
     gen = torch.Generator().manual_seed(recipe.seed)
     history = []
-    t1 = time.time()
     for epoch in range(recipe.epochs):
         model.train()
         order = torch.randperm(len(train_set), generator=gen)
-        bar = tqdm(range(steps_per_epoch), desc=f"{name} epoch {epoch + 1}/{recipe.epochs}", unit="batch")
+        bar = tqdm(range(steps_per_epoch), desc=f"{recipe.name} epoch {epoch + 1}/{recipe.epochs}", unit="batch")
         loss_sum = sl_sum = correct = seen = 0
         for b in bar:
             idx = order[b * recipe.batch_size:(b + 1) * recipe.batch_size]
-            x, y = train_set.images[idx], train_set.labels[idx]
-            flip = torch.rand(len(x), generator=gen) < 0.5
-            x = torch.where(flip[:, None, None, None], x.flip(3), x)
-            if recipe.eps > 0:
-                ramp = min(1.0, (epoch + b / steps_per_epoch) / recipe.eps_ramp_epochs) if recipe.eps_ramp_epochs else 1
-                eps = recipe.eps * ramp
-                model.eval()  # the attack sees inference behaviour and leaves batch-norm statistics alone
-                x = _adversarial(model, x, y, eps, recipe.attack_steps, recipe.attack_step * eps)
-                model.train()
-            if sheets:
-                out = model.activations(x, [*sheets, "logits"], check=False)
-                logits = out["logits"]
-                sl = torch.stack([spatial_loss(out[k], s, radius[k], generator=gen) for k, s in sheets.items()])
-                loss = nn.functional.cross_entropy(logits, y) + recipe.sl_weight * sl.sum()
-                sl_sum += float(sl.detach().mean()) * len(y)
-            else:
-                logits = model(x)
-                loss = nn.functional.cross_entropy(logits, y)
+            y = train_set.labels[idx]
+            x = _augmented(recipe, model, train_set.images[idx], y, epoch + b / steps_per_epoch, gen)
+            logits, loss, spatial = _loss(recipe, model, x, y, sheets, radius, gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
             loss_sum += float(loss.detach()) * len(y)
+            sl_sum += spatial * len(y)
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
@@ -312,44 +322,87 @@ def train(name: str, out_dir: str | os.PathLike = WEIGHTS_DIR, workers: int = 2,
         val = accuracy(model, val_set.images, val_set.labels)
         history.append({"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen, "val_acc": val,
                         **({"spatial_loss": sl_sum / seen} if sheets else {})})
-        print(f"{name} epoch {epoch + 1}: train loss {loss_sum / seen:.3f} acc {correct / seen:.3f}, val acc {val:.3f}"
-              + (f", spatial loss {sl_sum / seen:.3f}" if sheets else ""))
-    if recipe.mix:  # WiSE-FT: a weighted average of every floating-point tensor (batch-norm statistics included)
-        own, other = model.net.state_dict(), _init_model(recipe.mix, out_dir, workers).net.state_dict()
-        w = recipe.mix_weight
-        model.net.load_state_dict({k: (1 - w) * v + w * other[k] if v.is_floating_point() else v
-                                   for k, v in own.items()})
-    train_s = time.time() - t1
+        print(f"{recipe.name} epoch {epoch + 1}: train loss {loss_sum / seen:.3f} acc {correct / seen:.3f}, val acc "
+              f"{val:.3f}" + (f", spatial loss {sl_sum / seen:.3f}" if sheets else ""))
+    return history
 
-    model.eval().requires_grad_(False)
+
+def _augmented(recipe: Recipe, model: ProbeModel, x: torch.Tensor, y: torch.Tensor, progress: float,
+               gen: torch.Generator) -> torch.Tensor:
+    """A training batch, half of it flipped left-right and, where the recipe trains adversarially, attacked at its
+    budget (ramped up over its first ``eps_ramp_epochs``; ``progress``: the epochs trained so far)."""
+    flip = torch.rand(len(x), generator=gen) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    if recipe.eps > 0:
+        ramp = min(1.0, progress / recipe.eps_ramp_epochs) if recipe.eps_ramp_epochs else 1
+        eps = recipe.eps * ramp
+        model.eval()  # the attack sees inference behaviour and leaves batch-norm statistics alone
+        x = _adversarial(model, x, y, eps, recipe.attack_steps, recipe.attack_step * eps)
+        model.train()
+    return x
+
+
+def _loss(recipe: Recipe, model: ProbeModel, x: torch.Tensor, y: torch.Tensor, sheets: dict[str, Sheet],
+          radius: dict[str, float], gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """A batch's logits, its loss (cross-entropy, plus TDANN's spatial loss on each sheet, weighted) and its mean
+    spatial loss over the sheets (0 without any)."""
+    if not sheets:
+        logits = model(x)
+        return logits, nn.functional.cross_entropy(logits, y), 0.0
+    out = model.activations(x, [*sheets, "logits"], check=False)
+    sl = torch.stack([spatial_loss(out[k], s, radius[k], generator=gen) for k, s in sheets.items()])
+    loss = nn.functional.cross_entropy(out["logits"], y) + recipe.sl_weight * sl.sum()
+    return out["logits"], loss, float(sl.detach().mean())
+
+
+def _mix(recipe: Recipe, model: ProbeModel, out_dir: Path, workers: int) -> None:
+    """WiSE-FT: every floating-point tensor (batch-norm statistics included) averaged with the recipe's ``mix``
+    model's, which gets ``mix_weight``."""
+    own, other = model.net.state_dict(), _init_model(recipe.mix, out_dir, workers).net.state_dict()
+    w = recipe.mix_weight
+    model.net.load_state_dict({k: (1 - w) * v + w * other[k] if v.is_floating_point() else v for k, v in own.items()})
+
+
+def _ship_sheets(recipe: Recipe, model: ProbeModel, sheets: dict[str, Sheet], path: Path) -> dict:
+    """Write the sheets' positions to ``path``, beside the weights (the card's loading attaches them), attach them
+    to ``model`` and return the card's ``topography`` entry."""
+    positions = save_sheets(sheets, path)
+    sheet_io.attach(model, sheets)
+    return {"positions": positions.name, "sha256": sha256(positions), "sl_weight": recipe.sl_weight,
+            "layers": {k: {**recipe.topography[a], "shape": list(s.shape), "units": len(s)}
+                       for a, (k, s) in zip(recipe.topography, sheets.items())}}
+
+
+def recipe_named(recipes: dict[str, R], what: str, name: str, epochs: int | None = None) -> R:
+    """The recipe ``name`` in ``recipes`` (a table of ``what``s), its epoch count replaced where ``epochs`` is
+    given; an error naming the recipes there are for an unknown name."""
+    if name not in recipes:
+        raise UnknownNameError(what, name, recipes)
+    return recipes[name] if epochs is None else replace(recipes[name], epochs=epochs)
+
+
+def trained_card(name: str, settings: dict, net: nn.Module, out_dir: Path, about: dict, data: dict,
+                 history: list[dict], seconds: tuple[float, float], **extra) -> dict:
+    """Write a trained network's weights to ``NAME.pt`` and start the card every recipe writes for them: ``about``
+    (the kind's own entries), the weights' file and sha256, ``data``, the recipe's ``settings`` with the command
+    that reruns them, ``history``, ``extra`` and the ``seconds`` spent rendering and training, with the machine."""
     weights = out_dir / f"{name}.pt"
-    with atomic(weights) as tmp:
-        torch.save(model.net.state_dict(), tmp)
-    arch = architecture(recipe)
-    topo = {}
-    if sheets:  # positions beside the weights, loaded with the model
-        positions = save_sheets(sheets, out_dir / f"{name}.sheets.pt")
-        sheet_io.attach(model, sheets)
-        topo = {"positions": positions.name, "sha256": sha256(positions), "sl_weight": recipe.sl_weight,
-                "layers": {k: {**recipe.topography[a], "shape": list(s.shape), "units": len(s)}
-                           for a, (k, s) in zip(recipe.topography, sheets.items())}}
-    card = {
-        "name": name,
-        "description": recipe.description,
-        "architecture": arch,
-        "classes": list(world.categories),
-        "mean": model.mean.flatten().tolist(), "std": model.std.flatten().tolist(), "input_size": world.size,
-        "areas": AREAS,
-        "weights": weights.name, "sha256": sha256(weights),
-        "data": {"world": asdict(world), "n_train": len(train_set), "n_val": len(val_set),
-                 "splits": SPLITS},
-        "recipe": {**asdict(recipe), "command": f"phosphene train {name}"},
-        "history": history,
-        **({"topography": topo} if topo else {}),
-        "timing": {"render_s": round(render_s, 1), "train_s": round(train_s, 1),
-                   "device": f"{platform.processor() or platform.machine()} cpu, {torch.get_num_threads()} threads"},
-    }
-    return measure(card, model, recipe, out_dir, workers)
+    save_torch(net.state_dict(), weights)
+    render_s, train_s = seconds
+    return {"name": name, **about, "weights": weights.name, "sha256": sha256(weights), "data": data,
+            "recipe": {**settings, "command": f"phosphene train {name}"}, "history": history, **extra,
+            "timing": {"render_s": round(render_s, 1), "train_s": round(train_s, 1),
+                       "device": f"{platform.processor() or platform.machine()} cpu, {torch.get_num_threads()} "
+                                 "threads"}}
+
+
+def write_card(card: dict, out_dir: Path, markdown: Callable[[dict], str]) -> dict:
+    """Stamp a measured card with the library versions and write it: ``NAME.json``, and ``NAME.md`` as
+    ``markdown`` renders it."""
+    card["versions"] = {"phosphene": __version__, "torch": torch.__version__, "numpy": np.__version__}
+    write_text(out_dir / f"{card['name']}.json", json.dumps(card, indent=2))
+    write_text(out_dir / f"{card['name']}.md", markdown(card))
+    return card
 
 
 def initial_sheets(recipe: Recipe, model: ProbeModel, images: torch.Tensor) -> dict[str, Sheet]:
@@ -371,7 +424,7 @@ def initial_sheets(recipe: Recipe, model: ProbeModel, images: torch.Tensor) -> d
 @restores_globals
 def measure(card: dict, model: ProbeModel, recipe: Recipe, out_dir: Path, workers: int = 2) -> dict:
     """Measure a card's metrics (test accuracy, white-box robustness) and write ``NAME.json`` and ``NAME.md``."""
-    world = world_of(recipe)
+    world = world_of(recipe.world)
     test_set = ObjectImages("test", None, world, workers=workers)
     torch.manual_seed(recipe.seed)
     sub = slice(0, recipe.eval_n)
@@ -384,22 +437,18 @@ def measure(card: dict, model: ProbeModel, recipe: Recipe, out_dir: Path, worker
     }
     if model.sheets:
         card["metrics"]["topography"] = topography_metrics(model, workers=workers, seed=recipe.seed)
-    card["versions"] = {"phosphene": __version__, "torch": torch.__version__, "numpy": np.__version__}
-    write_text(out_dir / f"{card['name']}.json", json.dumps(card, indent=2))
-    write_text(out_dir / f"{card['name']}.md", model_card_markdown(card))
-    return card
+    return write_card(card, out_dir, model_card_markdown)
 
 
 def remeasure(name: str, out_dir: str | os.PathLike = WEIGHTS_DIR, workers: int = 2) -> dict:
     """Re-measure the card of shipped weights (after the evaluation changed) without training again."""
-    if name not in RECIPES:
-        raise UnknownNameError("training recipe", name, RECIPES)
+    recipe = recipe_named(RECIPES, "training recipe", name)
     out_dir = Path(out_dir)
     card = json.loads((out_dir / f"{name}.json").read_text())
     model = load_model(str(out_dir / f"{name}.json"), device="cpu")
     if model.info["sha256"] != card["sha256"]:
         raise CheckpointError(f"{name}.pt does not match the sha256 in its card; retrain with phosphene train {name}")
-    return measure(card, model, RECIPES[name], out_dir, workers)
+    return measure(card, model, recipe, out_dir, workers)
 
 
 def _topography_rows(card: dict) -> list[str]:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from synth.errors import CheckpointError, ConfigError, UnknownNameError
-from synth.files import atomic
+from synth.files import save_torch
 
 SL_WEIGHT = 0.25  # TDANN's weight of the spatial loss beside the task loss
 
@@ -106,8 +106,7 @@ def save_sheets(sheets: Mapping[str, Sheet], path: str | os.PathLike) -> Path:
                                                            "shape": [int(v) for v in s.shape],
                                                            "size_mm": float(s.size_mm)} for s in sheets.values()}}
     path = Path(path)
-    with atomic(path) as tmp:
-        torch.save(data, tmp)
+    save_torch(data, path)
     return path
 
 
