@@ -9,18 +9,17 @@
     attacks.check(model, images, labels, result)          # gradient-masking checks
     attacks.robustness_table(["toy-standard", "toy-vone"]).save("out/")   # clean / white-box / corruption table
 """
+from .audit import check
 from .behavior import wormholes
 from .catalogue import CATALOGUE, available, run
-from .audit import check
 from .checks import GradientMaskingWarning
 from .common import StochasticModelWarning, parse_eps
 from .minimal import minimal
 from .pgd import pgd
 from .result import AttackResult
-from .robustness import RobustnessTable, image_folder
-from .robustness import robustness_table
+from .robustness import RobustnessTable, image_folder, robustness_table
 from .sites import relative_change, site_attack
 
 __all__ = ["AttackResult", "CATALOGUE", "GradientMaskingWarning", "StochasticModelWarning", "available", "check",
-           "RobustnessTable", "image_folder", "minimal", "parse_eps", "pgd", "relative_change", "robustness_table", "run",
-           "site_attack", "wormholes"]
+           "RobustnessTable", "image_folder", "minimal", "parse_eps", "pgd", "relative_change", "robustness_table",
+           "run", "site_attack", "wormholes"]

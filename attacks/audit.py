@@ -8,12 +8,13 @@ from synth.errors import ConfigError
 
 from .checks import blackbox_report, unbounded_eps, unbounded_report
 
+
 def check(model, images: torch.Tensor, labels=None, result=None, *, norm: str = "linf", eps: float | None = None,
           steps: int = 20, repeats: int = 50, seed: int = 0) -> dict:
     """Run the two costly checks on a model and a batch: an unbounded attack (a budget that can paint any image,
-    fixed PGD steps) must break nearly every image, and random search (foolbox's repeated additive noise, forward passes only) at
-    budget ``eps`` must break nothing that PGD at ``eps`` leaves intact.  With an AttackResult ``result`` its
-    norm, largest budget and verdicts are used, and the reports are added to ``result.checks``."""
+    fixed PGD steps) must break nearly every image, and random search (foolbox's repeated additive noise, forward
+    passes only) at budget ``eps`` must break nothing that PGD at ``eps`` leaves intact.  With an AttackResult
+    ``result`` its norm, largest budget and verdicts are used, and the reports are added to ``result.checks``."""
     from .catalogue import run
     from .pgd import pgd
 

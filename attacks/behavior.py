@@ -116,7 +116,8 @@ def table(run: dict) -> list[str]:
     """Markdown lines: the target rates (rows: the model a perturbation was made on) and median norms."""
     names = list(run["rates"])
     lines = [f"{_setting(run)}; target = next category; {len(run['labels'])} held-out images.", "",
-             "| made on \\ judged by | " + " | ".join(names) + " | median L2 norm |", "|---|" + "---|" * (len(names) + 1)]
+             "| made on \\ judged by | " + " | ".join(names) + " | median L2 norm |",
+             "|---|" + "---|" * (len(names) + 1)]
     for s in names:
         lines.append(f"| {s} | " + " | ".join(f"{run['rates'][s][j]:.2f}" for j in names)
                      + f" | {run['norms'][s]:.2f} |")

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import torch
 
 from synth.errors import ConfigError, UnknownNameError
-from synth.zoo.probe import ProbeModel
 from synth.rng import seeded_globals
+from synth.zoo.probe import ProbeModel
 
 from .common import Budget, LabelsLike, inputs, logits, parse_eps, warn_if_stochastic
 from .pgd import finish, pgd
@@ -152,5 +152,6 @@ def _foolbox(name: str, entry: Entry, model: ProbeModel, images: torch.Tensor, l
                     seed)
     result.metadata.update({"attack": name, "implementation": f"foolbox {fb.__version__} {entry.build}", "eot": eot,
                             "seed": seed,
-                            "options": {k: v for k, v in options.items()}, "seconds": round(time.perf_counter() - t0, 3)})
+                            "options": {k: v for k, v in options.items()},
+                            "seconds": round(time.perf_counter() - t0, 3)})
     return result

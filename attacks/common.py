@@ -11,12 +11,12 @@ import torch
 
 from synth import Box, LpBall, optimize
 from synth.engine.criteria import Misclassified, TargetClass
-from synth.errors import ConfigError, UnknownNameError
 from synth.engine.objectives import CrossEntropy, Label, Labels, Margin, Objective
 from synth.engine.params import Pixels
-from synth.zoo.probe import ProbeModel, check_images
 from synth.engine.results import Result
+from synth.errors import ConfigError, UnknownNameError
 from synth.rng import derive, generator, noise_generator
+from synth.zoo.probe import ProbeModel, check_images
 
 from .result import NORMS
 

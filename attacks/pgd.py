@@ -30,15 +30,25 @@ import time
 import torch
 
 from synth import Box, LpBall, __version__
-from synth.errors import ConfigError
 from synth.engine.objectives import Margin
-from synth.zoo.probe import ProbeModel
+from synth.errors import ConfigError
 from synth.rng import derive, generator, noise_generator
+from synth.zoo.probe import ProbeModel
 
 from .bracket import Grid, bracket
 from .checks import gradient_report, monotone_report
-from .common import (Budget, LabelsLike, check_norm, inputs, logits, mean_logits, objective,
-                     parse_eps, success_of, warn_if_stochastic)
+from .common import (
+    Budget,
+    LabelsLike,
+    check_norm,
+    inputs,
+    logits,
+    mean_logits,
+    objective,
+    parse_eps,
+    success_of,
+    warn_if_stochastic,
+)
 from .result import AttackResult, distances
 
 # Madry et al. (2018) use a step of 2.5·ε/steps, so that a walk from the ball's edge reaches the other side.

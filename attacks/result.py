@@ -187,7 +187,8 @@ class AttackResult:
         e = float(self.eps[k])
         title = (f"{self.metadata.get('attack', 'attack')} on {self.metadata.get('model', '?')}, "
                  f"{'minimal' if math.isinf(e) else 'eps ' + _eps_text(e, self.norm)}")
-        return image_grid(rows, path, title=title, columns=["clean (label → prediction)", "adversarial", "perturbation"])
+        return image_grid(rows, path, title=title,
+                          columns=["clean (label → prediction)", "adversarial", "perturbation"])
 
     def plot(self, path: str | os.PathLike) -> Path:
         """A PNG of accuracy against ε (the sweep's budgets, or the curve of per-image minimal ε)."""

@@ -30,8 +30,8 @@ from tqdm.auto import tqdm
 from synth import __version__
 from synth.errors import ConfigError, ImageError, UnknownNameError
 from synth.files import load_record, save_record, write_csv, write_text
-from synth.zoo.probe import ProbeModel
 from synth.rng import seeded_globals
+from synth.zoo.probe import ProbeModel
 
 from .common import logits
 from .pgd import pgd
@@ -217,7 +217,8 @@ def corrupted(x: torch.Tensor, names: Sequence[str], severities: Sequence[int], 
     try:
         import imagecorruptions  # noqa: F401
     except ImportError as e:  # the original 'imagecorruptions' 1.1.2 needs pkg_resources
-        raise ConfigError(f"cannot import imagecorruptions ({e}); install the 'imagecorruptions-imaug' package") from None
+        raise ConfigError(f"cannot import imagecorruptions ({e}); install the 'imagecorruptions-imaug' "
+                          "package") from None
     if min(x.shape[-2:]) < 32:
         raise ImageError(f"corruptions need images of at least 32×32 pixels, got {tuple(x.shape[-2:])}")
     for s in severities:
@@ -275,7 +276,8 @@ class RobustnessTable:
                                              *(f"{100 * r[s]:.1f}" for s in sev)]) + " |")
         s = self.settings
         lines += ["", f"Accuracy in %, {s['data']}. White-box: `attacks.pgd` ({s['steps']} Auto-PGD steps, "
-                  f"random start; stochastic models with EOT over {s['eot']} draws: {', '.join(s['stochastic']) or 'none'}). "
+                  f"random start; stochastic models with EOT over {s['eot']} draws: "
+                  f"{', '.join(s['stochastic']) or 'none'}). "
                   f"Corruptions: {len(s['corruptions'])} from `imagecorruptions` at severities "
                   f"{', '.join(map(str, s['severities']))}. Seed {s['seed']}; {s['seconds']:.0f} s in all "
                   f"({', '.join(f'{m} {t:.0f} s' for m, t in s['model_seconds'].items())}) on {s['device']}; "

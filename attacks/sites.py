@@ -18,11 +18,11 @@ import torch
 
 from synth import Box, LpBall, optimize
 from synth.engine.criteria import ScoreAtLeast
-from synth.errors import ConfigError
 from synth.engine.objectives import Match, Objective, Site, parse
 from synth.engine.params import Pixels
-from synth.zoo.probe import ProbeModel
+from synth.errors import ConfigError
 from synth.rng import derive, generator, noise_generator
+from synth.zoo.probe import ProbeModel
 
 from .checks import gradient_report
 from .common import Budget, check_norm, inputs, logits, parse_eps, warn_if_stochastic

@@ -4,6 +4,7 @@ Prints time(full forward) / time(activations up to the area): how much work trun
 """
 import argparse
 import time
+from functools import partial
 
 import torch
 
@@ -37,7 +38,7 @@ def main() -> None:
         full = timed(lambda: model(x), args.repeats)
         print(f"{model.name}, batch {args.batch}, {size}px on {model.device}: full forward {full * 1e3:.1f} ms")
         for area, layer in model.areas.items():
-            t = timed(lambda: model.activations(x, area), args.repeats)
+            t = timed(partial(model.activations, x, area), args.repeats)
             print(f"  {area:<9} ({layer:<16}) {t * 1e3:7.1f} ms   full/truncated = {full / t:5.2f}x")
 
 

@@ -18,6 +18,7 @@ most 1.05x.  Times are CPU time of this process with one thread by default (see 
 import argparse
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -107,11 +108,11 @@ def main() -> None:
         model = synth.load_model(name)
         x, y = batch.tensor(model.device), torch.from_numpy(batch.labels).to(model.device)
         torch.manual_seed(0)
-        ours, t_ours = timed(lambda: attacks.pgd(model, x, y, EPS, steps=args.steps, progress=False))
-        fixed, t_fixed = timed(lambda: attacks.pgd(model, x, y, EPS, steps=args.steps, step="pgd",
-                                                   warm_steps=args.steps, progress=False))
-        fb_acc, t_fb = timed(lambda: foolbox_sweep(model, x, y, args.steps))
-        ta_acc, t_ta = timed(lambda: torchattacks_sweep(model, x, y, args.steps))
+        ours, t_ours = timed(partial(attacks.pgd, model, x, y, EPS, steps=args.steps, progress=False))
+        fixed, t_fixed = timed(partial(attacks.pgd, model, x, y, EPS, steps=args.steps, step="pgd",
+                                       warm_steps=args.steps, progress=False))
+        fb_acc, t_fb = timed(partial(foolbox_sweep, model, x, y, args.steps))
+        ta_acc, t_ta = timed(partial(torchattacks_sweep, model, x, y, args.steps))
         rows = [("phosphene", ours.accuracy.tolist(), t_ours, ours.metadata["gradients"]),
                 ("phosphene fixed", fixed.accuracy.tolist(), t_fixed, fixed.metadata["gradients"]),
                 ("foolbox", fb_acc, t_fb, args.n * args.steps * len(EPS))]
@@ -132,8 +133,8 @@ def main() -> None:
         print(f"phosphene accuracy at or below every peer at every budget: {ok}")
         half = args.n // 2
         engine, bare = step_cost(model, x[:half], y[:half], args.cost_steps, args.repeats)
-        print(f"per step ({half} images, runs of {args.cost_steps} steps, no early stop): engine {engine * 1e3:.1f} ms, "
-              f"bare forward+backward+step {bare * 1e3:.1f} ms: {engine / bare:.3f}x")
+        print(f"per step ({half} images, runs of {args.cost_steps} steps, no early stop): "
+              f"engine {engine * 1e3:.1f} ms, bare forward+backward+step {bare * 1e3:.1f} ms: {engine / bare:.3f}x")
 
 
 if __name__ == "__main__":

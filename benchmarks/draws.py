@@ -6,9 +6,9 @@ model, batch and k: what running VOneNet's noise-free V1 once per image saves ev
 import argparse
 
 import torch
+from activations import timed
 
 import synth
-from activations import timed
 
 
 def main() -> None:

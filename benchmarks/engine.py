@@ -4,8 +4,9 @@ For each brain area: (1) the engine's step, (2) a bare hand-written step doing t
 with torchvision's feature extractor, backward, Adam, clamp) — their ratio is the engine's overhead, goal <= 1.05 —
 and (3) a bare full forward+backward through the whole network, which is what a loop without truncation pays;
 (3)/(1) is the truncation speed-up.  Wall times on a shared 2-core machine drift by several percent between runs,
-so the engine's fixed cost per step is also measured where the network costs least (one 32 px image).  If torch-lucent is installed (``pip install -e .[bench]``), lucent's
-``render_vis`` on the same objective, model and batch is timed as a peer.
+so the engine's fixed cost per step is also measured where the network costs least (one 32 px image).  If
+torch-lucent is installed (``pip install -e .[bench]``), lucent's ``render_vis`` on the same objective, model and
+batch is timed as a peer.
 """
 import argparse
 import time
@@ -17,7 +18,6 @@ from torchvision.models.feature_extraction import create_feature_extractor
 
 import synth
 from synth.engine.params import Pixels
-
 
 # On the CPU, the process's CPU time (all threads): unlike wall time it does not count time the VM was descheduled,
 # which dominates the noise on a shared machine.  On a GPU, wall time after synchronizing.
@@ -76,8 +76,9 @@ def lucent_peer(model, layer: str, x0: torch.Tensor) -> Callable[[int], None] | 
 
     def run(steps: int) -> None:
         param_f = lambda: param.image(x0.shape[-1], batch=x0.shape[0], fft=False, decorrelate=False)  # noqa: E731
-        render.render_vis(model, objectives.channel("net_" + layer.replace(".", "_"), 3), param_f, transforms=[], thresholds=(steps,),
-                          show_image=False, progress=False, preprocess=False, fixed_image_size=x0.shape[-1])
+        render.render_vis(model, objectives.channel("net_" + layer.replace(".", "_"), 3), param_f, transforms=[],
+                          thresholds=(steps,), show_image=False, progress=False, preprocess=False,
+                          fixed_image_size=x0.shape[-1])
     return run
 
 

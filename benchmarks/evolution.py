@@ -20,10 +20,10 @@ import time
 import torch
 
 import synth
-from synth.neuro.subject import Subject
-from synth.neuro.control import evolve_sites
 from synth.engine.objectives import Stretch
+from synth.neuro.control import evolve_sites
 from synth.neuro.readouts import features
+from synth.neuro.subject import Subject
 
 SPACES = {"fourier": "fourier", "toy-gan": "generator:toy-gan", "toy-deepsim": "generator:toy-deepsim"}
 OPTIMIZERS = ("genetic", "cmaes")
@@ -58,7 +58,8 @@ def model_units(args: argparse.Namespace, natural: torch.Tensor, budgets: list[i
         t0 = time.perf_counter()
         grad = synth.synthesize(model, Stretch("IT", tuple(units)), n=len(units), steps=budgets[-1], param=code,
                                 transforms=None, seed=args.seed, progress=False)
-        ratios[f"gradient {space}"] = torch.stack([_best_within(grad.history, b) for b in budgets], 1) / nat_max[:, None]
+        ratios[f"gradient {space}"] = (torch.stack([_best_within(grad.history, b) for b in budgets], 1)
+                                       / nat_max[:, None])
         seconds[f"gradient {space}"] = time.perf_counter() - t0
     print(f"Part 1: {model.name} IT units {units}; best activation / natural max (n={len(natural)}), median over "
           f"{len(units)} units")

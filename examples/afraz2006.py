@@ -28,7 +28,8 @@ def main() -> None:
     for name in ("topographic", "shuffled"):
         print(f"{name}: r = {r[name]['r']:.3f}, p = {r[name]['p']:.2g}")
     print("r against spread (topographic / shuffled, one-sided p of the difference): " + ", ".join(
-        f"{c['spread_mm']:.2g} mm {c['r']:.2f} / {c['r_shuffled']:.2f} (p {c['difference_p']:.2g})" for c in r["curve"]))
+        f"{c['spread_mm']:.2g} mm {c['r']:.2f} / {c['r_shuffled']:.2f} (p {c['difference_p']:.2g})"
+        for c in r["curve"]))
     print(f"{r['seconds']:.0f} s; afraz.json, afraz.png, face_map.png in {args.out}")
 
 

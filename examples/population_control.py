@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 import synth
-from synth.neuro.subject import Subject
 from synth.neuro.control import population_control, stretch_units
 from synth.neuro.readouts import features
+from synth.neuro.subject import Subject
 
 
 def main() -> None:

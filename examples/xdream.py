@@ -22,9 +22,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 import synth  # noqa: E402
-from synth.neuro.subject import Subject
-from synth.neuro.control import evolve_sites  # noqa: E402
 from synth.files import atomic  # noqa: E402
+from synth.neuro.control import evolve_sites  # noqa: E402
+from synth.neuro.subject import Subject
 
 
 def figure(report: dict, natural, path: Path) -> None:

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 
 import synth
 from synth.errors import ImageError, PhospheneError
-from synth.zoo.models import embedded_models, require_trained
 from synth.files import read_png, write_png
+from synth.zoo.models import embedded_models, require_trained
 
 MAX_UPLOAD_MB = 20
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "bmp", "tif", "tiff", "webp"]

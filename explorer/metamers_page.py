@@ -24,7 +24,8 @@ image, category = pick_image(model, "metamer")
 st.image(as_uint8(image[0]), caption=f"reference{f' ({category})' if category else ''}", width=160)
 
 go, stop = st.columns([1, 6])
-if stop.button("Stop", key="metamer-stop", help="interrupts a running optimization (any other change of input does too)"):
+if stop.button("Stop", key="metamer-stop",
+               help="interrupts a running optimization (any other change of input does too)"):
     st.warning("Stopped: the optimization was interrupted and nothing was kept.")
 if go.button("Make the metamer", type="primary", key="metamer-go"):
     bar = st.progress(0.0, f"optimizing a {stage} metamer of {model.name}")

@@ -5,8 +5,8 @@ import numpy as np
 import streamlit as st
 import torch
 
-from explorer.common import figure_png, get_model, shown_errors
 import microstim as topo
+from explorer.common import figure_png, get_model, shown_errors
 from synth.world.data import localizer, to_tensor
 from synth.zoo.models import embedded_models
 

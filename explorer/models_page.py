@@ -1,10 +1,9 @@
 """Models: the zoo's cards, a model's layers and brain-area map, and the embedded world with its predictions."""
+import numpy as np
 import streamlit as st
 import torch
 
 import synth
-import numpy as np
-
 from explorer.common import get_images, images_zip, pick_model, shown_errors
 from synth.world.data import CONTROLS, VARIATION, to_tensor
 from synth.zoo.models import BRAIN_SCORE_AREAS, CORNETS, embedded_models, torchvision_models

@@ -17,8 +17,8 @@ import torch
 from scipy.stats import rankdata
 
 from synth.engine.criteria import RelativeError
-from synth.errors import ConfigError
 from synth.engine.objectives import Acts
+from synth.errors import ConfigError
 from synth.zoo.probe import ProbeModel
 
 ERROR_TARGET = 0.05

@@ -21,13 +21,12 @@ from synth import Box, __version__
 from synth.engine.criteria import Criterion
 from synth.engine.gradients import Surrogate, last_relu, patched_backward
 from synth.engine.loop import optimize
-from synth.errors import ConfigError
-from synth.files import write_csv
 from synth.engine.objectives import Match, Outside
 from synth.engine.params import Blurred, Pixels
-from synth.zoo.probe import INPUT, LOGITS, ProbeModel, check_images
 from synth.engine.results import Result
-from synth.files import check_weights, load_record, save_record
+from synth.errors import ConfigError
+from synth.files import check_weights, load_record, save_record, write_csv
+from synth.zoo.probe import INPUT, LOGITS, ProbeModel, check_images
 
 from .criterion import ERROR_TARGET, MetamerStop, Null, judge
 
@@ -197,7 +196,8 @@ class MetamerResult:
 
 
 def judge_all(model: ProbeModel, images: torch.Tensor, references: torch.Tensor, stage: str,
-              null: torch.Tensor | None = None, error_target: float = ERROR_TARGET) -> dict[str, dict[str, torch.Tensor]]:
+              null: torch.Tensor | None = None,
+              error_target: float = ERROR_TARGET) -> dict[str, dict[str, torch.Tensor]]:
     """Feather's statistics of metamers against their references at every stage of ``model``, each against the
     null set's activations there; ``passed`` adds the error target at the matched ``stage``."""
     all_stages = list(dict.fromkeys([*stages(model), stage]))
@@ -224,7 +224,8 @@ def default_lr(model: ProbeModel, layer: str) -> float:
 
 
 def generate(model: ProbeModel, references: torch.Tensor, stage: str, *, steps: int = STEPS, step: str = STEP_RULE,
-             lr: float | None = None, lr_schedule: str = SCHEDULE, init_noise: float = INIT_NOISE, error: float = ERROR_TARGET,
+             lr: float | None = None, lr_schedule: str = SCHEDULE, init_noise: float = INIT_NOISE,
+             error: float = ERROR_TARGET,
              null: torch.Tensor | None = None, stop: Criterion | str = "default", coarse_to_fine: bool = False,
              range_penalty: float = 0.0, fake_relu: bool = True, surrogate: bool = True, seed: int = 0,
              names: list[str] | None = None, retries: int = RETRIES,

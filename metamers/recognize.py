@@ -23,12 +23,12 @@ import torch
 from tqdm.auto import tqdm
 
 from synth import __version__
+from synth.engine.params import gaussian_blur
 from synth.errors import ConfigError
 from synth.files import write_csv, write_text
-from synth.zoo.models import load_model
-from synth.engine.params import gaussian_blur
-from synth.zoo.probe import ProbeModel
 from synth.rng import seeded_globals
+from synth.zoo.models import load_model
+from synth.zoo.probe import ProbeModel
 
 from .generate import RETRY_LR, STEPS, MetamerResult, generate
 
@@ -124,7 +124,8 @@ class Recognizability:
                   "leaves in a metamer, whatever the metamer shows, so each observer sees the metamers (and the "
                   "natural images) through a Gaussian blur of σ = 1 px as well, a stand-in for the eye's optics; the "
                   "headline is the blurred view, and the raw view is reported beside it.",
-                  "", "Optimization: " + ", ".join(f"{g} {t:.0f} s" for g, t in (st.get("optimization_seconds") or {}).items())
+                  "", "Optimization: " + ", ".join(f"{g} {t:.0f} s"
+                                                   for g, t in (st.get("optimization_seconds") or {}).items())
                   + f" (as recorded with each saved set, which may come from earlier, resumed runs); this run "
                   f"{st.get('seconds', 0):.0f} s on {st.get('device', 'cpu')}; phosphene {__version__}.", ""]
         return "\n".join(lines)

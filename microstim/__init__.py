@@ -15,8 +15,19 @@ from synth.zoo.sheets import Sheet, sheet_of
 
 from .afraz import afraz, current_for_spread, electrode_selectivity, plot_afraz, run_afraz
 from .behavior import degrade, face_choices, psychometric
-from .maps import (face_patches, localizer_maps, null_threshold, outline_patches, patches, plot_sheet, plot_sheets,
-                   selectivity, sheet_image, smoothness, topography_metrics)
+from .maps import (
+                   face_patches,
+                   localizer_maps,
+                   null_threshold,
+                   outline_patches,
+                   patches,
+                   plot_sheet,
+                   plot_sheets,
+                   selectivity,
+                   sheet_image,
+                   smoothness,
+                   topography_metrics,
+)
 from .stimulation import inactivation, microstimulation, spread_mm
 
 __all__ = ["Sheet", "afraz", "current_for_spread", "degrade", "electrode_selectivity", "face_choices", "face_patches",

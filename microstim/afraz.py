@@ -191,8 +191,8 @@ def run_afraz(model, out: str | os.PathLike, layer: str = "IT", **settings) -> d
     import json
     import time
 
-    from synth.version import __version__
     from synth.files import write_text
+    from synth.version import __version__
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,11 +1,11 @@
 """The behavioural read-out: face / non-face choices on degraded stimuli, and psychometric curves."""
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 
 from synth.errors import ConfigError
+
 
 # ------------------------------------------------------------------------------------------ behaviour
 def degrade(images: torch.Tensor, signal: float, seed: int = 0) -> torch.Tensor:

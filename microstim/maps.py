@@ -9,6 +9,7 @@ import torch
 from synth.errors import ConfigError
 from synth.zoo.sheets import Sheet, sheet_of
 
+
 # ------------------------------------------------------------------------------------------ selectivity maps
 def selectivity(preferred: torch.Tensor, other: torch.Tensor, measure: str = "t") -> torch.Tensor:
     """Per-unit selectivity for one condition over another (e.g. faces vs objects) from n×N responses (or
@@ -178,7 +179,8 @@ def topography_metrics(model, n: int = 100, workers: int = 1, seed: int = 0) -> 
         found, threshold = face_patches(sheet, t)
         found_control, _ = face_patches(control, t, threshold)
         out[layer] = {"units": len(sheet), "size_mm": sheet.size_mm, "near_mm": round(near, 3),
-                      "face_smoothness": smoothness(sheet, t, near), "face_smoothness_shuffled": smoothness(control, t, near),
+                      "face_smoothness": smoothness(sheet, t, near),
+                      "face_smoothness_shuffled": smoothness(control, t, near),
                       "face_units_t5": int((t > 5).sum()), "patch_threshold_t": round(threshold, 3),
                       "patches": [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in p.items()}
                                   for p in found[:5]],

@@ -1,7 +1,6 @@
 """Micro-stimulation and inactivation of a site on a cortical sheet, as Interventions on the sheet's layer."""
 from __future__ import annotations
 
-
 import torch
 
 from synth.errors import ConfigError

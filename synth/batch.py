@@ -125,8 +125,8 @@ def _digest(path: str | os.PathLike, what: str) -> str:
 def weights_digest(job: dict) -> str:
     """What a job's model computes with, by content: the sha256 of its weights file (an embedded model's shipped
     weights, or the checkpoint given) and of every readout it attaches; 'random init' for an untrained net."""
-    from synth.zoo.models import WEIGHTS_DIR
     from synth.neuro.readouts import Readout
+    from synth.zoo.models import WEIGHTS_DIR
 
     card = WEIGHTS_DIR / f"{job['model']}.json"
     if job["weights"]:
@@ -169,8 +169,8 @@ def file_name(job: dict, k: int) -> str:
 
 @cache
 def _model(name: str, weights: str | None, readouts: tuple[str, ...]):
-    from synth.zoo.models import load_model
     from synth.neuro.readouts import Readout
+    from synth.zoo.models import load_model
 
     model = load_model(name, weights=weights)
     for path in readouts:
@@ -180,10 +180,10 @@ def _model(name: str, weights: str | None, readouts: tuple[str, ...]):
 
 def run_job(job: dict, out: str | os.PathLike, progress: bool = False) -> list[dict]:
     """Run one job and write its images and record into ``out``; returns its manifest rows. Pure in its inputs."""
-    from synth.neuro.evolve import evolve
-    from synth.zoo.models import require_trained
     from synth.files import write_png
+    from synth.neuro.evolve import evolve
     from synth.neuro.synthesis import synthesize
+    from synth.zoo.models import require_trained
 
     out = Path(out)
     model = _model(job["model"], job["weights"], tuple(job["readouts"]))

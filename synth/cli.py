@@ -7,8 +7,8 @@ import sys
 import textwrap
 from collections.abc import Sequence
 
-from synth.version import __version__
 from synth.errors import PhospheneError
+from synth.version import __version__
 
 
 def _load(args: argparse.Namespace, name: str, weights: str | None, **options):
@@ -24,7 +24,7 @@ def _load(args: argparse.Namespace, name: str, weights: str | None, **options):
 
 
 def _models(args: argparse.Namespace) -> None:
-    from synth.zoo.models import CORNETS, BRAIN_SCORE_AREAS, embedded_models, load_model, torchvision_models
+    from synth.zoo.models import BRAIN_SCORE_AREAS, CORNETS, embedded_models, load_model, torchvision_models
 
     if args.name is None:
         print("embedded (trained on the embedded object set; weights ship with phosphene):")
@@ -43,7 +43,8 @@ def _models(args: argparse.Namespace) -> None:
         for name in CORNETS:
             print(f"  {name}")
         mapped = [n for n in torchvision_models() if n in BRAIN_SCORE_AREAS]
-        print(f"torchvision ({len(torchvision_models())} architectures; Brain-Score area maps for: {', '.join(mapped)}):")
+        print(f"torchvision ({len(torchvision_models())} architectures; "
+              f"Brain-Score area maps for: {', '.join(mapped)}):")
         print(textwrap.fill(" ".join(torchvision_models()), width=100, initial_indent="  ", subsequent_indent="  "))
         print("Details: phosphene models NAME [--weights PATH]")
         return
@@ -86,8 +87,8 @@ def _images(args: argparse.Namespace) -> None:
 
 def _train(args: argparse.Namespace) -> None:
     from synth.training.generators import GENERATOR_RECIPES, remeasure_generator, train_generator
-    from synth.zoo.generators import GENERATORS_DIR
     from synth.training.recipes import WEIGHTS_DIR, remeasure, train
+    from synth.zoo.generators import GENERATORS_DIR
 
     if args.name in GENERATOR_RECIPES:
         args.out = args.out or str(GENERATORS_DIR)
@@ -183,7 +184,8 @@ def _readout(args: argparse.Namespace) -> None:
     info = readout.info
     ceiling = f", median ceiling {sum(info['ceiling']) / len(info['ceiling']):.2f}, median ceiled r " \
               f"{info['median_ceiled_r']:.2f}" if "ceiling" in info else ""
-    print(f"readout {model.name}:{readout.layer} -> {len(readout.sites)} sites ({info['method']}, {info['folds']}-fold): "
+    print(f"readout {model.name}:{readout.layer} -> {len(readout.sites)} sites "
+          f"({info['method']}, {info['folds']}-fold): "
           f"median r {info['median_r']:.2f}{ceiling}; saved to {path} (use --readout {args.name})")
 
 
@@ -247,7 +249,6 @@ def _attack(args: argparse.Namespace) -> None:
 
     import attacks
     from attacks.common import parse_eps
-
     from synth.errors import ConfigError, UnknownNameError
 
     model = _load_with_readouts(args)
@@ -283,7 +284,6 @@ def _attack(args: argparse.Namespace) -> None:
 def _robustness(args: argparse.Namespace) -> None:
     import attacks
     from attacks.robustness import image_folder
-
     from synth.errors import ConfigError
 
     names = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -357,9 +357,11 @@ def _afraz(args: argparse.Namespace) -> None:
                   spreads_mm=spreads, n=args.n, seed=args.seed, workers=args.workers)
     for name in ("topographic", "shuffled"):
         d = r[name]
-        print(f"{name:<11}: r = {d['r']:.3f} (p = {d['p']:.2g}), mean shift {100 * d['mean_shift']:+.2f} % face choices")
+        print(f"{name:<11}: r = {d['r']:.3f} (p = {d['p']:.2g}), "
+              f"mean shift {100 * d['mean_shift']:+.2f} % face choices")
     print("r against spread (topographic / shuffled, p of the difference): " + ", ".join(
-        f"{c['spread_mm']:.2g} mm {c['r']:.2f} / {c['r_shuffled']:.2f} (p {c['difference_p']:.2g})" for c in r["curve"]))
+        f"{c['spread_mm']:.2g} mm {c['r']:.2f} / {c['r_shuffled']:.2f} (p {c['difference_p']:.2g})"
+        for c in r["curve"]))
     print(f"{r['sites']} sites at {r['current_ua']:g} µA, {r['rate_hz']:g} Hz (λ = {r['spread_mm']:.2f} mm) in "
           f"{r['seconds']:.0f} s; afraz.json, afraz.png and face_map.png in {args.out}")
 
@@ -418,10 +420,10 @@ def _space(*names: str):
 
 def parser() -> argparse.ArgumentParser:
     """The argument parser of the ``phosphene`` command."""
-    from synth.world.data import CONTROLS, SPLITS, VARIATION
-    from synth.world.shapes import CATEGORIES
     from synth.training.generators import GENERATOR_RECIPES
     from synth.training.recipes import RECIPES, WEIGHTS_DIR
+    from synth.world.data import CONTROLS, SPLITS, VARIATION
+    from synth.world.shapes import CATEGORIES
 
     p = argparse.ArgumentParser(prog="phosphene", description="Probe models of the primate ventral stream.")
     p.add_argument("--version", action="version", version=f"phosphene {__version__}")
@@ -558,10 +560,10 @@ def parser() -> argparse.ArgumentParser:
     a.set_defaults(func=_attack)
 
     rb = sub.add_parser("robustness", help="clean / white-box / corruption / mean accuracy of models (VOneNet table)",
-                        description="White-box: attacks.pgd at each --linf and --l2 budget (EOT for stochastic models). "
-                                    "Corruptions: the ImageNet-C families (imagecorruptions) at 5 severities.  Writes "
-                                    "robustness.csv (one row per model), conditions.csv, robustness.md, "
-                                    "robustness.png and robustness.json to --out.")
+                        description="White-box: attacks.pgd at each --linf and --l2 budget (EOT for stochastic "
+                                    "models). Corruptions: the ImageNet-C families (imagecorruptions) at 5 "
+                                    "severities.  Writes robustness.csv (one row per model), conditions.csv, "
+                                    "robustness.md, robustness.png and robustness.json to --out.")
     rb.add_argument("--models", default="toy-standard,toy-robust,toy-vone", help="comma-separated zoo names")
     rb.add_argument("--weights", action="append", default=[], help="MODEL=PATH: weights for a zoo architecture")
     rb.add_argument("--random-weights", action="store_true", help=RANDOM_HELP)
@@ -592,7 +594,8 @@ def parser() -> argparse.ArgumentParser:
     mt.add_argument("--error", type=float, help="normalized-error target (default: metamers.generate's)")
     mt.add_argument("--seed", type=int, default=0)
     mt.add_argument("--coarse-to-fine", action="store_true", help="blur the gradient, 2 px down to 0, over the run")
-    mt.add_argument("--range-penalty", type=float, default=0.0, help="penalize pixels outside [0,1] instead of clipping")
+    mt.add_argument("--range-penalty", type=float, default=0.0,
+                    help="penalize pixels outside [0,1] instead of clipping")
     mt.add_argument("--no-fake-relu", action="store_true", help="plain ReLU gradient at the matched stage")
     mt.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints (default 200)")
     mt.add_argument("--resume", action="store_true", help="go on from the checkpoint a killed or shorter run left")

@@ -10,7 +10,6 @@ import torch
 import attacks
 import metamers
 import synth
-
 from synth.engine.params import Pixels
 
 

@@ -65,8 +65,8 @@ def test_metamers_page_makes_a_metamer_and_asks_the_other_models():
 
 
 def test_microstim_page_shows_the_sheet_and_the_shift_in_face_choices():
-    import synth
     import microstim as topo
+    import synth
 
     model = synth.load_model("toy-topo", device="cpu")  # the page's default: the one topographic model shipped
     t = topo.localizer_maps(model, "IT", 100)["faces_vs_objects"]

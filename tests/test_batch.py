@@ -95,7 +95,8 @@ def test_parallel_workers_produce_the_same_images(experiment, tmp_path):
     run(experiment, tmp_path / "serial", progress=False)
     run(experiment, tmp_path / "parallel", jobs=2, progress=False)
     rows = [json.loads(line) for line in (tmp_path / "serial/manifest.jsonl").open()]
-    assert {r["file"] for r in rows} == {r["file"] for r in map(json.loads, (tmp_path / "parallel/manifest.jsonl").open())}
+    assert ({r["file"] for r in rows}
+            == {r["file"] for r in map(json.loads, (tmp_path / "parallel/manifest.jsonl").open())})
     for r in rows:  # other thread counts may change float summation order, never the image beyond rounding
         a, _ = read_png(tmp_path / "serial" / r["file"])
         b, _ = read_png(tmp_path / "parallel" / r["file"])
@@ -133,6 +134,7 @@ def test_cli_batch_and_synth(experiment, tmp_path, capsys):
 
 def test_a_metamer_job_written_in_a_batch_file(tmp_path):
     import torch
+
     import synth
     from synth.files import write_png
     ref = synth.render(1, "test").tensor()[0]
@@ -194,6 +196,7 @@ def test_file_names_say_model_objective_and_seed_and_keep_the_hash(tmp_path):
 
 def test_retraining_weights_in_place_redoes_their_jobs(tmp_path):
     import torch
+
     from synth.training.recipes import WEIGHTS_DIR
     weights = tmp_path / "mine.pt"
     weights.write_bytes((WEIGHTS_DIR / "toy-standard.pt").read_bytes())

@@ -132,7 +132,8 @@ def test_an_attack_runs_through_the_page(page, shots):
     page.screenshot(path=str(shots / "attack.png"))
 
 
-@pytest.mark.parametrize("title, shown", [("Metamers", "Make the metamer"), ("Micro-stimulation", "recorded face selectivity"),
+@pytest.mark.parametrize("title, shown", [("Metamers", "Make the metamer"),
+                                          ("Micro-stimulation", "recorded face selectivity"),
                                           ("Gallery", "manifest.jsonl")])
 def test_every_other_page_renders(page, shots, title, shown):
     _open(page, title)

@@ -1,8 +1,8 @@
 """The command line and the runnable examples: thin shells that must keep working."""
 import csv
 import runpy
-from pathlib import Path
 import sys
+from pathlib import Path
 
 import pytest
 import torch

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 import synth
-from synth.neuro.subject import Subject
 from synth.neuro.control import population_control, stretch_units
 from synth.neuro.readouts import features
+from synth.neuro.subject import Subject
 
 
 @pytest.fixture(scope="module")

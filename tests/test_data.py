@@ -7,8 +7,8 @@ import torch
 from PIL import Image
 
 import synth
-from synth.world.data import VARIATION, World, localizer, render, write_folder
 from synth.errors import ConfigError, UnknownNameError
+from synth.world.data import VARIATION, World, localizer, render, write_folder
 
 
 def test_same_seed_same_pixels_and_different_seed_or_split_differs():
@@ -89,19 +89,21 @@ def test_image_size_is_configurable_and_validated():
 
 def test_scrambled_faces_share_everything_but_the_configuration():
     w = World(variation="low", size=96)
-    faces, scrambled = render(6, "localizer", w, category="faces"), render(6, "localizer", w, category="scrambled_faces")
+    faces, scrambled = (render(6, "localizer", w, category="faces"),
+                        render(6, "localizer", w, category="scrambled_faces"))
     for f, s in zip(faces.metadata, scrambled.metadata):
         assert (f["background"], f["object"], f["yaw"]) == (s["background"], s["object"], s["yaw"])
     diff = np.abs(faces.images.astype(int) - scrambled.images.astype(int)).mean(axis=(1, 2, 3))
     assert (diff > 1.0).all()  # features moved
     # but the head (skin) stays: mean colour inside the central region is close
-    assert np.abs(faces.images[:, 30:66, 30:66].mean((1, 2)) - scrambled.images[:, 30:66, 30:66].mean((1, 2))).max() < 40
+    assert np.abs(faces.images[:, 30:66, 30:66].mean((1, 2))
+                  - scrambled.images[:, 30:66, 30:66].mean((1, 2))).max() < 40
 
 
 def test_phase_scrambling_keeps_the_amplitude_spectrum_and_destroys_the_image():
     w = World(variation="low")
     src = render(4, "localizer", w, category="phase_scrambled")
-    for img, meta in zip(src.images, src.metadata):
+    for _, meta in zip(src.images, src.metadata):
         assert meta["category"] == "phase_scrambled" and meta["source_category"] in synth.CATEGORIES
     original, _ = w.image(0, "localizer")
     from synth.world.render import phase_scramble

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import synth
-from synth.zoo.deepsim import DeePSiMFc6, is_deepsim, load_deepsim
 from synth.errors import CheckpointError, ConfigError
+from synth.zoo.deepsim import DeePSiMFc6, is_deepsim, load_deepsim
 
 # XDream's port (willwx/XDream xdream/torch_nets/deepsim.py) names: no deconv biases.
 XDREAM_NAMES = ["fc7", "fc6", "fc5", "tconv5_0", "tconv5_1", "tconv4_0", "tconv4_1", "tconv3_0", "tconv3_1",
@@ -167,8 +167,8 @@ def test_pickled_code_is_refused_without_running_it(tmp_path):
 
 
 def test_deepsim_file_is_a_generator_parametrization_and_evolution_space(files, code, reference, tiny):
-    from synth.zoo.generators import load_generator
     from synth.engine.params import make
+    from synth.zoo.generators import load_generator
 
     g = load_generator(files["upconv"], device="cpu")  # routed to DeePSiM by its shapes
     assert g.latent_dim == 4096 and g.info["weights"] == str(files["upconv"])

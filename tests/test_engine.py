@@ -6,10 +6,10 @@ import torch
 
 from synth import Box, Contrast, Grayscale, LpBall, Mask, optimize, synthesize
 from synth.engine.gradients import patched_backward
-from synth.errors import ConfigError, ImageError, UnknownNameError
 from synth.engine.objectives import Match
 from synth.engine.params import Blurred, Fourier, Pixels, gaussian_blur, make
 from synth.engine.transforms import standard
+from synth.errors import ConfigError, ImageError, UnknownNameError
 
 
 def _gen(seed=0):
@@ -259,7 +259,8 @@ def test_label_objectives_score_and_round_trip(tiny):
     z = torch.tensor([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0]])
     acts = {"logits": z}
     y = torch.tensor([0, 2])
-    torch.testing.assert_close(CrossEntropy("logits", y=y).score(acts), torch.nn.functional.cross_entropy(z, y, reduction="none"))
+    torch.testing.assert_close(CrossEntropy("logits", y=y).score(acts),
+                               torch.nn.functional.cross_entropy(z, y, reduction="none"))
     torch.testing.assert_close(CrossEntropy("logits", target=1).score(acts), torch.log_softmax(z, 1)[:, 1])
     torch.testing.assert_close(Margin("logits", y=y).score(acts), torch.tensor([-1.0, 2.0]))
     torch.testing.assert_close(Margin("logits", target=(1, 1)).score(acts), torch.tensor([-1.0, 2.0]))

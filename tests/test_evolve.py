@@ -9,9 +9,9 @@ import torch
 
 import synth
 from synth.engine.loop import optimize
-from synth.errors import ConfigError, UnknownNameError
-from synth.engine.steps import CMAES, Genetic
 from synth.engine.params import Fourier
+from synth.engine.steps import CMAES, Genetic
+from synth.errors import ConfigError, UnknownNameError
 
 
 def test_evolution_improves_and_never_loses_its_best(tiny):

@@ -11,9 +11,9 @@ import torch
 import synth
 import synth.training.generators as recipes
 import synth.zoo.generators as gens
-from synth.neuro.subject import Presented, Subject
-from synth.errors import CheckpointError, ConfigError, UnknownNameError
 from synth.engine.params import Generated, make
+from synth.errors import CheckpointError, ConfigError, UnknownNameError
+from synth.neuro.subject import Presented, Subject
 
 
 @pytest.fixture(scope="module")

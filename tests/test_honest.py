@@ -13,11 +13,11 @@ import microstim
 import synth
 from attacks.common import logits as verdict_logits
 from synth import Box, LpBall, optimize
-from synth.neuro.subject import Subject
-from synth.errors import CheckpointError
 from synth.engine.objectives import CrossEntropy, Match, parse
 from synth.engine.params import Pixels
 from synth.engine.results import Result
+from synth.errors import CheckpointError
+from synth.neuro.subject import Subject
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,8 @@ def test_a_write_into_a_layer_reaches_every_later_layer_and_the_logits(toy_stand
         cut = stimulated.activations(x, ["V4", "IT", "logits"])
         logits = stimulated(x)
         after = toy_standard.activations(x, ["IT", "logits"])
-    assert torch.allclose(same["IT"], clean["IT"], atol=1e-6) and torch.allclose(same["logits"], clean["logits"], atol=1e-5)
+    assert (torch.allclose(same["IT"], clean["IT"], atol=1e-6)
+            and torch.allclose(same["logits"], clean["logits"], atol=1e-5))
     assert (cut["V4"][:, :8] == 0).all() and torch.equal(cut["V4"][:, 8:], clean["V4"][:, 8:])
     assert not torch.allclose(cut["IT"], clean["IT"]) and not torch.allclose(cut["logits"], clean["logits"])
     assert torch.allclose(logits, cut["logits"], atol=1e-5)  # model(x) sees it too
@@ -56,7 +57,8 @@ def test_the_engine_optimizes_under_an_intervention(toy_standard, x):
     free, under = run(toy_standard), run(stimulated)
     rescored = stimulated.activations(under.images, "IT")["IT"][:, 3].mean()
     assert not torch.allclose(free.images, under.images)
-    assert free.metadata["interventions"] == [] and under.metadata["interventions"] == ["replace(V4, 0, mask of 64 units)"]
+    assert (free.metadata["interventions"] == []
+            and under.metadata["interventions"] == ["replace(V4, 0, mask of 64 units)"])
     assert float(under.scores[0]) == pytest.approx(float(rescored), rel=1e-4)
 
 

@@ -9,12 +9,12 @@ import torch
 import synth
 from synth import Box, LpBall, optimize
 from synth.engine.criteria import AllOf, Plateau, RelativeError, ScoreAtLeast, Where
-from synth.engine.steps import Genetic, StepDecay, schedule
-from synth.errors import CheckpointError, ConfigError
 from synth.engine.objectives import Match, parse
 from synth.engine.params import Fourier, Pixels
 from synth.engine.results import Result
+from synth.engine.steps import Genetic, StepDecay, schedule
 from synth.engine.transforms import standard
+from synth.errors import CheckpointError, ConfigError
 
 
 class Killed(Exception):

@@ -9,11 +9,11 @@ from scipy.stats import spearmanr
 
 import metamers
 import synth
+from metamers.recognize import Recognizability, recognizability
 from synth.cli import main
 from synth.engine.criteria import Where
 from synth.engine.gradients import last_relu, patched_backward
 from synth.errors import CheckpointError, ConfigError
-from metamers.recognize import Recognizability, recognizability
 
 
 @pytest.fixture(scope="module")

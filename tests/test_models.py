@@ -2,8 +2,8 @@
 import fractions
 import math
 
-import pytest
 import numpy as np
+import pytest
 import torch
 import torchvision
 from torch import nn
@@ -158,7 +158,8 @@ def test_torchvision_checkpoint_round_trips(resnet18, tmp_path):
     path = tmp_path / "resnet18.pth"
     torch.save(net.state_dict(), path)
     model = synth.load_model("resnet18", weights=path, device="cpu")
-    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    mean, std = (torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1),
+                 torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
     with torch.no_grad():
         torch.testing.assert_close(model(x), net((x - mean) / std))
     assert model.info["family"] == "torchvision" and len(model.classes) == 1000

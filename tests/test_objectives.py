@@ -5,9 +5,8 @@ import pytest
 import torch
 
 import synth
-
-from synth.errors import ConfigError, UnknownNameError
 from synth.engine.objectives import Direction, Diversity, LayerNorm, Match, OneHot, Site, Stretch, parse
+from synth.errors import ConfigError, UnknownNameError
 
 
 @pytest.fixture

@@ -7,7 +7,16 @@ from sklearn.linear_model import RidgeCV
 
 import synth
 from synth.errors import ConfigError, ImageError, UnknownNameError
-from synth.neuro.readouts import (Readout, Responses, _linear_map, embedded_images, features, fit, load_responses, split_half_ceiling)
+from synth.neuro.readouts import (
+    Readout,
+    Responses,
+    _linear_map,
+    embedded_images,
+    features,
+    fit,
+    load_responses,
+    split_half_ceiling,
+)
 
 
 @pytest.fixture(scope="module")

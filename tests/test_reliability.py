@@ -42,8 +42,7 @@ import synth  # noqa: E402
 from synth import batch  # noqa: E402
 from synth.cli import main  # noqa: E402
 from synth.errors import PhospheneError  # noqa: E402
-from synth.files import sha256  # noqa: E402
-from synth.files import read_png  # noqa: E402
+from synth.files import read_png, sha256  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------------ bad image files
@@ -183,7 +182,8 @@ def cases() -> list[Case]:
     """Every bad input, each through the library, the CLI and the app where it applies."""
     out: list[Case] = []
     for name, (data, expect) in bad_images().items():
-        out.append(Case(f"library:read_png:{name}", expect, library(lambda d, n=name, b=data: read_png(_write(d, n, b)))))
+        out.append(Case(f"library:read_png:{name}", expect,
+                        library(lambda d, n=name, b=data: read_png(_write(d, n, b)))))
         out.append(Case(f"cli:attack:{name}", expect, lambda d, n=name, b=data: cli(
             "attack", _write(d, n, b), "--model", "toy-standard", "--steps", "1", "--eps", "1/255",
             "--out", "{d}/attack")(d)))
@@ -195,10 +195,10 @@ def cases() -> list[Case]:
 
     m = _model
     x = lambda *shape, **kw: torch.rand(*shape, **kw)  # noqa: E731
-    from synth.engine.objectives import Match, parse
-    from synth.neuro.readouts import Responses
     import attacks
     import metamers
+    from synth.engine.objectives import Match, parse
+    from synth.neuro.readouts import Responses
     tensors = {
         "activations: one channel": lambda d: m().activations(x(2, 1, 64, 64), ["IT"]),
         "activations: 3-d batch": lambda d: m().activations(x(3, 64, 64), ["IT"]),
@@ -238,11 +238,13 @@ def cases() -> list[Case]:
         "objective: divide by zero": lambda d: parse("IT:1 / 0"),
         "objective: unknown function": lambda d: parse("strech(IT:1)"),
         "objective: unbalanced": lambda d: parse("stretch(IT:1"),
-        "checkpoint: wrong architecture": lambda d: synth.load_model("toy-standard", weights=_checkpoints(d)["wrong_arch"]),
+        "checkpoint: wrong architecture":
+            lambda d: synth.load_model("toy-standard", weights=_checkpoints(d)["wrong_arch"]),
         "checkpoint: pickled code": lambda d: synth.load_model("toy-standard", weights=_checkpoints(d)["pickled"]),
         "checkpoint: not a checkpoint": lambda d: synth.load_model("toy-standard", weights=_checkpoints(d)["text"]),
         "checkpoint: missing file": lambda d: synth.load_model("toy-standard", weights=str(d / "nope.pt")),
-        "config: typo in a batch file": lambda d: batch.load_experiment(_write(d, "t.toml", b"[defaults]\nstpes = 3\n")),
+        "config: typo in a batch file":
+            lambda d: batch.load_experiment(_write(d, "t.toml", b"[defaults]\nstpes = 3\n")),
         "config: batch file is not TOML": lambda d: batch.load_experiment(_write(d, "t.toml", b"[[jobs]\n")),
     }
     out += [Case(f"library:{k}", "error", library(fn)) for k, fn in tensors.items()]

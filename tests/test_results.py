@@ -7,8 +7,8 @@ import torch
 from PIL import Image
 
 import synth
-from synth.errors import ImageError
 from synth.engine.results import Result
+from synth.errors import ImageError
 from synth.files import read_png
 
 
@@ -30,7 +30,8 @@ def test_result_round_trips_with_its_recipe(tiny, tmp_path):
 @pytest.mark.parametrize("mode", ["L", "P", "RGBA", "I;16", "LA", "CMYK"])
 def test_odd_image_modes_become_rgb(tmp_path, mode):
     rgb = Image.fromarray((np.random.default_rng(0).random((8, 8, 3)) * 255).astype(np.uint8))
-    im = rgb.convert(mode) if mode != "I;16" else Image.fromarray((np.arange(64).reshape(8, 8) * 1000).astype(np.uint16))
+    im = (rgb.convert(mode) if mode != "I;16"
+          else Image.fromarray((np.arange(64).reshape(8, 8) * 1000).astype(np.uint16)))
     path = tmp_path / f"x.{'tif' if mode == 'CMYK' else 'png'}"
     im.save(path)
     x, meta = read_png(path)

@@ -9,8 +9,15 @@ from PIL import Image
 
 import attacks
 import synth
-from attacks.robustness import (EvalImages, corrupted, corruption_names, image_folder, l2_budgets, match_labels,
-                                read_budgets)
+from attacks.robustness import (
+    EvalImages,
+    corrupted,
+    corruption_names,
+    image_folder,
+    l2_budgets,
+    match_labels,
+    read_budgets,
+)
 from synth.cli import main
 from synth.errors import ConfigError, ImageError, UnknownNameError
 
@@ -77,7 +84,7 @@ def test_corruptions_are_reproducible_and_cover_the_families():
     b = corrupted(x, ["glass_blur", "gaussian_noise", "fog"], [1, 5], seed=0, workers=1, progress=False)
     c = corrupted(x, ["gaussian_noise"], [1], seed=1, workers=1, progress=False)
     assert all(torch.equal(a[k], b[k]) for k in a) and not torch.equal(a["gaussian_noise", 1], c["gaussian_noise", 1])
-    for k, v in a.items():
+    for _, v in a.items():
         assert v.shape == x.shape and 0 <= float(v.min()) and float(v.max()) <= 1
     assert float((a["gaussian_noise", 5] - x).abs().mean()) > float((a["gaussian_noise", 1] - x).abs().mean())
     with pytest.raises(ConfigError, match="severities"):

@@ -7,9 +7,9 @@ import attacks
 import metamers
 import synth
 from synth import Intervention, max_batch, optimize, synthesize
-from synth.errors import CheckpointError, ConfigError, UnknownNameError
 from synth.engine.memory import SavedTensors, _fits, _largest, step_bytes, weights
 from synth.engine.params import Pixels
+from synth.errors import CheckpointError, ConfigError, UnknownNameError
 
 OPTIONS = ("precision", "channels_last", "compile", "checkpoint_activations")
 

@@ -86,7 +86,8 @@ def test_microstimulation_spreads_with_current_and_drives_the_layer_through_to_t
         on = toy_standard.intervene(stim).activations(x, ["IT", "logits"])
     near = (d < spread_mm(50)).view(clean["IT"].shape[1:])
     assert (on["IT"][:, near] >= clean["IT"][:, near]).all() and (on["IT"][:, near] > clean["IT"][:, near]).any()
-    assert torch.equal(on["IT"][:, ~near & (gain.view(near.shape) == 1)], clean["IT"][:, ~near & (gain.view(near.shape) == 1)])
+    assert torch.equal(on["IT"][:, ~near & (gain.view(near.shape) == 1)],
+                       clean["IT"][:, ~near & (gain.view(near.shape) == 1)])
     assert not torch.allclose(on["logits"], clean["logits"])
     assert "50 µA, 200 Hz" in str(stim)
     with torch.no_grad():
@@ -111,7 +112,8 @@ def test_selectivity_maps_find_a_patch_that_a_shuffled_sheet_breaks_up(tmp_path)
     ref = stats.ttest_ind(faces.double().numpy(), objects.double().numpy(), axis=0, equal_var=False).statistic
     assert np.allclose(t.numpy(), ref, atol=1e-4)
     dp = selectivity(faces, objects, "dprime")
-    assert torch.allclose(dp, (faces.mean(0) - objects.mean(0)) / ((faces.var(0) + objects.var(0)) / 2).sqrt(), atol=1e-4)
+    assert torch.allclose(dp, (faces.mean(0) - objects.mean(0)) / ((faces.var(0) + objects.var(0)) / 2).sqrt(),
+                          atol=1e-4)
     found = patches(sheet, t, threshold=5.0)
     assert len(found) == 1 and found[0]["units"] > 100
     assert abs(found[0]["center_mm"][0] - 3.0) < 0.5 and abs(found[0]["center_mm"][1] - 6.0) < 0.5
@@ -130,8 +132,8 @@ def test_face_choices_follow_the_signal_and_stimulating_face_selective_units_bia
     """Afraz et al. in miniature: boosting toy-standard's most face-selective IT units shifts the psychometric
     curve toward 'face'; boosting as many of the least face-selective ones does not."""
     import synth
-    from synth import Intervention
     from microstim import psychometric, selectivity
+    from synth import Intervention
 
     loc = synth.localizer(24)
     faces, objects = loc["faces"].tensor(), loc["objects"].tensor()

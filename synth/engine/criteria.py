@@ -15,8 +15,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from synth.errors import ConfigError
 from synth.engine.objectives import Acts, Label, Labels, population
+from synth.errors import ConfigError
 
 
 class Criterion(ABC):
@@ -44,7 +44,7 @@ class Criterion(ABC):
         """Per-image state that a checkpoint must keep (none for most criteria)."""
         return {}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict) -> None:  # noqa: B027 - a stateless rule has nothing to restore
         """Restore what ``state_dict`` returned."""
 
     def __or__(self, other: Criterion) -> Criterion:

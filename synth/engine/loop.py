@@ -40,19 +40,20 @@ from typing import NamedTuple
 import torch
 from tqdm.auto import tqdm
 
-from synth.version import __version__
 from synth.engine.constraints import Box, Constraint, LpBall
 from synth.engine.criteria import Criterion, combine
 from synth.engine.gradients import patched_backward
-from synth.engine.steps import GradientFree, OptimizerFactory, ScheduleFactory, Stepper, stepper
-from synth.errors import CheckpointError, ConfigError, UnknownNameError
-from synth.files import machine, save_torch, tensor_digest
 from synth.engine.objectives import Objective, parse
 from synth.engine.params import Parametrization
-from synth.zoo.probe import ProbeModel, check_images
 from synth.engine.results import Result
+from synth.engine.steps import GradientFree, OptimizerFactory, ScheduleFactory, Stepper, stepper
+from synth.engine.transforms import Transform, describe
+from synth.engine.transforms import apply as apply_transforms
+from synth.errors import CheckpointError, ConfigError, UnknownNameError
+from synth.files import machine, save_torch, tensor_digest
 from synth.rng import derive, generator, noise_generator
-from synth.engine.transforms import Transform, apply as apply_transforms, describe
+from synth.version import __version__
+from synth.zoo.probe import ProbeModel, check_images
 
 PRECISIONS = ("fp32", "bf16")
 CHECKPOINT_FORMAT = 2  # 2: the model's noise from the run's own generator; the global generators untouched

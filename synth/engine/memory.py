@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 
 from synth.engine.loop import optimize
-from synth.errors import ConfigError
 from synth.engine.objectives import Objective
 from synth.engine.params import Pixels
+from synth.errors import ConfigError
 from synth.zoo.probe import ProbeModel
 
 

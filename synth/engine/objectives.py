@@ -78,7 +78,7 @@ class Objective(ABC):
         run's checkpoint, so a resumed run continues it."""
         return {}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict) -> None:  # noqa: B027 - a stateless objective has nothing to restore
         """Restore what ``state_dict`` saved."""
 
     # arithmetic ------------------------------------------------------------------------------------------

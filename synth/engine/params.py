@@ -66,7 +66,8 @@ class Parametrization(nn.Module, ABC):
         return self.name
 
 
-def start_images(n: int, size: int | tuple[int, int], init: str | torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def start_images(n: int, size: int | tuple[int, int], init: str | torch.Tensor,
+                 generator: torch.Generator) -> torch.Tensor:
     """Starting images: 'noise' (N(0.5, 0.15²) clipped: a silent ReLU unit has no gradient at a flat grey),
     'grey', 'uniform', or a given N×3×H×W tensor in [0, 1]."""
     h, w = (size, size) if isinstance(size, int) else size

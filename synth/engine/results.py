@@ -28,8 +28,9 @@ class Result:
     ``best_scores``); the per-image gradient norm at every step (``grad_norm``, NaN once an image stopped);
     under an Lp ball, each returned image's distance from its center (``distance``); the target tensors the
     objective's text names by digest (``targets``); and for a generator parametrization the latent codes of the
-    returned and of the best images (``codes``, ``best_codes``: N × latent), which remake them.  ``activations`` holds the full response of every layer the
-    run read (N×C×H×W for a conv layer); ``population(layer)`` gives its spatial means."""
+    returned and of the best images (``codes``, ``best_codes``: N × latent), which remake them.  ``activations``
+    holds the full response of every layer the run read (N×C×H×W for a conv layer); ``population(layer)`` gives
+    its spatial means."""
 
     images: torch.Tensor
     history: torch.Tensor

@@ -10,16 +10,18 @@
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from synth.errors import ConfigError
 from synth.engine.objectives import OneHot, Stretch
-from synth.zoo.probe import ProbeModel
+from synth.errors import ConfigError
 from synth.neuro.readouts import Responses, features, fit
 from synth.neuro.subject import Subject
 from synth.neuro.synthesis import synthesize
+from synth.zoo.probe import ProbeModel
 
 
 def stretch_units(model: ProbeModel, layer: str, channels: list[int], natural: torch.Tensor, **synth_options) -> dict:
@@ -58,17 +60,7 @@ def evolve_sites(subject: Subject, natural: torch.Tensor, sites: list[int] | Non
     best_nat = nat.argmax(0)
     rows, evolved_images, trajectories = [], [], []
     for k, site in enumerate(tqdm(sites, desc=f"evolve {code} {optimizer}", unit="site", disable=not progress)):
-        best = {"score": -np.inf, "image": None}
-        kept: dict[int, torch.Tensor] = {}
-
-        def watch(t: int, images: torch.Tensor, scores: torch.Tensor) -> None:
-            i = int(scores.argmax())
-            if float(scores[i]) > best["score"]:
-                best["score"], best["image"] = float(scores[i]), images[i].cpu()
-            for b in budgets:
-                if (t + 1) * population == b - b % population:
-                    kept[b] = best["image"]
-
+        watch, kept = _budget_keeper(budgets, population)
         r = evolve(subject, site, code=code, optimizer=optimizer, population=population,
                    generations=max(b // population for b in budgets), repeats=repeats, seed=seed + site,
                    progress=False, watch=watch, **options)
@@ -88,6 +80,23 @@ def evolve_sites(subject: Subject, natural: torch.Tensor, sites: list[int] | Non
             "fraction_above_1_5": (ratios >= 1.5).mean(0).tolist(),
             "median_true_ratio": np.median([row["true_ratio"] for row in rows], 0).tolist(),
             "images": torch.stack(evolved_images), "generation_means": np.stack(trajectories)}
+
+
+def _budget_keeper(budgets: list[int], population: int
+                   ) -> tuple[Callable[[int, torch.Tensor, torch.Tensor], None], dict[int, torch.Tensor]]:
+    """A ``watch`` for one evolution that keeps, for each evaluation budget, the best image seen within it."""
+    best = {"score": -np.inf, "image": None}
+    kept: dict[int, torch.Tensor] = {}
+
+    def watch(t: int, images: torch.Tensor, scores: torch.Tensor) -> None:
+        i = int(scores.argmax())
+        if float(scores[i]) > best["score"]:
+            best["score"], best["image"] = float(scores[i]), images[i].cpu()
+        for b in budgets:
+            if (t + 1) * population == b - b % population:
+                kept[b] = best["image"]
+
+    return watch, kept
 
 
 def population_control(probe: ProbeModel, subject: Subject, natural: torch.Tensor, layer: str = "IT",
@@ -111,7 +120,8 @@ def population_control(probe: ProbeModel, subject: Subject, natural: torch.Tenso
     return {
         "sites": len(sites), "natural_images": len(natural), "repeats": repeats, "probe": probe.name,
         "subject": f"{subject.model.name}:{subject.layer}", "layer": readout.layer,
-        "readout_median_r": readout.info["median_r"], "readout_median_ceiling": float(np.median(readout.info["ceiling"])),
+        "readout_median_r": readout.info["median_r"],
+        "readout_median_ceiling": float(np.median(readout.info["ceiling"])),
         "readout_median_ceiled_r": readout.info["median_ceiled_r"],
         "stretch_fraction_above_natural_max": float((st > best).mean()),
         "stretch_median_ratio": float(np.median(st / np.maximum(best, 1e-9))),

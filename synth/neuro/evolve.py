@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING
 import torch
 
 from synth.engine.loop import optimize
-from synth.engine.steps import CMAES, Genetic
-from synth.errors import ConfigError, UnknownNameError
 from synth.engine.objectives import Objective
 from synth.engine.params import Fourier, Generated
-from synth.zoo.probe import ProbeModel
 from synth.engine.results import Result
+from synth.engine.steps import CMAES, Genetic
+from synth.errors import ConfigError, UnknownNameError
+from synth.zoo.probe import ProbeModel
 
 if TYPE_CHECKING:
     from synth.neuro.subject import Subject

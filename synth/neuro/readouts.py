@@ -20,9 +20,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from synth.engine.objectives import population
 from synth.errors import ConfigError, ImageError, UnknownNameError
 from synth.files import atomic, load_record, save_record
-from synth.engine.objectives import population
 from synth.zoo.probe import ProbeModel
 
 METHODS = ("pls", "ridge")
@@ -48,8 +48,8 @@ class Readout(nn.Module):
         """Predicted responses (N × sites, z-units) from the layer's activations."""
         flat = features.flatten(1)
         if flat.shape[1] != self.weight.shape[1]:
-            raise ConfigError(f"readout expects {self.weight.shape[1]} features from {self.layer!r}, got {flat.shape[1]}"
-                              " (was it fit on images of another size?)")
+            raise ConfigError(f"readout expects {self.weight.shape[1]} features from {self.layer!r}, "
+                              f"got {flat.shape[1]} (was it fit on images of another size?)")
         return flat @ self.weight.T + self.bias
 
     def to_rates(self, z: torch.Tensor) -> torch.Tensor:
@@ -248,8 +248,8 @@ def fit(model: ProbeModel, images: torch.Tensor, responses: Responses, layer: st
 
 def embedded_images(image_ids: list[str], world=None, images_dir: str | os.PathLike | None = None) -> torch.Tensor:
     """The images named by response ids: files in ``images_dir``, or 'split:index' of the embedded world."""
-    from synth.world.data import World, to_tensor
     from synth.files import read_png
+    from synth.world.data import World, to_tensor
 
     if images_dir is not None:
         folder = Path(images_dir)

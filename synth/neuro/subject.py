@@ -29,7 +29,8 @@ class Subject:
         spread = resp.std(0)
         live = torch.nonzero(spread > 1e-3 * spread.max()).flatten()
         if len(live) < n_sites:
-            raise ConfigError(f"{layer!r} of {model.name} has only {len(live)} responsive channels, asked for {n_sites}")
+            raise ConfigError(f"{layer!r} of {model.name} has only {len(live)} responsive channels, "
+                              f"asked for {n_sites}")
         g = torch.Generator().manual_seed(seed)
         self.channels = sorted(live[torch.randperm(len(live), generator=g)[:n_sites]].tolist())
         self.scale = resp[:, self.channels].quantile(0.95, dim=0).clamp_min(1e-6)
@@ -42,7 +43,8 @@ class Subject:
     def fingerprint(self) -> str:
         """Everything that defines the subject's responses: its model's weights, sites, calibration and rates."""
         return (f"{self} weights sha256:{self.model.weights_digest()[:16]} channels {self.channels} scale "
-                f"sha256:{tensor_digest(self.scale)} rates {self.baseline:g}-{self.max_rate:g}/s window {self.window:g}")
+                f"sha256:{tensor_digest(self.scale)} rates {self.baseline:g}-{self.max_rate:g}/s "
+                f"window {self.window:g}")
 
     def site(self, site: str | int) -> int:
         """The column of a site given by name ('site40') or by position (0 … n_sites − 1)."""

@@ -16,9 +16,9 @@ from synth.engine.constraints import Box, Constraint
 from synth.engine.loop import optimize
 from synth.engine.objectives import Objective
 from synth.engine.params import Parametrization, make
-from synth.zoo.probe import ProbeModel
 from synth.engine.results import Result
 from synth.engine.transforms import Transform, standard
+from synth.zoo.probe import ProbeModel
 
 
 def synthesize(model: ProbeModel, objective: Objective | str, *, n: int = 1, size: int | None = None,

@@ -30,17 +30,17 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from synth.version import __version__
-from synth.zoo import sheets as sheet_io
-from synth.world.data import SPLITS, ObjectImages, World
+from microstim import topography_metrics
 from synth.errors import CheckpointError, UnknownNameError
 from synth.files import save_torch, sha256, write_text
+from synth.rng import restores_globals
+from synth.version import __version__
+from synth.world.data import SPLITS, ObjectImages, World
+from synth.zoo import sheets as sheet_io
 from synth.zoo.models import WEIGHTS_DIR, embedded_models, embedded_net, load_model
 from synth.zoo.probe import ProbeModel
-from synth.rng import restores_globals
-from synth.zoo.ventral import AREAS
 from synth.zoo.sheets import SL_WEIGHT, Sheet, retinotopic_sheet, save_sheets, spatial_loss, swap_optimize
-from microstim import topography_metrics
+from synth.zoo.ventral import AREAS
 from synth.zoo.vone import TOY_VONE, GaborBank
 
 R = TypeVar("R")  # a recipe class: this module's Recipe, or synth.training.generators' GeneratorRecipe

@@ -19,7 +19,16 @@ from tqdm.auto import tqdm
 
 from synth.errors import ConfigError, UnknownNameError
 from synth.files import atomic, write_csv
-from synth.world.render import (SUPERSAMPLE, Pose, background, clutter_parts, draw_parts, finish, phase_scramble, surface_texture)
+from synth.world.render import (
+    SUPERSAMPLE,
+    Pose,
+    background,
+    clutter_parts,
+    draw_parts,
+    finish,
+    phase_scramble,
+    surface_texture,
+)
 from synth.world.shapes import CATEGORIES, MIRRORABLE, OBJECTS_PER_CATEGORY, build, scramble_face
 
 SPLITS: dict[str, int] = {"train": 20000, "val": 2000, "test": 2000}

@@ -115,8 +115,8 @@ def clutter_parts(rng: np.random.Generator, count: int) -> list[tuple[list[Part]
     for _ in range(count):
         k = rng.uniform(0.4, 1.0, 5)
         ph = rng.uniform(0, 2 * np.pi, 5)
-        outline = radial(0, 0, lambda t: 0.6 + 0.25 * sum(k[i] * np.sin((i + 1) * t + ph[i]) / (i + 1)
-                                                          for i in range(5)))
+        outline = radial(0, 0, lambda t, k=k, ph=ph: 0.6 + 0.25 * sum(k[i] * np.sin((i + 1) * t + ph[i]) / (i + 1)
+                                                                      for i in range(5)))
         color = hsv(rng.random(), rng.uniform(0, 0.8), rng.uniform(0.2, 0.9))
         pose = Pose(roll=rng.uniform(-180, 180), tx=rng.uniform(-0.45, 0.45), ty=rng.uniform(-0.45, 0.45),
                     scale=rng.uniform(0.15, 0.4))

@@ -142,7 +142,8 @@ def boat(ident: Generator, img: Generator) -> list[Part]:
         if kind == 2:  # a second deck and a funnel
             parts.append(Part(rect(cx0 + 0.1, deck + cab_h, cx0 + cab_l * 1.4, deck + cab_h * 1.8), cab_c * 0.95))
             fx = cx0 + cab_l * 0.9
-            parts.append(Part(rect(fx, deck + cab_h * 1.8, fx + 0.14, deck + cab_h * 1.8 + 0.25), jitter(_vivid(img), img)))
+            parts.append(Part(rect(fx, deck + cab_h * 1.8, fx + 0.14, deck + cab_h * 1.8 + 0.25),
+                              jitter(_vivid(img), img)))
     return parts
 
 
@@ -164,7 +165,8 @@ def car(ident: Generator, img: Generator) -> list[Part]:
     mid = (cab_back + cab_front) / 2
     parts.append(Part(rect(mid - 0.015, y0 + height, mid + 0.015, y0 + height + cab_h), paint * 0.9, z=0.06))
     parts.append(Part(np.array([[-length, y0 - 0.02], [length, y0 - 0.02], [length, y0 + height * 0.8],
-                                [length - 0.08, y0 + height], [-length + 0.05, y0 + height], [-length, y0 + height * 0.7]]),
+                                [length - 0.08, y0 + height], [-length + 0.05, y0 + height],
+                                [-length, y0 + height * 0.7]]),
                       paint, z=0.1, dome=(0, y0 + height * 0.4, length * 1.1, height * 1.6)))
     parts.append(Part(rect(length - 0.08, y0 + height * 0.45, length, y0 + height * 0.7), hsv(0.15, 0.3, 1.0), z=0.12))
     parts.append(Part(rect(-length, y0 + height * 0.45, -length + 0.05, y0 + height * 0.65), hsv(0, 0.9, 0.8), z=0.12))
@@ -228,8 +230,8 @@ def face(ident: Generator, img: Generator) -> list[Part]:
     parts.append(Part(np.array([[0, eye_y - 0.02], [0.07, eye_y - nose_l], [-0.07, eye_y - nose_l]]), skin * 0.8,
                       z=0.4, role="nose"))
     parts.append(Part(ellipse(0, eye_y - nose_l, 0.09, 0.045, n=14), skin * 0.7, z=0.42, role="nose"))
-    parts.append(Part(ellipse(0, mouth_y, mouth_w, ident.uniform(0.04, 0.08), n=20), hsv(0.99, 0.55, 0.6) * skin.mean() * 1.3,
-                      z=0.3, role="mouth"))
+    parts.append(Part(ellipse(0, mouth_y, mouth_w, ident.uniform(0.04, 0.08), n=20),
+                      hsv(0.99, 0.55, 0.6) * skin.mean() * 1.3, z=0.3, role="mouth"))
     return parts
 
 
@@ -238,11 +240,13 @@ def fruit(ident: Generator, img: Generator) -> list[Part]:
     kind = ident.integers(7)
     r = ident.uniform(0.55, 0.75)
     if kind == 0:  # apple: dimpled top
-        outline, base = radial(0, 0, lambda t: r * (1 - 0.12 * np.exp(-((t - np.pi / 2) ** 2) / 0.08))), hsv(0.0, 0.8, 0.75)
+        outline, base = (radial(0, 0, lambda t: r * (1 - 0.12 * np.exp(-((t - np.pi / 2) ** 2) / 0.08))),
+                         hsv(0.0, 0.8, 0.75))
     elif kind == 1:  # orange
         outline, base = radial(0, 0, lambda t: r + 0 * t), hsv(0.08, 0.9, 0.95)
     elif kind == 2:  # pear: small top, large bottom
-        outline, base = radial(0, -0.1, lambda t: r * (0.75 + 0.25 * np.sin(-t) + 0.15 * np.sin(-t) ** 2)), hsv(0.2, 0.6, 0.75)
+        outline, base = (radial(0, -0.1, lambda t: r * (0.75 + 0.25 * np.sin(-t) + 0.15 * np.sin(-t) ** 2)),
+                         hsv(0.2, 0.6, 0.75))
     elif kind == 3:  # lemon: pointed ellipse
         outline, base = radial(0, 0, lambda t: r * (0.65 + 0.35 * np.abs(np.cos(t)) ** 3)), hsv(0.15, 0.85, 0.95)
     elif kind == 4:  # banana: a crescent
@@ -251,7 +255,8 @@ def fruit(ident: Generator, img: Generator) -> list[Part]:
         inner = np.stack([0.65 * np.cos(t[::-1]) * 1.2 + 0.28, 0.55 * np.sin(t[::-1]) - 0.4], 1)
         outline, base = np.vstack([outer, inner]), hsv(0.14, 0.85, 0.95)
     elif kind == 5:  # strawberry: rounded triangle, point down
-        outline, base = radial(0, 0.05, lambda t: r * (0.8 + 0.25 * np.sin(t) - 0.1 * np.cos(2 * t))), hsv(0.98, 0.85, 0.8)
+        outline, base = (radial(0, 0.05, lambda t: r * (0.8 + 0.25 * np.sin(t) - 0.1 * np.cos(2 * t))),
+                         hsv(0.98, 0.85, 0.8))
     else:  # plum
         outline, base = radial(0, 0, lambda t: r * (0.9 + 0.08 * np.cos(2 * t))), hsv(0.8, 0.6, 0.45)
     if kind in (0, 2) and ident.random() < 0.4:
@@ -266,7 +271,8 @@ def fruit(ident: Generator, img: Generator) -> list[Part]:
             parts.append(Part(ellipse(sx, sy, 0.02, 0.03, n=8), hsv(0.14, 0.6, 0.95), z=0.05))
     top = hi[1]
     if kind != 4:
-        parts.append(Part(bar((0, top - 0.05), (ident.uniform(-0.1, 0.15), top + 0.2), 0.05), hsv(0.08, 0.6, 0.3), z=0.1))
+        parts.append(Part(bar((0, top - 0.05), (ident.uniform(-0.1, 0.15), top + 0.2), 0.05),
+                          hsv(0.08, 0.6, 0.3), z=0.1))
         if ident.random() < 0.7:
             parts.append(Part(ellipse(0.15, top + 0.1, 0.16, 0.06, n=14, angle=ident.uniform(0.2, 0.8)),
                               hsv(0.3, 0.7, 0.55), z=0.11))
@@ -295,7 +301,8 @@ def plane(ident: Generator, img: Generator) -> list[Part]:
             x = length - 0.3 - i * 0.1
             parts.append(Part(ellipse(x, fus_h * 0.35, 0.022, 0.03, n=8), hsv(0.58, 0.4, 0.25), z=0.05))
     else:  # cockpit canopy of a small or fighter aircraft
-        parts.append(Part(ellipse(length * 0.45, fus_h, 0.22, 0.08, n=16, a0=0, a1=np.pi), hsv(0.55, 0.5, 0.35), z=0.05))
+        parts.append(Part(ellipse(length * 0.45, fus_h, 0.22, 0.08, n=16, a0=0, a1=np.pi),
+                          hsv(0.55, 0.5, 0.35), z=0.05))
     parts.append(Part(np.array([[-length + 0.15, 0.0], [-length + 0.35, 0.0], [-length + 0.05, -0.25],
                                 [-length - 0.02, -0.25]]), skin * 0.9, z=0.2))
     parts.append(Part(np.array([[wx, -0.02], [wx + chord, -0.02], [wx - sweep * 1.2 + chord * 0.5, -span],
@@ -316,7 +323,8 @@ def table(ident: Generator, img: Generator) -> list[Part]:
     pedestal = ident.random() < 0.3
     parts = []
     if not pedestal:
-        parts += [Part(bar((x, top_y), (x, -0.9), leg_w), wood * 0.65, z=-0.3) for x in (-w + skew + 0.05, w + skew - 0.05)]
+        parts += [Part(bar((x, top_y), (x, -0.9), leg_w), wood * 0.65, z=-0.3)
+                  for x in (-w + skew + 0.05, w + skew - 0.05)]
     round_top = ident.random() < 0.4
     if round_top:
         parts.append(Part(ellipse(skew / 2, top_y - d / 2, w + skew / 2, d), wood * 1.1, z=0.0))
@@ -324,7 +332,8 @@ def table(ident: Generator, img: Generator) -> list[Part]:
                                      ellipse(skew / 2, top_y - d / 2 - thick, w + skew / 2, d, n=16, a0=2 * np.pi,
                                              a1=np.pi)]), wood * 0.75, z=0.01))
     else:
-        parts.append(Part(np.array([[-w, top_y - d], [w, top_y - d], [w + skew, top_y], [-w + skew, top_y]]), wood * 1.1))
+        parts.append(Part(np.array([[-w, top_y - d], [w, top_y - d], [w + skew, top_y], [-w + skew, top_y]]),
+                          wood * 1.1))
         parts.append(Part(rect(-w, top_y - d - thick, w, top_y - d), wood * 0.75, z=0.05))
     if pedestal:
         parts.append(Part(bar((skew / 2, top_y - d), (skew / 2, -0.85), leg_w * 2.2), wood * 0.8, z=0.1))

@@ -37,8 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from synth.zoo import checkpoints
 from synth.errors import CheckpointError, ConfigError
+from synth.zoo import checkpoints
 
 SLOPE = 0.3  # negative slope of every LeakyReLU (Caffe 'ReLU' with negative_slope: 0.3)
 RGB_MEAN = (123.0, 117.0, 104.0)  # ImageNet mean in RGB, 0..255 (Caffe's BGR (104, 117, 123) reversed)

@@ -33,9 +33,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from synth.zoo import checkpoints
 from synth.errors import CheckpointError, ConfigError, UnknownNameError
 from synth.files import sha256
+from synth.zoo import checkpoints
 from synth.zoo.models import WEIGHTS_DIR, default_device
 
 GENERATORS_DIR = WEIGHTS_DIR / "generators"
@@ -199,6 +199,7 @@ def _load_into(g: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
         g.load_state_dict(tensors)
     except RuntimeError as e:
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        raise CheckpointError(f"generator weights do not fit {type(g).__name__}: {lines[1] if len(lines) > 1 else lines[0]}") from None
+        raise CheckpointError(f"generator weights do not fit {type(g).__name__}: "
+                              f"{lines[1] if len(lines) > 1 else lines[0]}") from None
 
 

@@ -19,14 +19,17 @@ import torch
 import torchvision
 from torch import nn
 
-from synth.zoo import checkpoints
-from synth.zoo import sheets as sheets_
-from synth.zoo.cornet import AREAS as CORNET_AREAS, cornet_s, cornet_z
 from synth.errors import CheckpointError, ConfigError, UnknownNameError
 from synth.files import sha256
+from synth.zoo import checkpoints
+from synth.zoo import sheets as sheets_
+from synth.zoo.cornet import AREAS as CORNET_AREAS
+from synth.zoo.cornet import cornet_s, cornet_z
 from synth.zoo.probe import ProbeModel
 from synth.zoo.ventral import VentralNet
-from synth.zoo.vone import (MEAN as VONE_MEAN, STD as VONE_STD, VONENET_AREAS, VOneVentralNet, is_vonenet, vonenet, vonenet_tensors)
+from synth.zoo.vone import MEAN as VONE_MEAN
+from synth.zoo.vone import STD as VONE_STD
+from synth.zoo.vone import VONENET_AREAS, VOneVentralNet, is_vonenet, vonenet, vonenet_tensors
 
 WEIGHTS_DIR = Path(__file__).parent.parent / "weights"
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -152,7 +155,8 @@ def _wrap(net: nn.Module, name, classes, mean, std, areas) -> ProbeModel:
         n_out = last[-1].out_features if last else 0
     return ProbeModel(net, name=name or type(net).__name__,
                       classes=classes if classes is not None else [str(i) for i in range(n_out)],
-                      mean=mean if mean is not None else (0.0, 0.0, 0.0), std=std if std is not None else (1.0, 1.0, 1.0),
+                      mean=mean if mean is not None else (0.0, 0.0, 0.0),
+                      std=std if std is not None else (1.0, 1.0, 1.0),
                       areas=areas, info={"family": "module", "weights": "as passed"})
 
 

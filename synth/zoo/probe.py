@@ -54,7 +54,8 @@ class Intervention:
         if self.mode not in self.MODES:
             raise UnknownNameError("intervention mode", self.mode, self.MODES)
         if (self.mask is None) != (self.mode != "replace"):
-            raise ConfigError("a 'replace' intervention needs a mask of the units it writes; 'add' and 'scale' take none")
+            raise ConfigError("a 'replace' intervention needs a mask of the units it writes; "
+                              "'add' and 'scale' take none")
         if isinstance(self.value, torch.Tensor) and not torch.isfinite(self.value).all():
             raise ConfigError(f"intervention on {self.layer!r}: the value holds NaN or infinite entries")
 

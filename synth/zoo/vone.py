@@ -23,9 +23,9 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from synth.zoo.cornet import CORblockS, _decoder
 from synth.errors import CheckpointError, ConfigError
 from synth.rng import noise_like
+from synth.zoo.cornet import CORblockS, _decoder
 from synth.zoo.ventral import Area, Identity, init_weights
 
 torch.fx.wrap("noise_like")  # a leaf of traced graphs: it reads the run's generator when it runs, not when traced
