@@ -23,8 +23,10 @@ from synth.rng import seeded_globals
 from synth.zoo.probe import ProbeModel
 
 from .common import Budget, LabelsLike, inputs, logits, parse_eps, warn_if_stochastic
+from .evaluate import evaluate
 from .pgd import finish, pgd
 from .result import AttackResult
+from .square import square
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,13 @@ CATALOGUE: dict[str, Entry] = {
     "pgd-linf": Entry(None, "linf", False, "projected gradient descent, L-inf, Auto-PGD steps (native; "
                                            "step='pgd' for Madry's fixed steps)"),
     "pgd-l2": Entry(None, "l2", False, "projected gradient descent, L2, Auto-PGD steps (native)"),
+    "evaluate": Entry(None, "linf", False, "the reliable verdict, L-inf: a PGD sweep, then APGD-CE, APGD-T on the "
+                                           "DLR loss and Square on the images still unbroken (AutoAttack's "
+                                           "cascade, native; attacks.evaluate)"),
+    "evaluate-l2": Entry(None, "l2", False, "the reliable verdict, L2 (attacks.evaluate)"),
+    "square-linf": Entry(None, "linf", False, "Square attack (Andriushchenko et al. 2020): random search, forward "
+                                              "passes only (native)"),
+    "square-l2": Entry(None, "l2", False, "Square attack, L2 (native)"),
     "fgsm": Entry("FGSM", "linf", False, "fast gradient sign method (Goodfellow et al. 2015)"),
     "fgm-l2": Entry("L2FastGradientAttack", "l2", False, "fast gradient method, L2"),
     "foolbox-pgd-linf": Entry("LinfPGD", "linf", False, "foolbox's own PGD, L-inf (for cross-checks)"),
@@ -82,11 +91,21 @@ def run(name: str, model: ProbeModel, images: torch.Tensor, labels: LabelsLike |
     if entry.build is None:
         if eps is None:
             raise ConfigError(f"{name} needs a budget: pass eps (e.g. 4/255)")
-        _check_options(pgd, options, name)
+        attack = _native(name)
+        _check_options(attack, options, name)
         if eot is not None:
             options["eot"] = eot
-        return pgd(model, images, labels, eps, norm=entry.norm, target=target, seed=seed, progress=progress, **options)
+        if target is not None:
+            if attack is not pgd:
+                raise ConfigError(f"{name} is untargeted: it asks whether any other class can be reached")
+            options["target"] = target
+        return attack(model, images, labels, eps, norm=entry.norm, seed=seed, progress=progress, **options)
     return _foolbox(name, entry, model, images, labels, eps, target, eot, seed, options)
+
+
+def _native(name: str) -> Callable[..., AttackResult]:
+    """The native function behind a catalogue name."""
+    return {"evaluate": evaluate, "evaluate-l2": evaluate, "square-linf": square, "square-l2": square}.get(name, pgd)
 
 
 def _starting_points(model: ProbeModel, x: torch.Tensor, y: torch.Tensor, tgt: torch.Tensor | None,

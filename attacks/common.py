@@ -11,7 +11,7 @@ import torch
 
 from synth import Box, LpBall, optimize
 from synth.engine.criteria import Misclassified, TargetClass
-from synth.engine.objectives import CrossEntropy, Label, Labels, Margin, Objective
+from synth.engine.objectives import DLR, CrossEntropy, Label, Labels, Margin, Objective
 from synth.engine.params import Pixels
 from synth.engine.results import Result
 from synth.errors import ConfigError, UnknownNameError
@@ -20,7 +20,7 @@ from synth.zoo.probe import ProbeModel, check_images
 
 from .result import NORMS
 
-LOSSES = ("ce", "margin")
+LOSSES = ("ce", "margin", "dlr")
 Budget = float | str
 LabelsLike = torch.Tensor | Sequence[Label] | Label
 
@@ -84,9 +84,11 @@ def as_labels(model: ProbeModel, labels: LabelsLike, n: int) -> torch.Tensor:
 
 
 def objective(loss: str, labels: torch.Tensor, target: torch.Tensor | None) -> Objective:
-    """The attack objective on the logits: cross-entropy or the CW margin, untargeted or targeted."""
+    """The attack objective on the logits: cross-entropy, the CW margin or the DLR ratio, untargeted or targeted."""
     if loss not in LOSSES:
         raise UnknownNameError("attack loss", loss, LOSSES)
+    if loss == "dlr":
+        return DLR("logits", y=labels, target=target)
     cls = Margin if loss == "margin" else CrossEntropy
     return cls("logits", target=target) if target is not None else cls("logits", y=labels)
 

@@ -67,8 +67,9 @@ def pgd(model: ProbeModel, images: torch.Tensor, labels: LabelsLike | None = Non
     ``images``: N×3×H×W in [0, 1]; ``labels``: class indices or names, one per image or one for all (default: the
     model's own predictions); ``eps``: a budget or a list ('4/255' strings allowed); ``norm``: 'linf' or 'l2';
     ``target``: classes to reach (targeted attack) instead of leaving the label; ``restarts``: further random
-    starts for images not yet broken; ``loss``: 'ce' or 'margin' (Carlini-Wagner); ``step``: 'apgd' (Croce &
-    Hein's step-size schedule, the default; it needs about 10 steps or more to adapt) or 'pgd' (fixed steps of
+    starts for images not yet broken; ``loss``: 'ce', 'margin' (Carlini-Wagner) or 'dlr' (Croce & Hein's
+    difference-of-logits ratio); ``step``: 'apgd' (Croce & Hein's step-size schedule, the default; it needs about
+    10 steps or more to adapt) or 'pgd' (fixed steps of
     ``step_size`` × ε, default 2.5/steps);
     ``warm_steps``: steps of the later rounds of a sweep, which start from an earlier iterate (default half of
     ``steps``); ``random_start=False`` starts from the clean images (restarts stay random); ``eot``: forward passes
@@ -178,7 +179,7 @@ def finish(model: ProbeModel, x: torch.Tensor, y: torch.Tensor, tgt: torch.Tenso
         clean_predictions=clean.argmax(-1).cpu(), norm=norm, target=tgt.cpu() if tgt is not None else None,
         scores=scores.cpu(), clean_scores=obj.score({"logits": clean}).cpu(), classes=list(model.classes),
         metadata={"model": model.name, "weights_sha256": model.weights_digest(),
-                  "objective": f"{'margin' if loss == 'margin' else 'xent'}(logits, "
+                  "objective": f"{ {'ce': 'xent'}.get(loss, loss)}(logits, "
                                f"{'target' if tgt is not None else 'y'}=<labels in attack.pt>)",
                   "targeted": tgt is not None,
                   "device": str(x.device), "phosphene": __version__, "torch": torch.__version__})

@@ -34,6 +34,7 @@ from synth.rng import seeded_globals
 from synth.zoo.probe import ProbeModel
 
 from .common import logits
+from .evaluate import evaluate
 from .pgd import pgd
 
 # VOneNet's white-box budgets: L-inf in pixel units, L2 at 224 px (scaled to the model's size by side / 224,
@@ -275,8 +276,12 @@ class RobustnessTable:
             lines.append("| " + " | ".join([r["model"], f"{100 * r['clean']:.1f}",
                                              *(f"{100 * r[s]:.1f}" for s in sev)]) + " |")
         s = self.settings
-        lines += ["", f"Accuracy in %, {s['data']}. White-box: `attacks.pgd` ({s['steps']} Auto-PGD steps, "
-                  f"random start; stochastic models with EOT over {s['eot']} draws: "
+        white = s.get("white_box", "attacks.pgd")  # tables written before evaluate: the PGD sweep alone
+        how = (f"`attacks.pgd` ({s['steps']} Auto-PGD steps, random start" if white.startswith("attacks.pgd") else
+               f"`attacks.evaluate` (a {s['steps']}-step PGD sweep, then APGD-CE, APGD-T and Square on the images "
+               "still unbroken; Square left out for stochastic models")
+        lines += ["", f"Accuracy in %, {s['data']}. White-box: {how}; stochastic models with EOT over {s['eot']} "
+                  "draws: "
                   f"{', '.join(s['stochastic']) or 'none'}). "
                   f"Corruptions: {len(s['corruptions'])} from `imagecorruptions` at severities "
                   f"{', '.join(map(str, s['severities']))}. Seed {s['seed']}; {s['seconds']:.0f} s in all "
@@ -340,6 +345,17 @@ class RobustnessTable:
         return cls(blob["rows"], conds, blob["settings"])
 
 
+def _white_box(model: ProbeModel, x: torch.Tensor, y: torch.Tensor, budgets: Sequence[float], norm: str, steps: int,
+               draws: int, seed: int, batch_size: int, quick: bool) -> list[tuple[float, float]]:
+    """(budget, accuracy) pairs under the cascade of ``evaluate`` or, ``quick``, the PGD sweep alone."""
+    if quick:
+        res = pgd(model, x, y, budgets, norm=norm, steps=steps, eot=draws, seed=seed, batch_size=batch_size,
+                  progress=False)
+    else:
+        res = evaluate(model, x, y, budgets, norm=norm, first_steps=steps, eot=draws, seed=seed, progress=False)
+    return list(zip(res.eps.tolist(), res.accuracy.tolist()))
+
+
 def _accuracy(model: ProbeModel, x: torch.Tensor, y: torch.Tensor, draws: int, seed: int) -> float:
     with torch.no_grad():
         return float((logits(model, x, draws, seed=seed).argmax(1).cpu() == y.cpu()).float().mean())
@@ -348,11 +364,13 @@ def _accuracy(model: ProbeModel, x: torch.Tensor, y: torch.Tensor, draws: int, s
 def robustness_table(models: Sequence[str | ProbeModel] | Mapping[str, ProbeModel], data: EvalImages | None = None, *,
              linf: str | Sequence = LINF_EPS, l2: str | Sequence | None = None, steps: int = 20, eot: int = 8,
              corruptions: str | Sequence[str] = "common", severities: Sequence[int] = SEVERITIES, n: int = 256,
-             seed: int = 0, workers: int = 2, batch_size: int = 256, progress: bool = True,
+             seed: int = 0, workers: int = 2, batch_size: int = 256, quick: bool = False, progress: bool = True,
              log=print) -> RobustnessTable:
-    """The robustness table for several models on the same images: clean accuracy, ``attacks.pgd`` accuracy at
-    each L-inf and L2 budget (``l2`` defaults to VOneNet's budgets scaled to the model's input size), accuracy
-    under each corruption and severity, and the means.  ``data``: an ``EvalImages`` (``image_folder(DIR)``),
+    """The robustness table for several models on the same images: clean accuracy, white-box accuracy at
+    each L-inf and L2 budget — ``attacks.evaluate``'s cascade (a ``steps``-step PGD sweep, then APGD-CE, APGD-T and
+    Square on the images still unbroken), or with ``quick`` the PGD sweep alone (``l2`` defaults to VOneNet's
+    budgets scaled to the model's input size) — accuracy under each corruption and severity, and the means.
+    ``data``: an ``EvalImages`` (``image_folder(DIR)``),
     default ``n`` images of the embedded test split; ``eot``: noise draws per step and per verdict for stochastic
     models; ``log``: where the notes on budgets and left-out folders go."""
     from synth.zoo.models import default_device, load_model
@@ -398,10 +416,8 @@ def robustness_table(models: Sequence[str | ProbeModel] | Mapping[str, ProbeMode
         bar.update()
         wb = []
         for norm, budgets in (("linf", linf_eps), ("l2", l2_eps)):
-            bar.set_postfix_str(f"pgd {norm}")
-            res = pgd(model, x, y, budgets, norm=norm, steps=steps, eot=draws, seed=seed, batch_size=batch_size,
-                      progress=False)
-            for e, a in zip(res.eps.tolist(), res.accuracy.tolist()):
+            bar.set_postfix_str(f"{'pgd' if quick else 'evaluate'} {norm}")
+            for e, a in _white_box(model, x, y, budgets, norm, steps, draws, seed, batch_size, quick):
                 name = condition_name(norm, e)
                 row[name] = a
                 wb.append(a)
@@ -434,6 +450,7 @@ def robustness_table(models: Sequence[str | ProbeModel] | Mapping[str, ProbeMode
         rows.append(row)
     settings = {
         "data": data.source, "linf": linf_eps, "l2": l2 if l2 is not None else "VOneNet's scaled by size/224",
+        "white_box": "attacks.pgd (quick)" if quick else "attacks.evaluate: pgd, apgd-ce, apgd-t, square",
         "steps": steps, "eot": eot, "stochastic": stochastic, "corruptions": names, "severities": list(severities),
         "seed": seed, "batch_size": batch_size, "seconds": time.perf_counter() - t_start,
         "model_seconds": {k: round(v, 1) for k, v in model_seconds.items()},

@@ -267,8 +267,9 @@ def _attack(args: argparse.Namespace) -> None:
     else:
         labels = args.label or (categories if all(categories) else None)
         options = {"steps": args.steps} if args.steps is not None else {}
+        options["seed"] = args.seed
         if args.attack.startswith("pgd"):
-            options.update(restarts=args.restarts, seed=args.seed, step=args.step)
+            options.update(restarts=args.restarts, step=args.step)
         result = attacks.run(args.attack, model, images, labels, eps, target=args.target, **options)
         if labels is None:
             print("no labels given or found (metadata.csv): attacking the model's own predictions")
@@ -298,7 +299,7 @@ def _robustness(args: argparse.Namespace) -> None:
     table = attacks.robustness_table(models, data, linf=args.linf, l2=args.l2, steps=args.steps, eot=args.eot,
                                      corruptions=args.corruptions,
                                      severities=[int(s) for s in args.severities.split(",")], n=args.n,
-                                     seed=args.seed, workers=args.workers)
+                                     seed=args.seed, workers=args.workers, quick=args.quick)
     paths = table.save(args.out)
     print(table.markdown())
     print(f"{len(names)} model(s) in {table.settings['seconds']:.0f} s; "
@@ -535,7 +536,9 @@ def parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser("attack", help="white-box attacks on class labels or neural sites",
                        description="Attacks: pgd-linf, pgd-l2 (native, Auto-PGD steps; --step pgd for fixed ones); "
-                                   "fgsm, fgm-l2, "
+                                   "evaluate, evaluate-l2 (native: the reliable verdict, a cascade of PGD, APGD-CE, "
+                                   "APGD-T and Square on the images still unbroken); square-linf, square-l2 (native, "
+                                   "forward passes only); fgsm, fgm-l2, "
                                    "foolbox-pgd-linf, foolbox-pgd-l2, cw-l2, deepfool-linf, deepfool-l2, fmn-linf, "
                                    "fmn-l2, ddn-l2, "
                                    "boundary, hsj-l2, noise-linf, noise-l2 (foolbox).  Several --eps (or a comma list) "
@@ -543,7 +546,9 @@ def parser() -> argparse.ArgumentParser:
                                    "readout site's response instead.")
     a.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...); resized to the model's input size")
     _model_flags(a, "toy-standard")
-    a.add_argument("--attack", default="pgd-linf", help="attack name (default pgd-linf)")
+    a.add_argument("--attack", default="pgd-linf", help="attack name (default pgd-linf; 'evaluate' or "
+                                                        "'evaluate-l2' for the reliable verdict: PGD, APGD-CE, "
+                                                        "APGD-T and Square on the images still unbroken)")
     a.add_argument("--eps", action="append", default=None, help="budget(s), e.g. 4/255 or 1/255,2/255,4/255")
     a.add_argument("--target", help="target class name (targeted attack)")
     a.add_argument("--label", help="true class name of every image (default: metadata.csv beside the images, "
@@ -560,9 +565,10 @@ def parser() -> argparse.ArgumentParser:
     a.set_defaults(func=_attack)
 
     rb = sub.add_parser("robustness", help="clean / white-box / corruption / mean accuracy of models (VOneNet table)",
-                        description="White-box: attacks.pgd at each --linf and --l2 budget (EOT for stochastic "
-                                    "models). Corruptions: the ImageNet-C families (imagecorruptions) at 5 "
-                                    "severities.  Writes robustness.csv (one row per model), conditions.csv, "
+                        description="White-box: attacks.evaluate's cascade (or with --quick the PGD sweep alone) "
+                                    "at each --linf and --l2 budget (EOT for stochastic models). Corruptions: the "
+                                    "ImageNet-C families (imagecorruptions) at 5 severities.  Writes robustness.csv "
+                                    "(one row per model), conditions.csv, "
                                     "robustness.md, robustness.png and robustness.json to --out.")
     rb.add_argument("--models", default="toy-standard,toy-robust,toy-vone", help="comma-separated zoo names")
     rb.add_argument("--weights", action="append", default=[], help="MODEL=PATH: weights for a zoo architecture")
@@ -573,7 +579,9 @@ def parser() -> argparse.ArgumentParser:
     rb.add_argument("--n", type=int, default=256, help="embedded test images when no --data (default 256)")
     rb.add_argument("--linf", default="1/1020,1/255,4/255", help="L-inf budgets (default VOneNet's 1/1020,1/255,4/255)")
     rb.add_argument("--l2", help="L2 budgets (default VOneNet's 0.15,0.6,2.4 scaled by input size/224)")
-    rb.add_argument("--steps", type=int, default=20, help="PGD steps (default 20)")
+    rb.add_argument("--steps", type=int, default=20, help="steps of the first PGD sweep (default 20)")
+    rb.add_argument("--quick", action="store_true", help="white-box: the PGD sweep alone, not attacks.evaluate's "
+                                                         "cascade (faster; overstates robust accuracy)")
     rb.add_argument("--eot", type=int, default=8, help="noise draws per step and verdict for stochastic models")
     rb.add_argument("--corruptions", default="common",
                     help="common (ImageNet-C's 15), all (19), a family (noise, blur, weather, digital) or a name")

@@ -96,8 +96,9 @@ def test_table_numbers_are_attacks_pgd_and_outputs_are_written(folder, toy_stand
     notes = []
     table = attacks.robustness_table({"standard": toy_standard, "robust": toy_robust}, data,
                                      linf=["1/255", "4/255"], l2=["0.25"], steps=5, corruptions="gaussian_noise,fog",
-                                     severities=[1, 5], workers=1, progress=False, log=notes.append)
+                                     severities=[1, 5], workers=1, quick=True, progress=False, log=notes.append)
     assert any("left out 1 images of Spaceships" in n for n in notes)
+    assert table.settings["white_box"] == "attacks.pgd (quick)"
     paths = table.save(tmp_path / "out")
     with open(paths["csv"], newline="") as f:
         rows = {r["model"]: r for r in csv.DictReader(f)}
@@ -143,7 +144,7 @@ def test_stochastic_models_are_attacked_and_judged_with_eot(monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(rb, "pgd", spy)
-    kw = dict(linf=["2/255"], l2=["0.3"], steps=8, corruptions="contrast", severities=[3], workers=1,
+    kw = dict(linf=["2/255"], l2=["0.3"], steps=8, corruptions="contrast", severities=[3], workers=1, quick=True,
               progress=False, log=lambda _: None)
     with_eot = attacks.robustness_table([model], data, eot=4, **kw)
     assert seen == [4, 4] and with_eot.rows[0]["eot"] == 4 and with_eot.settings["stochastic"] == ["toy-vone"]
@@ -156,7 +157,7 @@ def test_stochastic_models_are_attacked_and_judged_with_eot(monkeypatch):
 def test_command_writes_the_table_and_refuses_bad_input_in_one_line(folder, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["robustness", "--models", "toy-standard", "--data", str(folder), "--linf", "4", "--l2", "0.2",
-                 "--steps", "3", "--corruptions", "pixelate", "--severities", "2", "--workers", "1",
+                 "--steps", "3", "--corruptions", "pixelate", "--severities", "2", "--workers", "1", "--quick",
                  "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "ambiguous: read on the 0-255 scale as 4/255" in text and "left out 1 images of Spaceships" in text

@@ -568,15 +568,15 @@ def _stop(run: Run, s: _Scored) -> torch.Tensor | None:
 
 
 def _move(job: _Job, run: Run, scores: torch.Tensor, reached: torch.Tensor | None) -> None:
-    """Step the parameters and project the pixels, holding the images that stopped where they stopped; with a
-    gradient rule, they leave the batch (a gradient-free rule moves its whole population)."""
+    """Step the parameters and project the pixels, holding the images that stopped where they stopped; with a rule
+    that steps images independently, they leave the batch (a population search moves its whole population)."""
     job.stepper.step(scores, run.active)
     if job.pixels is not None:
         with torch.no_grad():
             job.project_(job.pixels)
             if run.done.any():
                 job.pixels[run.done] = run.frozen[run.done]
-    if reached is not None and job.stepper.gradient:
+    if reached is not None and job.stepper.independent:
         run.active = run.active[~reached]
         run.narrow(job.objective, job.rule)
 

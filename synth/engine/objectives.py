@@ -13,6 +13,7 @@ the model only that far), and print as a readable string that ``parse`` reads ba
     IT:12 + 0.1*diversity(V4)  several images that differ in their V4 Gram matrices (Olah et al. 2017)
     xent(logits, y={3,0})      cross-entropy of the true labels, one per image (untargeted attacks ascend it)
     margin(logits, target=faces, kappa=5)   Carlini-Wagner margin of a target class over the best other class
+    dlr(logits, y={3,0}, target={5,1})      Croce & Hein's difference-of-logits ratio (AutoAttack's APGD-T loss)
     match(IT, image='ref.png', metric=normalized)   minus ||a - a*|| / ||a*||, a* the response to an image (metamers)
     match(IT, target='acts.pt')                     the same against saved activations ('.pt' or '.npy')
     direction(V4, target='sha256:1f0c...')          projection on a vector held in this process or a saved result
@@ -700,6 +701,50 @@ class Margin(_Labeled):
         return f"margin({self._args()}{'' if self.kappa is None else f', kappa={self.kappa:g}'})"
 
 
+class DLR(_LayerObjective):
+    """Croce & Hein's (2020) difference-of-logits ratio, the loss of AutoAttack's APGD-DLR and APGD-T: untargeted,
+    (best other class − true class) / (z_π1 − z_π3); targeted, (target − true class) / (z_π1 − (z_π3 + z_π4) / 2),
+    π the classes sorted by score.  Dividing by a spread of the top scores makes it invariant to rescaling the
+    logits, which defeats attacks on cross-entropy that a saturated softmax stalls.  Needs ``y=``, and ``target=``
+    for the targeted form (at least 4 classes)."""
+
+    def __init__(self, layer: str, y: Label | Sequence[Label] | torch.Tensor,
+                 target: Label | Sequence[Label] | torch.Tensor | None = None):
+        super().__init__(layer)
+        self.labels, self.targets = Labels(y), Labels(target) if target is not None else None
+
+    def resolve(self, model) -> DLR:
+        clone = super().resolve(model)
+        classes = model.classes if clone.layer == "logits" else []
+        clone.labels = self.labels.resolve(classes)
+        clone.targets = self.targets.resolve(classes) if self.targets is not None else None
+        return clone
+
+    def select(self, index: torch.Tensor) -> DLR:
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__, labels=self.labels.select(index),
+                              targets=self.targets.select(index) if self.targets is not None else None)
+        return clone
+
+    def score(self, acts: Acts) -> torch.Tensor:
+        z = population(acts[self.layer])
+        n, c = z.shape
+        if c < 4:
+            raise ConfigError(f"the DLR loss needs at least 4 classes, {self.layer} has {c}")
+        y = self.labels.tensor(n, c, z.device)
+        top = z.sort(1, descending=True).values
+        true = z.gather(1, y[:, None])[:, 0]
+        if self.targets is None:
+            other = z.scatter(1, y[:, None], float("-inf")).amax(1)
+            return (other - true) / (top[:, 0] - top[:, 2] + 1e-12)
+        t = z.gather(1, self.targets.tensor(n, c, z.device)[:, None])[:, 0]
+        return (t - true) / (top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + 1e-12)
+
+    def __str__(self) -> str:
+        target = f", target={self.targets}" if self.targets is not None else ""
+        return f"dlr({self.layer}, y={self.labels}{target})"
+
+
 # ------------------------------------------------------------------------------------------------- parser
 _TOKEN = re.compile(r"\s*(?:(?P<num>\d+\.?\d*(?:e-?\d+)?|\.\d+)"
                     r"|(?P<name>[A-Za-z_][\w.]*(?::(?:[\w.]+|\{[\w,]+\}))*(?:\[\d+,\d+\])?)"
@@ -707,7 +752,7 @@ _TOKEN = re.compile(r"\s*(?:(?P<num>\d+\.?\d*(?:e-?\d+)?|\.\d+)"
                     r"|(?P<set>\{(?:[\w\s,-]|'[^']*'|\"[^\"]*\")*\})|(?P<op>[-+*/(),=]))")
 _SITE = re.compile(r"^(?P<layer>.+):(?P<index>c?\d+|[A-Za-z_]\w*|\{[\w,]+\})(?:\[(?P<y>\d+),(?P<x>\d+)\])?$")
 FUNCTIONS = {"stretch": Stretch, "onehot": OneHot, "norm": LayerNorm, "diversity": Diversity, "xent": CrossEntropy,
-             "margin": Margin, "match": Match, "direction": Direction, "outside": Outside}
+             "margin": Margin, "dlr": DLR, "match": Match, "direction": Direction, "outside": Outside}
 
 
 def site(spec: str, cls: type[Site] = Site, **kw) -> Site:

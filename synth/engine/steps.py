@@ -3,11 +3,13 @@
 Gradient rules are torch optimizers with a step-size schedule (``step_rule``, ``schedule``): Adam, SGD, steepest
 descent in L-inf or L2 (``SteepestDescent``), Auto-PGD (``APGD``), or any optimizer a caller's factory makes.
 Gradient-free rules (``GradientFree``) update the parametrization from the scores alone: XDream's genetic algorithm
-(``Genetic``) and CMA-ES (``CMAES``), which ``synth.neuro.evolve`` drives.  ``stepper`` wraps either kind as a
-``Stepper``: ``Descent`` (an optimizer and its schedule) or ``Evolution`` (a gradient-free rule).
+(``Genetic``) and CMA-ES (``CMAES``), which ``synth.neuro.evolve`` drives, and Square Attack's random search
+(``Square``), which ``attacks.square`` drives.  ``stepper`` wraps either kind as a ``Stepper``: ``Descent`` (an
+optimizer and its schedule) or ``Evolution`` (a gradient-free rule).
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Protocol
@@ -15,6 +17,7 @@ from typing import Protocol
 import torch
 
 from synth.errors import CheckpointError, ConfigError, UnknownNameError
+from synth.files import tensor_digest
 from synth.zoo.probe import SHARED
 
 STEP_RULES = ("adam", "sgd", "sign", "l2", "apgd", "apgd-l2")
@@ -23,11 +26,13 @@ SCHEDULES = ("constant", "cosine", "linear", "step")
 
 class Stepper(Protocol):
     """A step rule as the loop drives it.  ``gradient``: whether it steps along the scores' gradient (the loop then
-    builds the graph, records gradient norms, and lets images that stopped leave the batch; a gradient-free rule
-    moves its whole population).  Each step the loop calls ``backward`` and then ``step``; a checkpoint holds
+    builds the graph and records gradient norms).  ``independent``: whether it steps each image on its own, so that
+    images that stopped leave the batch (every gradient rule, and a gradient-free rule that says so; a population
+    search moves its whole population).  Each step the loop calls ``backward`` and then ``step``; a checkpoint holds
     ``state_dict()``'s entries ('optimizer', 'schedule', 'free'), which ``load_state_dict`` restores."""
 
     gradient: bool
+    independent: bool
 
     def backward(self, scores: torch.Tensor) -> None:
         """Give the parameters the gradient of this step's summed ``scores`` (ascent), if the rule follows one."""
@@ -44,7 +49,9 @@ class Stepper(Protocol):
 
 class GradientFree(Protocol):
     """A step rule that updates the parametrization from scores alone (e.g. a genetic algorithm); to checkpoint,
-    it also has ``state_dict()`` and ``load_state_dict()``."""
+    it also has ``state_dict()`` and ``load_state_dict()``.  A rule whose images are searched each on its own
+    (``Square``) says ``independent = True``: its ``update(scores, active)`` then gets the scores of the images
+    ``active`` still in the batch, and the images that stopped leave it."""
 
     def update(self, scores: torch.Tensor) -> None:
         """Replace the population in the parametrization given this generation's scores."""
@@ -435,10 +442,202 @@ class CMAES:
         self.code.copy_(new.view_as(self.code).to(self.code.device, self.code.dtype))
 
 
+# Where Square Attack halves its square's area p: AutoAttack's iteration checkpoints out of 10,000, scaled to the
+# run's queries (its ``p_selection`` with ``resc_schedule``).
+SQUARE_CHECKPOINTS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
+SQUARE_P_INIT = 0.8  # the square's initial share of the image: AutoAttack's p_init for both norms
+
+
+@functools.lru_cache(maxsize=64)
+def _rings(rows: int, cols: int) -> torch.Tensor:
+    """Square Attack's L2 half-window: nested rectangles around the centre, ring k weighing 1/(k+1)², unit norm."""
+    out = torch.zeros(rows, cols, dtype=torch.float64)
+    r, c = rows // 2, cols // 2
+    for k in range(max(r, c) + 1):
+        out[max(r - k, 0):min(r + k + 1, rows), max(c - k, 0):min(c + k + 1, cols)] += 1.0 / (k + 1) ** 2
+    return out / out.norm().clamp_min(1e-12)
+
+
+def _bump(s: int) -> torch.Tensor:
+    """Square Attack's L2 window (s×s, unit norm): the rings in its top half, their negative in the bottom half."""
+    out = torch.cat([_rings(s // 2, s), -_rings(s - s // 2, s)])
+    return (out / out.norm()).float()
+
+
+class Square:
+    """Square Attack's random search (Andriushchenko et al. 2020; AutoAttack's gradient-free member), maximizing.
+
+    The population is the batch: one candidate per attacked image, around ``center`` within ``eps`` (one radius,
+    or one per image) in the L-inf or L2 ``norm``.  The constructor writes the paper's first candidates into
+    ``pixels``: L-inf, vertical stripes of ±ε per channel and column; L2, a centred grid of windows (side
+    min(H, W)/5) of random sign per channel, scaled onto the ε-sphere.  Each ``update`` keeps, per image, the better
+    of its best and the candidate just scored, then writes the next candidate from the best.  L-inf: one random
+    square of side √(p·H·W) set to ±ε per channel around the center.  L2 (AutoAttack's square.py): two random
+    squares of odd side √(p·H·W) (at least 3); the second is emptied and the first gets a fresh window of random
+    sign per channel plus its old content, scaled to carry the mass of both squares and the budget left, and the
+    whole perturbation is rescaled onto the ε-sphere.  p starts at ``p_init`` (``SQUARE_P_INIT``: 0.8, AutoAttack's
+    for both norms) and halves at AutoAttack's checkpoints (``SQUARE_CHECKPOINTS``) scaled to ``queries``, which
+    must be the run's steps: the last update leaves each image at its best.  Every candidate is projected onto the
+    ball and the [0, 1] box.  Images are searched independently (``independent``): one that stopped leaves the
+    batch.  Draws come from ``generator`` (on the CPU); ``state_dict`` holds it, the best images, their scores and
+    the update count."""
+
+    independent = True
+
+    def __init__(self, pixels: torch.Tensor, center: torch.Tensor, eps: float | torch.Tensor, norm: float,
+                 queries: int, generator: torch.Generator, p_init: float = SQUARE_P_INIT):
+        if norm not in (2, math.inf):
+            raise ConfigError(f"Square Attack supports the L2 and L-inf norms, got {norm}")
+        if pixels.ndim != 4 or tuple(center.shape) != tuple(pixels.shape):
+            raise ConfigError(f"Square Attack needs N×C×H×W pixels and centers of one shape, got "
+                              f"{tuple(pixels.shape)} and {tuple(center.shape)}")
+        if queries < 1 or not 0 < p_init <= 1:
+            raise ConfigError(f"Square Attack needs queries >= 1 and 0 < p_init <= 1, got {queries} and {p_init}")
+        n = pixels.shape[0]
+        eps = torch.as_tensor(eps, dtype=torch.float32).detach()
+        if eps.ndim > 1 or (eps.ndim == 1 and eps.shape[0] != n) or not (torch.isfinite(eps).all() and
+                                                                          (eps >= 0).all()):
+            raise ConfigError(f"eps must be a finite number >= 0 or one per image ({n}), got {eps.tolist()}")
+        self.pixels, self.norm, self.gen = pixels, norm, generator
+        self.center = center.detach().to(pixels.device, pixels.dtype)
+        self.eps = eps.to(pixels.device, pixels.dtype).expand(n).reshape(n, 1, 1, 1).clone()
+        self.digest = tensor_digest(eps)
+        self.queries, self.p_init, self.t = int(queries), float(p_init), 0
+        self.best_scores = torch.full((n,), -math.inf, device=pixels.device)
+        with torch.no_grad():
+            pixels.copy_(self._stripes() if norm == math.inf else self._grid())
+        self.best = pixels.detach().clone()
+
+    def __str__(self) -> str:
+        eps = f"{float(self.eps.min()):.4g}" if bool((self.eps == self.eps[0]).all()) else f"sha256:{self.digest}"
+        return (f"square(l{'inf' if self.norm == math.inf else 2}, eps={eps}, queries={self.queries}, "
+                f"p_init={self.p_init:g})")
+
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps besides the candidates: the best images and scores, the update count and the
+        random generator."""
+        return {"best": self.best.clone(), "best_scores": self.best_scores.clone(), "t": self.t,
+                "generator": self.gen.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore ``state_dict``'s output."""
+        if tuple(state["best"].shape) != tuple(self.best.shape):
+            raise CheckpointError(f"Square Attack state of {tuple(state['best'].shape)} does not fit {self}")
+        self.best.copy_(state["best"])
+        self.best_scores.copy_(state["best_scores"])
+        self.t = int(state["t"])
+        self.gen.set_state(state["generator"].cpu())
+
+    def side(self, t: int) -> int:
+        """The side of update ``t``'s square: √(p·H·W), p halved at each checkpoint passed (L2: odd, at least 3)."""
+        h, w = self.pixels.shape[-2:]
+        it = int(t / self.queries * 10000)
+        p = self.p_init / 2 ** sum(it > c for c in SQUARE_CHECKPOINTS)
+        s = max(round(math.sqrt(p * h * w)), 1)
+        if self.norm == 2:
+            s = max(s, 3)
+            s = s + 1 if s % 2 == 0 else s
+        return min(s, h, w)
+
+    @torch.no_grad()
+    def update(self, scores: torch.Tensor, active: torch.Tensor) -> None:
+        """Keep the better of each image's best and its candidate (images ``active``, scored ``scores``), then write
+        its next candidate; after the last query, its best."""
+        rows = active.to(self.pixels.device)
+        s = torch.nan_to_num(scores.detach().to(self.best_scores), nan=-math.inf)
+        better = s > self.best_scores[rows]
+        self.best[rows[better]] = self.pixels[rows[better]].detach()
+        self.best_scores[rows[better]] = s[better]
+        if self.t + 1 >= self.queries:
+            self.pixels[rows] = self.best[rows]
+        else:
+            step = self._linf if self.norm == math.inf else self._l2
+            self.pixels[rows] = self._project(step(rows, self.side(self.t)), rows)
+        self.t += 1
+
+    def _signs(self, *shape: int) -> torch.Tensor:
+        """Random ±1 of ``shape``."""
+        return (torch.randint(0, 2, shape, generator=self.gen) * 2 - 1).to(self.pixels.device, self.pixels.dtype)
+
+    def _project(self, x: torch.Tensor, rows: torch.Tensor | slice = slice(None)) -> torch.Tensor:
+        """Candidates for images ``rows`` moved into their balls and the [0, 1] box."""
+        c, eps = self.center[rows], self.eps[rows]
+        if self.norm == math.inf:
+            x = torch.minimum(torch.maximum(x, c - eps), c + eps)
+        else:
+            d = x - c
+            x = c + d * (eps / d.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)).clamp(max=1.0)
+        return x.clamp(0, 1)
+
+    def _window(self, n: int, s: int) -> tuple[torch.Tensor, ...]:
+        """Indices of one random s×s square per image, for all channels: (n, C, s, s) when used on a batch."""
+        c, h, w = self.pixels.shape[1:]
+        dev = self.pixels.device
+        top = torch.randint(0, h - s + 1, (n, 1), generator=self.gen) + torch.arange(s)
+        left = torch.randint(0, w - s + 1, (n, 1), generator=self.gen) + torch.arange(s)
+        return (torch.arange(n, device=dev).view(n, 1, 1, 1), torch.arange(c, device=dev).view(1, c, 1, 1),
+                top.to(dev).view(n, 1, s, 1), left.to(dev).view(n, 1, 1, s))
+
+    def _stripes(self) -> torch.Tensor:
+        """The L-inf start: vertical stripes of ±ε per channel and column."""
+        n, c, _, w = self.pixels.shape
+        return self._project(self.center + self.eps * self._signs(n, c, 1, w))
+
+    def _windows(self, n: int, s: int) -> torch.Tensor:
+        """``n`` L2 windows (n×C×s×s), each transposed at random and of random sign per channel."""
+        bump = _bump(s)
+        flip = torch.rand(n, generator=self.gen) < 0.5
+        bumps = torch.where(flip.view(n, 1, 1), bump.T, bump).to(self.pixels.device, self.pixels.dtype)
+        return bumps[:, None] * self._signs(n, self.pixels.shape[1], 1, 1)
+
+    def _onto_sphere(self, delta: torch.Tensor, rows: torch.Tensor | slice = slice(None)) -> torch.Tensor:
+        """Perturbations scaled to norm ε around their centers (the box clips them after)."""
+        norms = delta.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+        return self.center[rows] + delta / (norms + 1e-12) * self.eps[rows]
+
+    def _grid(self) -> torch.Tensor:
+        """The L2 start: a grid of windows of side min(H, W)/5, centred, on the ε-sphere."""
+        n, _, h, w = self.pixels.shape
+        s = max(min(h, w) // 5, 1)
+        delta = torch.zeros_like(self.pixels)
+        for i in range(h // s):
+            for j in range(w // s):
+                a, b = (h - s * (h // s)) // 2 + i * s, (w - s * (w // s)) // 2 + j * s
+                delta[:, :, a:a + s, b:b + s] += self._windows(n, s)
+        return self._project(self._onto_sphere(delta))
+
+    def _linf(self, rows: torch.Tensor, s: int) -> torch.Tensor:
+        """The best images of ``rows`` with one random s×s square set to ±ε per channel around the center."""
+        x = self.best[rows].clone()
+        at = self._window(len(rows), s)
+        x[at] = (self.center[rows] + self.eps[rows] * self._signs(len(rows), x.shape[1], 1, 1))[at]
+        return x
+
+    def _l2(self, rows: torch.Tensor, s: int) -> torch.Tensor:
+        """The best perturbations of ``rows`` with the mass of one random square and of a second moved into a fresh
+        window over the first (AutoAttack's L2 update), back on the ε-sphere."""
+        n, c = len(rows), self.pixels.shape[1]
+        delta = self.best[rows] - self.center[rows]
+        first, second = self._window(n, s), self._window(n, s)
+        old = delta[first]
+        old = old / (old.square().sum((-2, -1), keepdim=True).sqrt() + 1e-12)
+        both = torch.zeros_like(delta, dtype=torch.bool)
+        both[first] = True
+        both[second] = True
+        left = (self.eps[rows] ** 2 - delta.flatten(1).square().sum(1).view(-1, 1, 1, 1)).clamp_min(0) / c
+        mass = (left + (delta * both).flatten(1).square().sum(1).view(-1, 1, 1, 1)).sqrt()
+        new = self._windows(n, s) + old
+        new = new / (new.square().sum((-2, -1), keepdim=True).sqrt() + 1e-12) * mass
+        delta[second] = 0
+        delta[first] = new
+        return self._onto_sphere(delta, rows)
+
+
 class Descent:
     """A gradient rule as a ``Stepper``: a torch optimizer and its step-size schedule."""
 
     gradient = True
+    independent = True
 
     def __init__(self, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler):
         self.opt, self.sched = opt, sched
@@ -473,13 +672,17 @@ class Evolution:
 
     def __init__(self, rule: GradientFree):
         self.rule = rule
+        self.independent = bool(getattr(rule, "independent", False))
 
     def backward(self, scores: torch.Tensor) -> None:
         """Nothing: the rule reads no gradient."""
 
     def step(self, scores: torch.Tensor, active: torch.Tensor) -> None:
-        """The rule's update of the whole population."""
-        self.rule.update(scores)
+        """The rule's update of the whole population, or of the images ``active`` for an independent rule."""
+        if self.independent:
+            self.rule.update(scores, active)
+        else:
+            self.rule.update(scores)
 
     def state_dict(self) -> dict:
         """The rule's own state (it needs ``state_dict()`` to checkpoint)."""

@@ -207,18 +207,21 @@ def pgd_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, e
 @restores_globals
 def robustness(model: ProbeModel, images: torch.Tensor, labels: torch.Tensor, eps: float = 4 / 255,
                steps: int = 20, eot: int = 8, seed: int = 0) -> dict:
-    """The card's white-box number: accuracy under ``attacks.pgd`` (L-inf, Auto-PGD steps) with foolbox's LinfPGD
-    beside it as a cross-check; a stochastic model is attacked and judged through ``eot`` draws in both."""
-    from attacks import pgd
+    """The card's white-box number: accuracy under ``attacks.evaluate``'s cascade (L-inf: a ``steps``-step PGD
+    sweep, then APGD-CE and APGD-T with 5 × ``steps`` steps and Square with 50 × ``steps`` queries on the images
+    still unbroken; AutoAttack's 100 steps at the default 20) with foolbox's LinfPGD beside it as a cross-check; a
+    stochastic model is attacked and judged through ``eot`` draws in both."""
+    from attacks import evaluate
 
     draws = eot if model.stochastic else 1
-    torch.manual_seed(seed)
-    ours = pgd(model, images, labels, eps, steps=steps, eot=draws, seed=seed, batch_size=250, progress=False)
+    ours = evaluate(model, images, labels, eps, first_steps=steps, steps=5 * steps, queries=50 * steps, eot=draws,
+                    seed=seed, progress=False)
     torch.manual_seed(seed)
     peer = pgd_accuracy(MeanOverDraws(model, draws) if draws > 1 else model, images, labels, eps, steps)
     return {"eps": eps, "eps_255": round(eps * 255, 3), "steps": steps, "eot": draws, "n": len(images),
-            "accuracy": float(ours.accuracy[0]), "foolbox": peer,
-            "attack": f"attacks.pgd(norm='linf', steps={steps}, step='apgd', eot={draws})",
+            "accuracy": float(ours.accuracy[0]), "foolbox": peer, "broken_by": ours.metadata["broken_by"],
+            "attack": f"attacks.evaluate(norm='linf', first_steps={steps}, steps={5 * steps}, "
+                      f"queries={50 * steps}, stages={ours.metadata['stages']}, eot={draws})",
             "foolbox_attack": f"foolbox LinfPGD(steps={steps}, rel_stepsize=2.5/steps, random_start)"
                               + (f" on the mean of {draws} draws" if draws > 1 else "")}
 

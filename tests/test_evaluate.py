@@ -1,0 +1,66 @@
+"""attacks.evaluate: a cascade at least as strong as each of its stages, whose gradient-free stage finds what masked
+gradients hide, and whose verdicts are re-measured on the images it returns."""
+import pytest
+import torch
+from torch import nn
+
+import attacks
+import synth
+from attacks.common import logits
+from synth.errors import UnknownNameError
+
+FAST = dict(steps=10, first_steps=5, targets=2, queries=150, progress=False)
+
+
+@pytest.fixture(scope="module")
+def batch():
+    b = synth.render(16, "test", start=300)
+    return b.tensor(), torch.from_numpy(b.labels)
+
+
+def test_the_cascade_is_at_least_as_strong_as_each_stage_alone(toy_robust, batch):
+    x, y = batch
+    both = attacks.evaluate(toy_robust, x, y, ["2/255", "4/255"], **FAST)
+    assert both.metadata["stages"] == ["pgd", "apgd-ce", "apgd-t", "square"]
+    for stage in ("pgd", "apgd-ce", "apgd-t", "square"):
+        alone = attacks.evaluate(toy_robust, x, y, ["2/255", "4/255"], stages=(stage,), **FAST)
+        assert (both.accuracy <= alone.accuracy + 1e-9).all(), (stage, both.accuracy, alone.accuracy)
+    tally = both.metadata["broken_by"]
+    clean_wrong = int((logits(toy_robust, x).argmax(1) != y).sum())
+    # every broken image is counted once, by the stage that broke it first (the larger budget inherits the smaller's)
+    assert sum(tally[s][0] for s in tally) + clean_wrong == int(both.success[0].sum())
+    assert (both.success[1] >= both.success[0]).all()
+    z = logits(toy_robust, both.adversarial.flatten(0, 1)).view(2, len(x), -1)
+    assert torch.equal(both.success, z.argmax(-1) != y)  # the verdict is re-measured on the returned images
+    assert (both.distance <= torch.tensor([2 / 255, 4 / 255])[:, None] + 1e-6).all()
+
+
+class _Quantized(nn.Module):
+    """A network behind a non-differentiable input quantizer: its input gradient is zero everywhere."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.round(x * 7) / 7)
+
+
+def test_the_gradient_free_stage_breaks_a_model_whose_gradients_are_masked(toy_standard, batch):
+    x, y = batch
+    masked = synth.load_model(_Quantized(toy_standard.net), device="cpu", name="quantized",
+                              classes=toy_standard.classes, mean=toy_standard.mean.flatten().tolist(),
+                              std=toy_standard.std.flatten().tolist())
+    gradients = attacks.evaluate(masked, x, y, "8/255", stages=("pgd", "apgd-ce", "apgd-t"), **FAST)
+    full = attacks.evaluate(masked, x, y, "8/255", **FAST)
+    assert full.metadata["broken_by"]["square"][0] >= 4
+    assert float(full.accuracy[0]) < float(gradients.accuracy[0]) - 0.2
+
+
+def test_bad_stages_and_the_catalogue_name(toy_standard, batch):
+    x, y = batch
+    with pytest.raises(UnknownNameError, match="evaluate stage"):
+        attacks.evaluate(toy_standard, x, y, "4/255", stages=("pgd", "fab"))
+    r = attacks.run("evaluate", toy_standard, x[:4], y[:4], "8/255", **{k: v for k, v in FAST.items()
+                                                                        if k != "progress"})
+    assert r.metadata["attack"] == "evaluate-linf" and r.accuracy.shape == (1,)
