@@ -14,7 +14,8 @@ every earlier stage left unbroken, so the expensive stages see few images:
 An image counts as broken when any stage found an image inside its ball that the model's verdict (the EOT mean
 over ``eot`` draws on a stochastic model) calls another class; every such image is checked again by a forward
 pass before it counts, and the returned ``AttackResult`` holds, per budget, the adversarial image found first.
-``metadata['broken_by']`` tallies, per stage and budget, the images each stage broke.
+``metadata['broken_by']`` tallies, per stage and budget, the images each stage broke, and
+``metadata['seconds_by_stage']`` what each stage cost.
 """
 from __future__ import annotations
 
@@ -69,23 +70,29 @@ def evaluate(model: ProbeModel, images: torch.Tensor, labels: LabelsLike | None 
     clean = logits(model, x, eot, seed=seed)
     book = _Book(model, x, y, budgets, clean, eot, seed, stages)
     if "pgd" in stages:
+        t = time.perf_counter()
         first = pgd(model, x, y, budgets, steps=first_steps, norm=norm, eot=eot, seed=seed, progress=progress)
         for j in range(len(budgets)):
             book.offer("pgd", j, torch.arange(len(x), device=x.device), first.adversarial[j].to(x.device))
+        book.seconds["pgd"] += time.perf_counter() - t
     for j, e in enumerate(budgets.tolist()):
         book.carry(j)
         for stage in (s for s in stages if s != "pgd"):
             alive = book.alive(j)
             if not len(alive) or e == 0:
                 break
+            t = time.perf_counter()
             for found in _stage(stage, model, x[alive], y[alive], clean[alive], e, norm=norm, steps=steps,
                                 targets=targets, queries=queries, eot=eot, seed=seed + 101 * j, progress=progress):
                 book.offer(stage, j, alive, found)
+            book.seconds[stage] += time.perf_counter() - t
     result = finish(model, x, y, None, budgets, book.adversarial, clean, norm, eot, "ce", seed)
     result.metadata.update({
         "attack": f"evaluate-{norm}", "stages": list(stages), "steps": steps, "first_steps": first_steps,
         "targets": targets, "queries": queries, "eot": eot, "seed": seed,
-        "broken_by": {s: book.tally[s] for s in stages}, "seconds": round(time.perf_counter() - t0, 3)})
+        "broken_by": {s: book.tally[s] for s in stages},
+        "seconds_by_stage": {s: round(book.seconds[s], 3) for s in stages},
+        "seconds": round(time.perf_counter() - t0, 3)})
     return result
 
 
@@ -99,6 +106,7 @@ class _Book:
         self.adversarial = x[None].repeat(k, 1, 1, 1, 1)
         self.broken = success_of(clean, y, None)[None].repeat(k, 1)  # misclassified clean: broken at any budget
         self.tally = {s: [0] * k for s in stages}
+        self.seconds = {s: 0.0 for s in stages}
 
     def alive(self, j: int) -> torch.Tensor:
         """Indices of the images budget ``j`` has not broken yet."""
