@@ -75,9 +75,10 @@ def sha256(path: str | os.PathLike) -> str:
 
 def tensor_digest(t: torch.Tensor) -> str:
     """A short sha256 (16 hex digits) of a tensor's dtype, shape and values (not its memory layout or device): how
-    a run's recipe names a tensor that defines it (a ball's centre, per-image budgets)."""
+    an objective's text names its target ('sha256:…') and a run's recipe a tensor that defines it (a ball's centre,
+    per-image budgets)."""
     t = torch.as_tensor(t).detach().to("cpu").contiguous()
-    h = hashlib.sha256(f"{t.dtype}:{tuple(t.shape)};".encode())
+    h = hashlib.sha256(str((tuple(t.shape), str(t.dtype))).encode())
     h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
 
@@ -86,14 +87,12 @@ def tensor_digest(t: torch.Tensor) -> str:
 def machine() -> dict:
     """Which machine and library versions made an output: recorded beside every generated image, because
     bit-identical results hold only on the same machine with the same libraries."""
-    import numpy
     import PIL
-    import torch
     import torchvision
 
     return {"host": platform.node(), "platform": platform.platform(), "cpu": platform.processor() or
             platform.machine(), "python": platform.python_version(), "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "numpy": numpy.__version__, "pillow": PIL.__version__,
+            "torchvision": torchvision.__version__, "numpy": np.__version__, "pillow": PIL.__version__,
             "cuda": torch.version.cuda if torch.cuda.is_available() else None,
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
@@ -246,11 +245,12 @@ def load_record(path: str | os.PathLike, kind: str, version: int) -> tuple[dict,
         if found is None:  # a record from before the one format that kept no tensors (a robustness table)
             return {}, sidecar
         raise CheckpointError(f"{pt} is missing: {side.name} was written with tensors in it")
-    if digest is not None and sha256(pt) != digest:
+    data = pt.read_bytes()
+    if digest is not None and hashlib.sha256(data).hexdigest() != digest:
         raise CheckpointError(f"{pt} is not the file {side.name} was written with (its digest differs): saved "
                               "again in part, copied from another record, or damaged")
     try:
-        tensors = torch.load(pt, map_location="cpu", weights_only=True)
+        tensors = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for a damaged or unsafe file
         raise CheckpointError(f"cannot read {pt} as tensors: {e}") from None
     return tensors, sidecar

@@ -67,18 +67,25 @@ def derive(seed: int, stream: int) -> int:
     return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(stream)]).generate_state(1, np.uint64)[0] >> 1)
 
 
+@contextlib.contextmanager
+def _globals_kept() -> Iterator[None]:
+    """Torch's CPU and CUDA and numpy's global generator states, as they were on entering, restored on leaving."""
+    np_state = np.random.get_state()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            np.random.set_state(np_state)
+
+
 def restores_globals(fn: Callable[P, R]) -> Callable[P, R]:
     """Decorate a function that seeds and draws from torch's and numpy's global generators itself (training
     recipes: module initialisation knows no other generator) so that its caller finds them as they were."""
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        np_state = np.random.get_state()
-        devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-        with torch.random.fork_rng(devices=devices):
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                np.random.set_state(np_state)
+        with _globals_kept():
+            return fn(*args, **kwargs)
 
     return wrapper
 
@@ -86,15 +93,9 @@ def restores_globals(fn: Callable[P, R]) -> Callable[P, R]:
 @contextlib.contextmanager
 def seeded_globals(seed: int) -> Iterator[None]:
     """Run third-party code that draws from torch's and numpy's global generators (foolbox's random starts,
-    imagecorruptions) deterministically without touching the caller's state: under a lock, save torch's CPU and
-    CUDA and numpy's global states, seed them with ``seed``, and restore them on leaving."""
-    with _GLOBAL_LOCK:
-        np_state = np.random.get_state()
-        devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(int(seed))
-            np.random.seed(int(seed) % 2 ** 32)
-            try:
-                yield
-            finally:
-                np.random.set_state(np_state)
+    imagecorruptions) deterministically without touching the caller's state: under a lock, seed them with
+    ``seed`` and restore the caller's states on leaving."""
+    with _GLOBAL_LOCK, _globals_kept():
+        torch.manual_seed(int(seed))
+        np.random.seed(int(seed) % 2 ** 32)
+        yield

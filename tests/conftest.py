@@ -57,3 +57,14 @@ class _InputNoise(torch.nn.Module):
 def noisy(tiny) -> synth.ProbeModel:
     """``tiny`` behind input noise (σ = 0.1): for expectation over transformation (EOT); its IT is 'net.IT'."""
     return synth.load_model(_InputNoise(tiny.net, 0.1), device="cpu", classes=tiny.classes, name="noisy")
+
+
+@pytest.fixture
+def no_gradients(monkeypatch):
+    """Every way to compute a gradient raises: for runs that must use forward passes only (gradient-free rules)."""
+    def no_backward(*args, **kwargs):
+        raise AssertionError("a gradient-free run called backward")
+
+    monkeypatch.setattr(torch.Tensor, "backward", no_backward)
+    monkeypatch.setattr(torch.autograd, "backward", no_backward)
+    monkeypatch.setattr(torch.autograd, "grad", no_backward)

@@ -32,7 +32,7 @@ import functools
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -99,7 +99,7 @@ class Forward:
     gradient keeps bf16's 8 bits of mantissa, plenty for a step direction.  float16 is refused: its 5-bit exponent
     underflows small pixel gradients unless the loss is scaled, and a loss scaler skips the steps where the scaled
     gradient overflows, which would make a run's step count and its checkpoints depend on the scaler.
-    ``channels_last`` hands the network its images in NHWC (the weights follow in ``weights_layout``);
+    ``channels_last`` hands the network its images in NHWC (the weights follow in ``weights_channels_last``);
     ``compile`` and ``checkpoint_activations`` go to ``ProbeModel.activations``."""
 
     def __init__(self, model: ProbeModel, layers: Sequence[str], precision: str = "fp32",
@@ -138,21 +138,12 @@ class Forward:
                 "checkpoint_activations": self.options["checkpoint_activations"]}
 
 
-@contextlib.contextmanager
-def weights_layout(model: ProbeModel, channels_last: bool) -> Iterator[None]:
-    """Temporarily lay the model's 4-d weights out channels-last (NHWC), the layout its convolutions then run
-    fastest in, and restore the very tensors it had afterwards; the model's other users see no change."""
-    moved = []
-    if channels_last:
-        for t in [*model.parameters(), *model.buffers()]:
-            if t.dim() == 4 and not t.is_contiguous(memory_format=torch.channels_last):
-                moved.append((t, t.data))
-                t.data = t.data.contiguous(memory_format=torch.channels_last)
-    try:
-        yield
-    finally:
-        for t, data in moved:
-            t.data = data
+def weights_channels_last(model: ProbeModel) -> None:
+    """Lay a run's fork's 4-d weights out channels-last (NHWC), the layout its convolutions then run fastest in;
+    the fork's own tensors change, so the model it was forked from, and its other users, see no change."""
+    for t in [*model.parameters(), *model.buffers()]:
+        if t.dim() == 4 and not t.is_contiguous(memory_format=torch.channels_last):
+            t.data = t.data.contiguous(memory_format=torch.channels_last)
 
 
 def _evaluate(forward: Forward, objective: Objective, x: torch.Tensor, eot: int,
@@ -366,7 +357,7 @@ def optimize(model: ProbeModel, objective: Objective | str, param: Parametrizati
                        checkpoint_every=checkpoint_every, callback=callback, watch=watch, progress=progress,
                        settings=settings, precision=precision, channels_last=channels_last, compile=compile,
                        checkpoint_activations=checkpoint_activations)
-    with weights_layout(job.model, channels_last), noise_generator(run.noise):  # NHWC weights; the run's own noise
+    with noise_generator(run.noise):  # the run's own noise
         _iterate(job, run)
         final = _finish(job, run)
     return _result(job, run, final, metadata)
@@ -405,6 +396,8 @@ def _set_up(model: ProbeModel, objective: Objective | str, param: Parametrizatio
     draws = eot if model.stochastic else 1
     if relu_override > 0 or channels_last:  # the run changes modules or weight layouts: on its own fork
         model = model.fork()
+        if channels_last:
+            weights_channels_last(model)
     forward = Forward(model, recipe["layers"], precision, channels_last, compile, checkpoint_activations)
     recipe.update(forward.describe())
     job = _Job(model=model, device=device, forward=forward, objective=objective, rule=rule, param=param,

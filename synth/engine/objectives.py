@@ -28,7 +28,6 @@ Objectives are small classes, not closures, so a debugger can show what they hol
 """
 from __future__ import annotations
 
-import hashlib
 import inspect
 import math
 import re
@@ -41,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from synth.errors import ConfigError, UnknownNameError
+from synth.files import tensor_digest
 
 Acts = Mapping[str, torch.Tensor]
 
@@ -347,20 +347,13 @@ def _finite(t: torch.Tensor, what: str) -> torch.Tensor:
     return t
 
 
-def _digest(t: torch.Tensor) -> str:
-    t = t.detach().cpu().contiguous()
-    h = hashlib.sha256(str((tuple(t.shape), str(t.dtype))).encode())
-    h.update(t.numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 # Target tensors by digest, for as long as something holds them: what 'sha256:...' in an objective's text means.
 _TARGETS: weakref.WeakValueDictionary[str, torch.Tensor] = weakref.WeakValueDictionary()
 
 
 def register_target(t: torch.Tensor) -> str:
     """Make a target tensor known under its digest (so ``parse`` can read objectives naming it); returns it."""
-    key = _digest(t)
+    key = tensor_digest(t)
     _TARGETS[key] = t
     return key
 
