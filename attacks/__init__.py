@@ -3,7 +3,7 @@
     r = attacks.pgd(model, images, labels, eps=["1/255", "2/255", "4/255"])   # an ε sweep in one call
     r.accuracy, r.sheet("sheet.png"), r.plot("curve.png"), r.save("out/")
     attacks.run("cw-l2", model, images, labels)           # foolbox's catalogue, same result type
-    attacks.evaluate(model, images, labels, eps="4/255")  # the reliable verdict: PGD, APGD-CE, APGD-T, Square
+    attacks.evaluate(model, images, labels, eps="4/255")  # the reliable verdict: APGD-CE, APGD-T, Square
     attacks.minimal(model, images, labels)                # per-image smallest ε and the accuracy curve
     attacks.site_attack(model, images, "IT:12", eps=["1/255", "4/255"])   # neural sites (Guo et al. 2022)
     attacks.wormholes({"standard": m1, "robust": m2}, images, labels)    # Gaziv et al. 2023

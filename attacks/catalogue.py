@@ -43,8 +43,8 @@ CATALOGUE: dict[str, Entry] = {
     "pgd-linf": Entry(None, "linf", False, "projected gradient descent, L-inf, Auto-PGD steps (native; "
                                            "step='pgd' for Madry's fixed steps)"),
     "pgd-l2": Entry(None, "l2", False, "projected gradient descent, L2, Auto-PGD steps (native)"),
-    "evaluate": Entry(None, "linf", False, "the reliable verdict, L-inf: a PGD sweep, then APGD-CE, APGD-T on the "
-                                           "DLR loss and Square on the images still unbroken (AutoAttack's "
+    "evaluate": Entry(None, "linf", False, "the reliable verdict, L-inf: APGD-CE, then APGD-T on the DLR loss and "
+                                           "Square on the images still unbroken (AutoAttack's "
                                            "cascade, native; attacks.evaluate)"),
     "evaluate-l2": Entry(None, "l2", False, "the reliable verdict, L2 (attacks.evaluate)"),
     "square-linf": Entry(None, "linf", False, "Square attack (Andriushchenko et al. 2020): random search, forward "

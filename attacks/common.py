@@ -114,10 +114,12 @@ def attack_round(model: ProbeModel, x: torch.Tensor, y: torch.Tensor, target: to
                  random_start: bool = True, engine: dict | None = None) -> Result:
     """One engine run: image i attacked inside its own ball ``eps[i]`` from ``start`` (warm), a random start, or
     the clean image (``random_start=False``), stopping as soon as it succeeds (or using every step, without
-    ``early_stop`` or on a stochastic model, whose verdict at the boundary is a coin flip); ``success`` is checked
-    on the returned images either way.  Over ``eot`` draws the loss is that of the mean logits.  ``engine``: the
-    engine's speed and memory options (``synth.optimize``'s ``precision``, ``channels_last``, ...)."""
-    early_stop = early_stop and not model.stochastic
+    ``early_stop`` or on a stochastic model, whose verdict at the boundary is a coin flip, or in reduced precision,
+    whose verdict at the boundary is off, so that an image stopped there is often not adversarial in float32);
+    ``success`` is checked on the returned images either way.  Over ``eot`` draws the loss is that of the mean
+    logits.  ``engine``: the engine's speed and memory options (``synth.optimize``'s ``precision``,
+    ``channels_last``, ...)."""
+    early_stop = early_stop and not model.stochastic and (engine or {}).get("precision", "fp32") == "fp32"
     p = check_norm(norm)
     if step == "apgd":
         rule, lr = ("apgd" if p == math.inf else "apgd-l2"), 2 * eps

@@ -79,7 +79,8 @@ def pgd(model: ProbeModel, images: torch.Tensor, labels: LabelsLike | None = Non
     step's draws first crossed the boundary is adversarial under fresh draws about half the time;
     ``batch_size``: images per engine batch (``synth.max_batch`` finds the largest that fits); ``precision``,
     ``channels_last``, ``compile``, ``checkpoint_activations``: the engine's speed and memory options for the attack's
-    steps (``synth.optimize``), while the clean verdicts and the final check of every image run in float32.
+    steps (``synth.optimize``), while the clean verdicts and the final check of every image run in float32 (in
+    bfloat16 no image stops early: its verdict at the boundary is off).
     """
     engine = dict(precision=precision, channels_last=channels_last, compile=compile,
                   checkpoint_activations=checkpoint_activations)
@@ -127,7 +128,7 @@ def pgd(model: ProbeModel, images: torch.Tensor, labels: LabelsLike | None = Non
         "attack": f"pgd-{norm}", "step_rule": "Auto-PGD" if step == "apgd" else "fixed", "steps": steps,
         "warm_steps": warm_steps, "step_size": f"{rel:g}*eps" if step == "pgd" else "2*eps, halved (APGD)",
         "restarts": restarts, "loss": loss, "random_start": random_start,
-        "early_stop": early_stop and not model.stochastic, "eot": eot,
+        "early_stop": early_stop and not model.stochastic and precision == "fp32", "eot": eot,
         "seed": seed, "rounds": b.rounds, **engine,
         "gradients": sum(r.metadata["evaluations"] for r in b.runs) + (n * eot if k > 1 else 0),
         "seconds": round(time.perf_counter() - t0, 3)})

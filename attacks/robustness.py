@@ -277,8 +277,11 @@ class RobustnessTable:
                                              *(f"{100 * r[s]:.1f}" for s in sev)]) + " |")
         s = self.settings
         white = s.get("white_box", "attacks.pgd")  # tables written before evaluate: the PGD sweep alone
+        old = white.endswith("pgd, apgd-ce, apgd-t, square")  # before the cascade began with APGD-CE
         how = (f"`attacks.pgd` ({s['steps']} Auto-PGD steps, random start" if white.startswith("attacks.pgd") else
                f"`attacks.evaluate` (a {s['steps']}-step PGD sweep, then APGD-CE, APGD-T and Square on the images "
+               "still unbroken; Square left out for stochastic models" if old else
+               f"`attacks.evaluate` (APGD-CE, then {s['steps']}-step APGD-T runs and Square's probe on the images "
                "still unbroken; Square left out for stochastic models")
         lines += ["", f"Accuracy in %, {s['data']}. White-box: {how}; stochastic models with EOT over {s['eot']} "
                   "draws: "
@@ -352,7 +355,7 @@ def _white_box(model: ProbeModel, x: torch.Tensor, y: torch.Tensor, budgets: Seq
         res = pgd(model, x, y, budgets, norm=norm, steps=steps, eot=draws, seed=seed, batch_size=batch_size,
                   progress=False)
     else:
-        res = evaluate(model, x, y, budgets, norm=norm, first_steps=steps, eot=draws, seed=seed, progress=False)
+        res = evaluate(model, x, y, budgets, norm=norm, steps=steps, eot=draws, seed=seed, progress=False)
     return list(zip(res.eps.tolist(), res.accuracy.tolist()))
 
 
@@ -362,13 +365,13 @@ def _accuracy(model: ProbeModel, x: torch.Tensor, y: torch.Tensor, draws: int, s
 
 
 def robustness_table(models: Sequence[str | ProbeModel] | Mapping[str, ProbeModel], data: EvalImages | None = None, *,
-             linf: str | Sequence = LINF_EPS, l2: str | Sequence | None = None, steps: int = 20, eot: int = 8,
+             linf: str | Sequence = LINF_EPS, l2: str | Sequence | None = None, steps: int | None = None, eot: int = 8,
              corruptions: str | Sequence[str] = "common", severities: Sequence[int] = SEVERITIES, n: int = 256,
              seed: int = 0, workers: int = 2, batch_size: int = 256, quick: bool = False, progress: bool = True,
              log=print) -> RobustnessTable:
     """The robustness table for several models on the same images: clean accuracy, white-box accuracy at
-    each L-inf and L2 budget — ``attacks.evaluate``'s cascade (a ``steps``-step PGD sweep, then APGD-CE, APGD-T and
-    Square on the images still unbroken), or with ``quick`` the PGD sweep alone (``l2`` defaults to VOneNet's
+    each L-inf and L2 budget — ``attacks.evaluate``'s cascade (APGD-CE, APGD-T and Square's probe, ``steps`` steps
+    each, default 100), or with ``quick`` a PGD sweep alone (default 20 steps) — (``l2`` defaults to VOneNet's
     budgets scaled to the model's input size) — accuracy under each corruption and severity, and the means.
     ``data``: an ``EvalImages`` (``image_folder(DIR)``),
     default ``n`` images of the embedded test split; ``eot``: noise draws per step and per verdict for stochastic
@@ -376,6 +379,7 @@ def robustness_table(models: Sequence[str | ProbeModel] | Mapping[str, ProbeMode
     from synth.zoo.models import default_device, load_model
 
     t_start = time.perf_counter()
+    steps = steps if steps is not None else 20 if quick else 100
     if steps < 1 or eot < 1:
         raise ConfigError(f"steps and eot must be >= 1, got {steps} and {eot}")
     named = dict(models) if isinstance(models, Mapping) else {
@@ -450,7 +454,7 @@ def robustness_table(models: Sequence[str | ProbeModel] | Mapping[str, ProbeMode
         rows.append(row)
     settings = {
         "data": data.source, "linf": linf_eps, "l2": l2 if l2 is not None else "VOneNet's scaled by size/224",
-        "white_box": "attacks.pgd (quick)" if quick else "attacks.evaluate: pgd, apgd-ce, apgd-t, square",
+        "white_box": "attacks.pgd (quick)" if quick else "attacks.evaluate: apgd-ce, apgd-t, square",
         "steps": steps, "eot": eot, "stochastic": stochastic, "corruptions": names, "severities": list(severities),
         "seed": seed, "batch_size": batch_size, "seconds": time.perf_counter() - t_start,
         "model_seconds": {k: round(v, 1) for k, v in model_seconds.items()},

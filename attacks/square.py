@@ -84,7 +84,7 @@ def square(model: ProbeModel, images: torch.Tensor, labels: LabelsLike | None = 
 
 def square_round(model: ProbeModel, x: torch.Tensor, y: torch.Tensor, eps_per_image: float | torch.Tensor, *,
                  norm: str = "linf", queries: int = 1000, eot: int = 1, seed: int = 0,
-                 progress: bool = True) -> Result:
+                 progress: bool = True, engine: dict | None = None) -> Result:
     """One engine run of Square Attack: image i searched inside its own ball ``eps_per_image[i]`` around ``x[i]``
     (on the model's device), stopping as soon as it is misclassified (on every query of a stochastic model, whose
     verdict at the boundary is a coin flip); ``success`` is the verdict on the returned images, each the best
@@ -95,7 +95,8 @@ def square_round(model: ProbeModel, x: torch.Tensor, y: torch.Tensor, eps_per_im
     rule = Square(param.pixels, x, eps_per_image, p, queries, generator(derive(seed, RULE_STREAM)))
     res = optimize(model, objective("margin", y, None), param, constraints=[LpBall(x, eps_per_image, p), Box()],
                    step=rule, steps=queries, stop=criterion(y, None) if early_stop else None, eot=eot,
-                   eot_average="activations", seed=seed, progress=progress, metadata={"attack_round": True})
+                   eot_average="activations", seed=seed, progress=progress, metadata={"attack_round": True},
+                   **(engine or {}))
     if not early_stop:
         res.success = success_of(logits(model, res.images, eot, seed=seed), y, None).cpu()
     return res

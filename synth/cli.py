@@ -87,7 +87,7 @@ def _images(args: argparse.Namespace) -> None:
 
 def _train(args: argparse.Namespace) -> None:
     from synth.training.generators import GENERATOR_RECIPES, remeasure_generator, train_generator
-    from synth.training.recipes import WEIGHTS_DIR, remeasure, train
+    from synth.training.recipes import WEIGHTS_DIR, remeasure, train, white_box_name
     from synth.zoo.generators import GENERATORS_DIR
 
     if args.name in GENERATOR_RECIPES:
@@ -107,8 +107,8 @@ def _train(args: argparse.Namespace) -> None:
     else:
         card = train(args.name, out_dir=args.out, workers=args.workers, epochs=args.epochs)
     m, r = card["metrics"], card["metrics"]["pgd_linf"]
-    print(f"{card['name']}: test top-1 {m['test_top1']:.1%}, Linf PGD-{r['steps']} at {r['eps_255']:g}/255 "
-          f"{r['accuracy']:.1%} (foolbox {r['foolbox']:.1%}); card in {args.out}")
+    print(f"{card['name']}: test top-1 {m['test_top1']:.1%}, Linf {white_box_name(r)} at {r['eps_255']:g}/255 "
+          f"{r['accuracy']:.1%} (foolbox PGD-{r['steps']} {r['foolbox']:.1%}); card in {args.out}")
 
 
 def _readout_path(name: str) -> str:
@@ -536,7 +536,7 @@ def parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser("attack", help="white-box attacks on class labels or neural sites",
                        description="Attacks: pgd-linf, pgd-l2 (native, Auto-PGD steps; --step pgd for fixed ones); "
-                                   "evaluate, evaluate-l2 (native: the reliable verdict, a cascade of PGD, APGD-CE, "
+                                   "evaluate, evaluate-l2 (native: the reliable verdict, a cascade of APGD-CE, "
                                    "APGD-T and Square on the images still unbroken); square-linf, square-l2 (native, "
                                    "forward passes only); fgsm, fgm-l2, "
                                    "foolbox-pgd-linf, foolbox-pgd-l2, cw-l2, deepfool-linf, deepfool-l2, fmn-linf, "
@@ -547,7 +547,7 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...); resized to the model's input size")
     _model_flags(a, "toy-standard")
     a.add_argument("--attack", default="pgd-linf", help="attack name (default pgd-linf; 'evaluate' or "
-                                                        "'evaluate-l2' for the reliable verdict: PGD, APGD-CE, "
+                                                        "'evaluate-l2' for the reliable verdict: APGD-CE, "
                                                         "APGD-T and Square on the images still unbroken)")
     a.add_argument("--eps", action="append", default=None, help="budget(s), e.g. 4/255 or 1/255,2/255,4/255")
     a.add_argument("--target", help="target class name (targeted attack)")
@@ -579,7 +579,8 @@ def parser() -> argparse.ArgumentParser:
     rb.add_argument("--n", type=int, default=256, help="embedded test images when no --data (default 256)")
     rb.add_argument("--linf", default="1/1020,1/255,4/255", help="L-inf budgets (default VOneNet's 1/1020,1/255,4/255)")
     rb.add_argument("--l2", help="L2 budgets (default VOneNet's 0.15,0.6,2.4 scaled by input size/224)")
-    rb.add_argument("--steps", type=int, default=20, help="steps of the first PGD sweep (default 20)")
+    rb.add_argument("--steps", type=int, default=None,
+                    help="steps of each gradient attack (default 100 for attacks.evaluate, 20 with --quick)")
     rb.add_argument("--quick", action="store_true", help="white-box: the PGD sweep alone, not attacks.evaluate's "
                                                          "cascade (faster; overstates robust accuracy)")
     rb.add_argument("--eot", type=int, default=8, help="noise draws per step and verdict for stochastic models")

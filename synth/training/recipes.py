@@ -207,21 +207,20 @@ def pgd_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, e
 @restores_globals
 def robustness(model: ProbeModel, images: torch.Tensor, labels: torch.Tensor, eps: float = 4 / 255,
                steps: int = 20, eot: int = 8, seed: int = 0) -> dict:
-    """The card's white-box number: accuracy under ``attacks.evaluate``'s cascade (L-inf: a ``steps``-step PGD
-    sweep, then APGD-CE and APGD-T with 5 × ``steps`` steps and Square with 50 × ``steps`` queries on the images
-    still unbroken; AutoAttack's 100 steps at the default 20) with foolbox's LinfPGD beside it as a cross-check; a
-    stochastic model is attacked and judged through ``eot`` draws in both."""
+    """The card's white-box number: accuracy under ``attacks.evaluate``'s cascade (L-inf: APGD-CE, then APGD-T and
+    Square's probe on the images still unbroken, with 5 × ``steps`` steps: AutoAttack's 100 at the default 20)
+    with foolbox's ``steps``-step LinfPGD beside it as a cross-check; a stochastic model is attacked and judged
+    through ``eot`` draws in both."""
     from attacks import evaluate
 
     draws = eot if model.stochastic else 1
-    ours = evaluate(model, images, labels, eps, first_steps=steps, steps=5 * steps, queries=50 * steps, eot=draws,
-                    seed=seed, progress=False)
+    ours = evaluate(model, images, labels, eps, steps=5 * steps, eot=draws, seed=seed, progress=False)
     torch.manual_seed(seed)
     peer = pgd_accuracy(MeanOverDraws(model, draws) if draws > 1 else model, images, labels, eps, steps)
     return {"eps": eps, "eps_255": round(eps * 255, 3), "steps": steps, "eot": draws, "n": len(images),
             "accuracy": float(ours.accuracy[0]), "foolbox": peer, "broken_by": ours.metadata["broken_by"],
-            "attack": f"attacks.evaluate(norm='linf', first_steps={steps}, steps={5 * steps}, "
-                      f"queries={50 * steps}, stages={ours.metadata['stages']}, eot={draws})",
+            "attack": f"attacks.evaluate(norm='linf', steps={5 * steps}, targets={ours.metadata['targets']}, "
+                      f"queries={ours.metadata['queries']}, stages={ours.metadata['stages']}, eot={draws})",
             "foolbox_attack": f"foolbox LinfPGD(steps={steps}, rel_stepsize=2.5/steps, random_start)"
                               + (f" on the mean of {draws} draws" if draws > 1 else "")}
 
@@ -474,6 +473,14 @@ def _topography_rows(card: dict) -> list[str]:
     return rows
 
 
+def white_box_name(pgd: dict) -> str:
+    """What measured a card's white-box number: the evaluate cascade, or (cards measured before it) a single PGD."""
+    if pgd["attack"].startswith("attacks.evaluate"):
+        return "attacks.evaluate (APGD-CE, APGD-T, Square)" if "square" in pgd["attack"] else \
+            "attacks.evaluate (APGD-CE, APGD-T; EOT)"
+    return f"PGD-{pgd['steps']}, attacks.pgd"
+
+
 def model_card_markdown(card: dict) -> str:
     """A human-readable model card from the JSON one."""
     m, t, r = card["metrics"], card["timing"], card["recipe"]
@@ -482,8 +489,8 @@ def model_card_markdown(card: dict) -> str:
         f"# {card['name']}", "", card["description"], "",
         "| | |", "|---|---|",
         f"| test top-1 (n={m['test_n']}) | {m['test_top1']:.1%} |",
-        f"| Linf PGD-{pgd['steps']} at ε={pgd['eps_255']:g}/255 (n={pgd['n']}), attacks.pgd | {pgd['accuracy']:.1%} |",
-        f"| same, foolbox LinfPGD (cross-check) | {pgd['foolbox']:.1%} |",
+        f"| Linf {white_box_name(pgd)} at ε={pgd['eps_255']:g}/255 (n={pgd['n']}) | {pgd['accuracy']:.1%} |",
+        f"| same, foolbox LinfPGD-{pgd['steps']} (cross-check) | {pgd['foolbox']:.1%} |",
         *([f"| training ε (Linf) | {r['eps'] * 255:.3g}/255 |",
            f"| epochs / batch / lr | {r['epochs']} / {r['batch_size']} / {r['lr']} |"] if r["epochs"] else
           ["| training at this stage | none: an average of trained weights |"]),
