@@ -119,7 +119,7 @@ def attack_round(model: ProbeModel, x: torch.Tensor, y: torch.Tensor, target: to
     ``success`` is checked on the returned images either way.  Over ``eot`` draws the loss is that of the mean
     logits.  ``engine``: the engine's speed and memory options (``synth.optimize``'s ``precision``,
     ``channels_last``, ...)."""
-    early_stop = early_stop and not model.stochastic and (engine or {}).get("precision", "fp32") == "fp32"
+    early_stop = stops_early(model, early_stop, (engine or {}).get("precision", "fp32"))
     p = check_norm(norm)
     if step == "apgd":
         rule, lr = ("apgd" if p == math.inf else "apgd-l2"), 2 * eps
@@ -135,6 +135,12 @@ def attack_round(model: ProbeModel, x: torch.Tensor, y: torch.Tensor, target: to
     if not early_stop:
         res.success = success_of(logits(model, res.images, eot), y, target).cpu()
     return res
+
+
+def stops_early(model: ProbeModel, early_stop: bool, precision: str) -> bool:
+    """Whether an attack's images may leave the batch on the step's own verdict: not on a stochastic model (a coin
+    flip at the boundary) nor in reduced precision (off at the boundary)."""
+    return early_stop and not model.stochastic and precision == "fp32"
 
 
 @torch.no_grad()

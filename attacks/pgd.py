@@ -46,6 +46,7 @@ from .common import (
     mean_logits,
     objective,
     parse_eps,
+    stops_early,
     success_of,
     warn_if_stochastic,
 )
@@ -128,7 +129,7 @@ def pgd(model: ProbeModel, images: torch.Tensor, labels: LabelsLike | None = Non
         "attack": f"pgd-{norm}", "step_rule": "Auto-PGD" if step == "apgd" else "fixed", "steps": steps,
         "warm_steps": warm_steps, "step_size": f"{rel:g}*eps" if step == "pgd" else "2*eps, halved (APGD)",
         "restarts": restarts, "loss": loss, "random_start": random_start,
-        "early_stop": early_stop and not model.stochastic and precision == "fp32", "eot": eot,
+        "early_stop": stops_early(model, early_stop, precision), "eot": eot,
         "seed": seed, "rounds": b.rounds, **engine,
         "gradients": sum(r.metadata["evaluations"] for r in b.runs) + (n * eot if k > 1 else 0),
         "seconds": round(time.perf_counter() - t0, 3)})
