@@ -93,9 +93,15 @@ def objective(loss: str, labels: torch.Tensor, target: torch.Tensor | None) -> O
     return cls("logits", target=target) if target is not None else cls("logits", y=labels)
 
 
-def criterion(labels: torch.Tensor, target: torch.Tensor | None):
-    """Success: the top class is the target (targeted) or not the label (untargeted)."""
-    return TargetClass(target) if target is not None else Misclassified(labels)
+# How certain a stochastic model's step must be before an image leaves the batch: its mean logits' verdict holds
+# by this many standard errors of the margin over the step's draws (``synth.engine.criteria``'s ``sure``).
+SURE = 2.0
+
+
+def criterion(labels: torch.Tensor, target: torch.Tensor | None, sure: float = 0.0):
+    """Success: the top class is the target (targeted) or not the label (untargeted), by ``sure`` standard errors
+    of the step's draws on a stochastic model."""
+    return TargetClass(target, sure=sure) if target is not None else Misclassified(labels, sure=sure)
 
 
 def warn_if_stochastic(model: ProbeModel, eot: int) -> None:
@@ -113,13 +119,12 @@ def attack_round(model: ProbeModel, x: torch.Tensor, y: torch.Tensor, target: to
                  step_size: float, loss: str, eot: int, seed: int, progress: bool, early_stop: bool = True,
                  random_start: bool = True, engine: dict | None = None) -> Result:
     """One engine run: image i attacked inside its own ball ``eps[i]`` from ``start`` (warm), a random start, or
-    the clean image (``random_start=False``), stopping as soon as it succeeds (or using every step, without
-    ``early_stop`` or on a stochastic model, whose verdict at the boundary is a coin flip, or in reduced precision,
-    whose verdict at the boundary is off, so that an image stopped there is often not adversarial in float32);
+    the clean image (``random_start=False``), stopping as soon as it succeeds (see ``stops_early``: on a stochastic
+    model only once the step's ``eot`` draws make the verdict certain, by ``SURE`` standard errors);
     ``success`` is checked on the returned images either way.  Over ``eot`` draws the loss is that of the mean
     logits.  ``engine``: the engine's speed and memory options (``synth.optimize``'s ``precision``,
     ``channels_last``, ...)."""
-    early_stop = stops_early(model, early_stop, (engine or {}).get("precision", "fp32"))
+    early_stop = stops_early(model, early_stop, (engine or {}).get("precision", "fp32"), eot)
     p = check_norm(norm)
     if step == "apgd":
         rule, lr = ("apgd" if p == math.inf else "apgd-l2"), 2 * eps
@@ -129,18 +134,21 @@ def attack_round(model: ProbeModel, x: torch.Tensor, y: torch.Tensor, target: to
         raise UnknownNameError("attack step rule", step, ("pgd", "apgd"))
     res = optimize(model, objective(loss, y, target), Pixels(start if start is not None else x),
                    constraints=[LpBall(x, eps, p), Box()], step=rule, lr=lr, steps=steps,
-                   stop=criterion(y, target) if early_stop else None, random_start=start is None and random_start,
+                   stop=criterion(y, target, SURE if model.stochastic else 0.0) if early_stop else None,
+                   random_start=start is None and random_start,
                    eot=eot, eot_average="activations", seed=seed, progress=progress,
                    metadata={"attack_round": True}, **(engine or {}))
-    if not early_stop:
+    if not early_stop or model.stochastic:
         res.success = success_of(logits(model, res.images, eot), y, target).cpu()
     return res
 
 
-def stops_early(model: ProbeModel, early_stop: bool, precision: str) -> bool:
-    """Whether an attack's images may leave the batch on the step's own verdict: not on a stochastic model (a coin
-    flip at the boundary) nor in reduced precision (off at the boundary)."""
-    return early_stop and not model.stochastic and precision == "fp32"
+def stops_early(model: ProbeModel, early_stop: bool, precision: str, eot: int) -> bool:
+    """Whether an attack's images may leave the batch on the step's own verdict: not in reduced precision (off at
+    the boundary), nor on a stochastic model with one draw per step (a coin flip at the boundary); with several, an
+    image leaves only where the mean of the step's draws is ``SURE`` standard errors past the boundary, so that
+    fresh draws agree."""
+    return early_stop and precision == "fp32" and (eot > 1 or not model.stochastic)
 
 
 @torch.no_grad()

@@ -76,8 +76,9 @@ def pgd(model: ProbeModel, images: torch.Tensor, labels: LabelsLike | None = Non
     ``steps``); ``random_start=False`` starts from the clean images (restarts stay random); ``eot``: forward passes
     per step for stochastic models, the loss taken on their mean logits (what the verdict reads);
     ``early_stop=False`` spends every step on every image (perturbations that use their whole budget, e.g. to
-    transfer to other models); a stochastic model never stops early, since an image stopped where the mean of one
-    step's draws first crossed the boundary is adversarial under fresh draws about half the time;
+    transfer to other models); on a stochastic model an image stops only where the mean of the step's ``eot`` draws
+    is past the boundary by ``attacks.common.SURE`` standard errors of their margin (one stopped where the mean
+    first crossed it would be adversarial under fresh draws about half the time), and never with ``eot=1``;
     ``batch_size``: images per engine batch (``synth.max_batch`` finds the largest that fits); ``precision``,
     ``channels_last``, ``compile``, ``checkpoint_activations``: the engine's speed and memory options for the attack's
     steps (``synth.optimize``), while the clean verdicts and the final check of every image run in float32 (in
@@ -129,7 +130,7 @@ def pgd(model: ProbeModel, images: torch.Tensor, labels: LabelsLike | None = Non
         "attack": f"pgd-{norm}", "step_rule": "Auto-PGD" if step == "apgd" else "fixed", "steps": steps,
         "warm_steps": warm_steps, "step_size": f"{rel:g}*eps" if step == "pgd" else "2*eps, halved (APGD)",
         "restarts": restarts, "loss": loss, "random_start": random_start,
-        "early_stop": stops_early(model, early_stop, precision), "eot": eot,
+        "early_stop": stops_early(model, early_stop, precision, eot), "eot": eot,
         "seed": seed, "rounds": b.rounds, **engine,
         "gradients": sum(r.metadata["evaluations"] for r in b.runs) + (n * eot if k > 1 else 0),
         "seconds": round(time.perf_counter() - t0, 3)})

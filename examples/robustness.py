@@ -18,7 +18,8 @@ MODELS = ["toy-standard", "toy-robust", "toy-vone"]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=256, help="held-out embedded images")
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=None,
+                        help="steps of each attack (default: attacks.evaluate's 100)")
     parser.add_argument("--out", default="examples/results")
     args = parser.parse_args()
     t0 = time.perf_counter()

@@ -54,6 +54,7 @@ def test_attack_page_attacks_both_models_and_draws_the_curve():
     assert std[-1] <= std[0] and rob[-1] >= std[-1]  # accuracy falls with ε, less for the robust model
 
 
+@pytest.mark.slow  # an experiment of half a minute: run by `make test` after the default suite
 def test_metamers_page_makes_a_metamer_and_asks_the_other_models():
     at = _page("explorer/metamers_page.py")
     at.sidebar.slider[0].set_value(50).run()

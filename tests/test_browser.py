@@ -19,6 +19,9 @@ CHROMIUM = "/usr/bin/chromium"
 pytestmark = pytest.mark.slow  # a server and a browser: run by `make test` after the default suite
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync"]
+# Ceilings, in seconds, on waits for an event (the server answering, a page element appearing): generous, so that a
+# loaded machine is slow but passes, while a hung server or page still fails.
+SERVER_CEILING, PAGE_CEILING = 300, 600
 
 playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (make install)")
 if not os.access(CHROMIUM, os.X_OK):
@@ -29,6 +32,14 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _healthy(url: str) -> bool:
+    """Whether the server's health check answers 'ok' (it is up and serving)."""
+    try:
+        return urllib.request.urlopen(f"{url}/_stcore/health", timeout=5).read() == b"ok"
+    except OSError:
+        return False
 
 
 @pytest.fixture(scope="module")
@@ -42,14 +53,13 @@ def server(tmp_path_factory):
                             stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(120):
-            try:
-                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).read() == b"ok":
-                    break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("the explorer's server did not answer within a minute")
+        deadline = time.monotonic() + SERVER_CEILING
+        while not _healthy(url):
+            if proc.poll() is not None:
+                pytest.fail(f"the explorer's server exited with status {proc.returncode} before answering")
+            if time.monotonic() > deadline:
+                pytest.fail(f"the explorer's server did not answer within {SERVER_CEILING} s")
+            time.sleep(0.5)
         yield url
     finally:
         proc.terminate()
@@ -72,7 +82,7 @@ def page(server):
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         tab = browser.new_page(viewport={"width": 1400, "height": 1100})
-        tab.set_default_timeout(180_000)
+        tab.set_default_timeout(PAGE_CEILING * 1000)
         tab.goto(server)
         yield tab
         browser.close()

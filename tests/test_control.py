@@ -24,6 +24,7 @@ def test_stretch_images_beat_the_natural_maximum_of_sampled_it_units(toy_standar
     assert report["median_ratio"] > 1.0
 
 
+@pytest.mark.slow  # an experiment of half a minute: run by `make test` after the default suite
 def test_one_hot_population_images_make_the_target_the_most_active_site(toy_standard, toy_robust, natural):
     probe = synth.load_model("toy-standard", device="cpu")  # a fresh copy: the readout is attached to it
     subject = Subject(toy_robust, "IT", natural[:600], n_sites=12, seed=0)

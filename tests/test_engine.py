@@ -318,6 +318,41 @@ def test_images_that_meet_the_criterion_stop_and_leave_the_batch(tiny, monkeypat
     assert r.grad_norm.shape == r.history.shape and torch.isnan(r.grad_norm[-1]).any()
 
 
+def test_a_sure_class_criterion_stops_only_where_the_draws_make_the_verdict_certain():
+    from synth.engine.criteria import Drawn, Misclassified, TargetClass
+    # 4 draws of 3 images' logits over 3 classes, label 0 for all: image 0 leads class 1 by 0.5 on the mean with
+    # a per-draw spread of 2 (standard error 1); image 1 leads by 5 with the same spread; image 2 is not fooled
+    lead = torch.tensor([[-1.5, 3.0, 1.0], [2.5, 7.0, 1.0], [-1.5, 3.0, -3.0], [2.5, 7.0, -3.0]])
+    draws = torch.zeros(4, 3, 3)
+    draws[:, :, 1] = lead
+    acts = Drawn({"logits": draws.mean(0)}, {"logits": draws})
+    y = torch.zeros(3, dtype=torch.long)
+    assert Misclassified(y)(torch.zeros(3), acts).tolist() == [True, True, False]
+    assert Misclassified(y, sure=2)(torch.zeros(3), acts).tolist() == [False, True, False]
+    assert Misclassified(y, sure=2)(torch.zeros(3), dict(acts)).tolist() == [True, True, False]  # no draws: mean
+    assert TargetClass(torch.ones(3, dtype=torch.long), sure=2)(torch.zeros(3), acts).tolist() == [False, True,
+                                                                                                   False]
+    assert "sure=2" in str(Misclassified(y, sure=2).select(torch.tensor([0, 2])))
+    with pytest.raises(ConfigError, match="sure"):
+        Misclassified(y, sure=-1)
+
+
+def test_a_criterion_sees_each_draw_of_a_stochastic_step(noisy):
+    from synth.engine.criteria import Drawn
+    seen = []
+    x0 = torch.rand(3, 3, 32, 32, generator=_gen())
+
+    def rule(scores, acts):
+        seen.append(acts)
+        return torch.zeros_like(scores, dtype=torch.bool)
+
+    optimize(noisy, "logits:0", Pixels(x0), constraints=[Box()], steps=2, eot=5, eot_average="activations",
+             stop=rule, progress=False)
+    assert isinstance(seen[0], Drawn) and seen[0].draws["logits"].shape == (5, 3, 8)
+    torch.testing.assert_close(seen[0]["logits"], seen[0].draws["logits"].mean(0))
+    assert not seen[0]["logits"].requires_grad and seen[0].draws["logits"].std(0).min() > 0
+
+
 def test_apgd_ascends_inside_the_ball(tiny):
     x0 = torch.rand(2, 3, 32, 32, generator=_gen()).clamp(0.05, 0.95)
     eps = torch.tensor([4, 8]) / 255

@@ -85,3 +85,14 @@ def test_bad_stages_and_the_catalogue_name(toy_standard, batch):
     r = attacks.run("evaluate", toy_standard, x[:4], y[:4], "8/255", **{k: v for k, v in FAST.items()
                                                                         if k != "progress"})
     assert r.metadata["attack"] == "evaluate-linf" and r.accuracy.shape == (1,)
+
+
+def test_a_stochastic_model_gets_eot_stages_that_stop_on_a_certain_verdict(noisy):
+    """EOT in every stage and no Square; an image leaves a stage only where the step's draws make its verdict certain,
+    and every verdict is the seeded mean of the draws, re-measured on the returned images."""
+    x = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    r = attacks.evaluate(noisy, x, None, ["2/255", "16/255"], eot=4, **FAST)
+    assert r.metadata["stages"] == ["apgd-ce", "apgd-t"] and r.metadata["eot"] == 4
+    z = logits(noisy, r.adversarial.flatten(0, 1), 4).view(2, len(x), -1)
+    assert torch.equal(r.success, z.argmax(-1) != r.labels)
+    assert (r.success[1] >= r.success[0]).all() and bool(r.success[1].any())

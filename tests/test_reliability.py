@@ -340,22 +340,67 @@ def _stamps(out: Path) -> dict[str, tuple[int, int]]:
     return stamps
 
 
-def kill_and_resume(folder: Path, kills: int = 20, seed: int = 0) -> dict:
-    """Start ``phosphene batch`` and SIGKILL it at a random moment, ``kills`` times, then let it finish; check that
-    every job's image is there exactly once and intact, and that no finished job was computed again."""
+def _finished_jobs(out: Path) -> int:
+    """How many jobs the batch has recorded as finished (its own files: one record per job)."""
+    return len(list((out / "jobs").glob("*.json"))) if (out / "jobs").is_dir() else 0
+
+
+def _reached(out: Path, jobs: int) -> Callable[[], bool]:
+    """An event: the batch has recorded ``jobs`` finished jobs."""
+    return lambda: _finished_jobs(out) >= jobs
+
+
+def _writing(out: Path) -> bool:
+    """Whether the batch is in the middle of a write: a temporary file of ``synth.files.atomic`` is on disk."""
+    return any(p.name.endswith(".tmp") for d in (out, out / "jobs") if d.is_dir() for p in os.scandir(d))
+
+
+def _wait(proc: subprocess.Popen, event: Callable[[], bool], ceiling: float = 600.0, poll: float = 0.002) -> bool:
+    """Wait for ``event`` (polled), as long as the process runs and at most ``ceiling`` seconds: a generous bound
+    that only a hung run reaches, never the schedule.  Whether the event came while the process ran."""
+    end = time.monotonic() + ceiling
+    while proc.poll() is None and time.monotonic() < end:
+        if event():
+            return True
+        time.sleep(poll)
+    return False
+
+
+def kill_and_resume(folder: Path, kills: int = 20, seed: int = 0, in_writes: int = 6) -> dict:
+    """Start ``phosphene batch`` and SIGKILL it, ``kills`` times, then let it finish; check that every job's image is
+    there exactly once and intact, and that no finished job was computed again.
+
+    The kills follow the batch's progress, seen through its own files, never the clock, so each tests what it means
+    to on a fast machine or a loaded one: most land at a random point inside a job, after 1-3 more jobs have
+    finished in that run (the time into the job drawn from the last job's length); ``in_writes`` of them land the
+    moment a temporary file appears, in the middle of writing an image or a record."""
     exp, out = kill_experiment(folder), folder / "out"
     rng = random.Random(seed)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "synth.cli", "batch", str(exp), "--out", str(out)]
     first_seen: dict[str, tuple[int, int]] = {}
-    done_kills, attempts = 0, 0
+    done_kills, during_writes, attempts = 0, 0, 0
+    modes = ["write"] * in_writes + ["job"] * (kills - in_writes)
+    rng.shuffle(modes)
     while done_kills < kills and attempts < 3 * kills:
         attempts += 1
+        mode = modes[done_kills]
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        time.sleep(rng.uniform(1.0, 6.0))  # from interpreter start-up to the middle of a job or a write
+        start = _finished_jobs(out)
+        writing = False
+        if mode == "write":
+            _wait(proc, _reached(out, start + 1))  # past start-up, where nothing is written
+            writing = _wait(proc, lambda: _writing(out), poll=0.0002)
+        else:
+            goal = start + rng.randint(1, 3)
+            _wait(proc, _reached(out, goal - 1))
+            t = time.monotonic()
+            if _wait(proc, _reached(out, goal)):
+                _wait(proc, lambda: False, ceiling=rng.uniform(0.05, 0.95) * (time.monotonic() - t))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             done_kills += 1
+            during_writes += writing
         proc.wait()
         proc.stderr.close()
         for key, stamp in _stamps(out).items():
@@ -375,7 +420,8 @@ def kill_and_resume(folder: Path, kills: int = 20, seed: int = 0) -> dict:
     now = _stamps(out)
     recomputed = sum(1 for k, v in first_seen.items() if now.get(k) != v)
     leftovers = len(list(out.rglob("*.tmp")))
-    return {"kills": done_kills, "jobs": len(jobs), "lost": lost, "duplicated": duplicated, "corrupt": corrupt,
+    return {"kills": done_kills, "kills_during_writes": during_writes, "jobs": len(jobs), "lost": lost,
+            "duplicated": duplicated, "corrupt": corrupt,
             "recomputed": recomputed, "leftover_tmp": leftovers, "final_exit": final.returncode,
             "final_stderr_traceback": "Traceback" in final.stderr, "finished_before_last_run": len(first_seen)}
 
@@ -455,7 +501,7 @@ def test_a_full_disk_leaves_no_partial_file_and_the_next_run_completes(tmp_path)
 @pytest.mark.slow
 def test_twenty_kills_lose_nothing_duplicate_nothing_and_recompute_nothing(tmp_path):
     r = kill_and_resume(tmp_path, kills=20)
-    assert r["kills"] == 20, r
+    assert r["kills"] == 20 and r["kills_during_writes"] >= 1, r
     assert r["final_exit"] == 0 and not r["final_stderr_traceback"]
     assert r["lost"] == r["duplicated"] == r["corrupt"] == r["recomputed"] == r["leftover_tmp"] == 0, r
     assert 0 < r["finished_before_last_run"], r

@@ -266,6 +266,7 @@ def test_toy_topo_ships_its_sheets_and_has_face_patches_that_shuffling_removes(t
     assert smoothness(sheet, t, 1.25) > smoothness(sheet.shuffled(0), t, 1.25) + 0.2
 
 
+@pytest.mark.slow  # an experiment of half a minute: run by `make test` after the default suite
 def test_afraz_stimulating_face_selective_sites_biases_choices_and_the_shuffled_control_loses_it(toy_topo, tmp_path):
     """Afraz et al. 2006 in miniature on toy-topo's IT: the shift in face choices follows the site's recorded face
     selectivity, more so than with the positions shuffled (same weights), where the stimulation's spread reaches

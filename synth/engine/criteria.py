@@ -6,6 +6,10 @@ image where needed and follow the batch as it shrinks (``select``); ``a | b`` is
 when both are.  Besides class and score targets there are a relative-error target on a layer
 (``RelativeError``), a plateau rule (``Plateau``, which keeps per-image state that a checkpoint saves), and any
 callable ``fn(scores, acts) -> bool tensor`` (``Where``).
+
+On a stochastic model a class criterion can ask for certainty: with ``sure=z`` an image is met only where the
+verdict of the step's mean logits holds by more than ``z`` standard errors of its margin over the step's noise
+draws (``Drawn``), so that a fresh set of draws, such as the final verdict's, agrees with it.
 """
 from __future__ import annotations
 
@@ -17,6 +21,24 @@ import torch
 
 from synth.engine.objectives import Acts, Label, Labels, population
 from synth.errors import ConfigError
+
+
+class Drawn(dict):
+    """Activations averaged over a step's noise draws, with the draws themselves in ``draws`` (layer -> a
+    ``(eot, N, ...)`` view), for criteria that judge how certain the mean is."""
+
+    def __init__(self, mean: Acts, draws: dict[str, torch.Tensor]):
+        super().__init__(mean)
+        self.draws = draws
+
+    def detached(self) -> Drawn:
+        """The same activations cut from the autograd graph."""
+        return Drawn({k: v.detach() for k, v in self.items()}, {k: v.detach() for k, v in self.draws.items()})
+
+
+def detached(acts: Acts) -> Acts:
+    """Activations cut from the autograd graph, keeping their draws where they carry them."""
+    return acts.detached() if isinstance(acts, Drawn) else {k: v.detach() for k, v in acts.items()}
 
 
 class Criterion(ABC):
@@ -78,43 +100,67 @@ class ScoreAtLeast(Criterion):
 class _ClassCriterion(Criterion):
     """A criterion on the top class of a layer (the logits by default)."""
 
-    def __init__(self, labels: Label | Sequence[Label] | torch.Tensor | Labels, layer: str = "logits"):
+    def __init__(self, labels: Label | Sequence[Label] | torch.Tensor | Labels, layer: str = "logits",
+                 sure: float = 0.0):
+        if not (math.isfinite(sure) and sure >= 0):
+            raise ConfigError(f"sure must be a finite number of standard errors >= 0, got {sure!r}")
         self.labels = labels if isinstance(labels, Labels) else Labels(labels)
-        self.layer = layer
+        self.layer, self.sure = layer, float(sure)
         self.layers = (layer,)
 
     def resolve(self, model) -> _ClassCriterion:
         layer = model.layer(self.layer)
-        return type(self)(self.labels.resolve(model.classes if layer == "logits" else []), layer)
+        return type(self)(self.labels.resolve(model.classes if layer == "logits" else []), layer, self.sure)
 
     def select(self, index: torch.Tensor) -> _ClassCriterion:
-        return type(self)(self.labels.select(index), self.layer)
+        return type(self)(self.labels.select(index), self.layer, self.sure)
 
     def _top(self, acts: Acts) -> tuple[torch.Tensor, torch.Tensor]:
         z = population(acts[self.layer])
         return z.argmax(1), self.labels.tensor(z.shape[0], z.shape[1], z.device)
 
+    def _certain(self, acts: Acts, top: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        """Where class ``top`` leads class ``other`` in the mean by more than ``sure`` standard errors of the
+        per-draw lead (everywhere without ``sure`` or without draws: a deterministic model's mean is its verdict)."""
+        if not self.sure or not isinstance(acts, Drawn) or self.layer not in acts.draws:
+            return torch.ones_like(top, dtype=torch.bool)
+        d = acts.draws[self.layer]
+        d = d.reshape(d.shape[0], d.shape[1], -1)
+        lead = d.gather(2, top[None, :, None].expand(d.shape[0], -1, 1)) - \
+            d.gather(2, other[None, :, None].expand(d.shape[0], -1, 1))
+        lead = lead[..., 0]
+        return lead.mean(0) > self.sure * lead.std(0) / math.sqrt(d.shape[0])
+
+    def _tag(self) -> str:
+        return f", sure={self.sure:g}" if self.sure else ""
+
 
 class Misclassified(_ClassCriterion):
-    """The model's top class is not the true label (an untargeted attack succeeded)."""
+    """The model's top class is not the true label (an untargeted attack succeeded); with ``sure``, by a margin
+    the step's noise draws make certain."""
 
     def __call__(self, scores: torch.Tensor, acts: Acts) -> torch.Tensor:
         top, y = self._top(acts)
-        return top != y
+        return (top != y) & self._certain(acts, top, y)
 
     def __str__(self) -> str:
-        return f"misclassified({self.layer}, y={self.labels})"
+        return f"misclassified({self.layer}, y={self.labels}{self._tag()})"
 
 
 class TargetClass(_ClassCriterion):
-    """The model's top class is the target label (a targeted attack succeeded)."""
+    """The model's top class is the target label (a targeted attack succeeded); with ``sure``, by a margin the
+    step's noise draws make certain over the runner-up."""
 
     def __call__(self, scores: torch.Tensor, acts: Acts) -> torch.Tensor:
         top, t = self._top(acts)
-        return top == t
+        hit = top == t
+        if not hit.any() or not self.sure:
+            return hit
+        runner = population(acts[self.layer]).scatter(1, t[:, None], -math.inf).argmax(1)
+        return hit & self._certain(acts, t, runner)
 
     def __str__(self) -> str:
-        return f"classified({self.layer}, target={self.labels})"
+        return f"classified({self.layer}, target={self.labels}{self._tag()})"
 
 
 class _Combined(Criterion):

@@ -41,7 +41,7 @@ import torch
 from tqdm.auto import tqdm
 
 from synth.engine.constraints import Box, Constraint, LpBall
-from synth.engine.criteria import Criterion, combine
+from synth.engine.criteria import Criterion, Drawn, combine, detached
 from synth.engine.gradients import patched_backward
 from synth.engine.objectives import Objective, parse
 from synth.engine.params import Parametrization
@@ -168,14 +168,15 @@ def _evaluate(forward: Forward, objective: Objective, x: torch.Tensor, eot: int,
     ``average='scores'`` every draw is scored on its own (per-image objectives see one copy of each image) and the
     scores averaged; with ``'activations'`` the objective scores the activations averaged over draws (the mean
     logits a stochastic model's verdict reads).  Also returns the activations averaged over draws when ``mean``
-    (for stopping criteria), else those of the first draw."""
+    (for stopping criteria, as a ``Drawn`` that also holds each draw), else those of the first draw."""
     if transforms:
         acts = forward(torch.cat([apply_transforms(transforms, x, gen) for _ in range(eot)]))
     else:  # the same images drawn eot times: a model with a Draws site runs its noise-free layers once
         acts = forward(x, eot)
     if eot == 1:
         return objective(acts), acts
-    mean_acts = {k: v.view(eot, -1, *v.shape[1:]).mean(0) for k, v in acts.items()}
+    drawn = {k: v.view(eot, -1, *v.shape[1:]) for k, v in acts.items()}
+    mean_acts = Drawn({k: v.mean(0) for k, v in drawn.items()}, drawn)
     if average == "activations":
         return objective(mean_acts), mean_acts
     draws = _draws(acts, eot)
@@ -564,7 +565,7 @@ def _stop(run: Run, s: _Scored) -> torch.Tensor | None:
     done; returns which of the batch did, or None if none."""
     if run.crit is None:
         return None
-    reached = run.crit(s.seen, {k: v.detach() for k, v in s.acts.items()})
+    reached = run.crit(s.seen, detached(s.acts))
     if not reached.any():
         return None
     rows = run.active[reached]
