@@ -15,6 +15,7 @@ def natural():
     return synth.render(2000, "test", workers=2).tensor()
 
 
+@pytest.mark.slow
 def test_stretch_images_beat_the_natural_maximum_of_sampled_it_units(toy_standard, natural):
     g = torch.Generator().manual_seed(1)
     units = sorted(torch.randperm(256, generator=g)[:16].tolist())

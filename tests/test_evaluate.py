@@ -19,6 +19,7 @@ def batch():
     return b.tensor(), torch.from_numpy(b.labels)
 
 
+@pytest.mark.slow
 def test_the_cascade_is_at_least_as_strong_as_each_stage_alone(toy_robust, batch):
     x, y = batch
     both = attacks.evaluate(toy_robust, x, y, ["2/255", "4/255"], **FAST)

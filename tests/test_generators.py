@@ -110,6 +110,7 @@ def test_load_generator_by_shapes_and_clear_errors(toy_gan, tmp_path):
         gens.load_generator(tmp_path / "broken.pt")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["toy-gan", "toy-deepsim"])
 def test_recipe_writes_weights_card_and_sheet(name, tmp_path, monkeypatch):
     monkeypatch.setitem(recipes.GENERATOR_RECIPES, name, replace(recipes.GENERATOR_RECIPES[name], eval_n=64,

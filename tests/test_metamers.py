@@ -61,6 +61,7 @@ def test_the_criterion_fails_for_random_images_and_passes_for_metamers(toy_stand
     assert r.metadata["fake_relu"] == "IT.nonlin" and r.metadata["objective"].startswith("match(IT, target='sha256:")
 
 
+@pytest.mark.slow
 def test_the_default_rule_stops_each_metamer_at_the_error_target(toy_standard, refs, null):
     r = metamers.generate(toy_standard, refs, "V2", steps=800, null=null, progress=False)
     s = r.stats["V2"]

@@ -207,6 +207,7 @@ def test_cornet_s_exposes_each_time_step():
     assert not torch.equal(a["IT.output"], a["IT.output_1"])
 
 
+@pytest.mark.slow
 def test_architectures_that_could_not_be_compared_are_named_when_none_matches(resnet18, tmp_path, monkeypatch):
     import warnings
 

@@ -507,6 +507,7 @@ def test_twenty_kills_lose_nothing_duplicate_nothing_and_recompute_nothing(tmp_p
     assert 0 < r["finished_before_last_run"], r
 
 
+@pytest.mark.slow
 def test_same_seed_and_config_give_bit_identical_pngs_and_the_manifest_names_the_machine(tmp_path):
     exp = kill_experiment(tmp_path, units=2)
     a, b = batch.run(exp, tmp_path / "a", progress=False), batch.run(exp, tmp_path / "b", progress=False)

@@ -128,6 +128,7 @@ def test_table_numbers_are_attacks_pgd_and_outputs_are_written(folder, toy_stand
     assert table.column("robust", "pgd_linf_4/255") > table.column("standard", "pgd_linf_4/255")
 
 
+@pytest.mark.slow
 def test_stochastic_models_are_attacked_and_judged_with_eot(monkeypatch):
     """A noisy model gets eot draws in every attack and verdict; its accuracy with EOT is at most without."""
     from attacks import robustness as rb

@@ -229,6 +229,7 @@ def test_sheets_save_load_and_attach_safely_and_tdann_npz_positions_load_by_path
         load_sheets(tmp_path / "other.pt")
 
 
+@pytest.mark.slow
 def test_a_recipe_with_topography_trains_with_the_spatial_loss_and_ships_positions(tmp_path, monkeypatch):
     """The toy-topo recipe in miniature: swaps before training, the spatial loss in the history, positions saved
     beside the weights (hash in the card) and attached when the card loads."""
