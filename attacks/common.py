@@ -29,6 +29,47 @@ class StochasticModelWarning(UserWarning):
     """An attack runs on a model whose output is noisy without averaging gradients over draws (EOT)."""
 
 
+_NUMBER = re.compile(r"\s*([0-9]*\.?[0-9]+(?:e-?\d+)?)\s*(?:/\s*([0-9]*\.?[0-9]+(?:e-?\d+)?))?\s*")
+
+
+def _read_number(text: str, what: str) -> tuple[float, bool]:
+    """A budget written as a number or a fraction ('4/255'), and whether it was a fraction."""
+    m = _NUMBER.fullmatch(text)
+    if not m or (m[2] is not None and float(m[2]) == 0):
+        raise ConfigError(f"cannot read {what} {text!r}: write a fraction such as 4/255 or a number on the [0, 1] "
+                          "pixel scale such as 0.0157")
+    return float(m[1]) / (float(m[2]) if m[2] else 1.0), m[2] is not None
+
+
+def read_budgets(norm: str, values: str | Sequence[str | float]) -> tuple[list[float], list[str]]:
+    """Budgets of one norm from text ('4/255', '0.0157', '4'; comma-separated or a list) and one line per budget
+    saying how it was read.  A bare L-inf number of 1 or more can only mean the 0-255 scale and is read so."""
+    items = [v.strip() for v in values.split(",")] if isinstance(values, str) else list(values)
+    out, notes = [], []
+    name = {"linf": "L-inf", "l2": "L2"}.get(norm)
+    if name is None:
+        raise UnknownNameError("norm", norm, ("linf", "l2"))
+    for item in items:
+        text = str(item).strip()
+        value, fraction = _read_number(text, f"the {name} budget")
+        if fraction:
+            notes.append(f"{name} ε {text} read as {value:.4g} on the [0, 1] pixel scale")
+        elif norm == "linf" and value >= 1:
+            notes.append(f"{name} ε {text} is ambiguous: read on the 0-255 scale as {text}/255 = {value / 255:.4g} "
+                         f"(a budget of {text} on the [0, 1] scale would allow any image); write {text}/255 or "
+                         f"{value / 255:.4g} to say so")
+            value /= 255
+        elif norm == "linf":
+            notes.append(f"{name} ε {text} read on the [0, 1] pixel scale (= {value * 255:.3g}/255)")
+        else:
+            notes.append(f"{name} ε {text} read on the [0, 1] pixel scale (the norm over all pixels and channels)")
+        out.append(value)
+    if not out:
+        raise ConfigError(f"no {name} budget given")
+    return sorted(set(out)), notes
+
+
+
 def parse_eps(value: Budget | Sequence[Budget] | torch.Tensor) -> torch.Tensor:
     """Budgets as a 1-D float tensor, sorted and without repeats: numbers, '4/255' fractions, or a list of them."""
     if isinstance(value, torch.Tensor):
@@ -40,11 +81,7 @@ def parse_eps(value: Budget | Sequence[Budget] | torch.Tensor) -> torch.Tensor:
     out = []
     for v in items:
         if isinstance(v, str):
-            m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e-?\d+)?)\s*(?:/\s*([0-9]*\.?[0-9]+))?\s*", v)
-            if not m:
-                raise ConfigError(f"cannot read the budget {v!r}: write a number such as 0.03 or a fraction "
-                                  "such as 4/255")
-            v = float(m[1]) / (float(m[2]) if m[2] else 1.0)
+            v = _read_number(v, "the budget")[0]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
             raise ConfigError(f"a budget eps must be a finite number >= 0, got {v!r}")
         out.append(float(v))

@@ -90,16 +90,25 @@ class AttackResult:
         return int((self.eps - eps).abs().argmin())
 
     def summary(self) -> str:
-        """One line per budget: accuracy, success rate and median norm of the successes."""
+        """One line on the clean images, then one per budget: robust accuracy, and how many of the images the model
+        got right the attack moved, with the median norm of those moves in the unit of the budgets (n/255 for
+        L-inf).  Images the model already got wrong are counted apart: nothing moved them."""
         name = self.metadata.get("attack", "attack")
-        lines = [f"{name} on {self.metadata.get('model', '?')} ({len(self)} images, {self.norm}): clean accuracy "
-                 f"{self.clean_accuracy:.1%}"]
+        n = len(self)
+        done = self.clean_predictions == (self.target if self.target is not None else self.labels)
+        if self.target is None:
+            done = ~done  # untargeted: a clean mistake is already what the attack seeks
+        lines = [f"{name} on {self.metadata.get('model', '?')} ({n} images, {self.norm}): clean accuracy "
+                 f"{self.clean_accuracy:.1%}; {int(done.sum())} image(s) "
+                 f"{'already at their target' if self.target is not None else 'already misclassified'}, "
+                 f"not attacked"]
         for k, e in enumerate(self.eps.tolist()):
-            ok = self.success[k]
-            med = float(self.distance[k][ok].median()) if ok.any() else math.nan
+            moved = self.success[k] & ~done
+            med = _eps_text(float(self.distance[k][moved].median()), self.norm, exact=False) if moved.any() else "-"
             budget = "minimal" if math.isinf(e) else _eps_text(e, self.norm)
-            lines.append(f"  eps {budget:>9}: accuracy {float(self.accuracy[k]):6.1%}, success "
-                         f"{float(self.success_rate[k]):6.1%}, median norm of successes {med:.4g}")
+            goal = "reached the target" if self.target is not None else "broken"
+            lines.append(f"  eps {budget:>9}: accuracy {float(self.accuracy[k]):6.1%}; {goal}: {int(moved.sum())} of "
+                         f"{int((~done).sum())} attacked, median {self.norm} norm {med}")
         flagged = [k for k, v in self.checks.items() if isinstance(v, dict) and v.get("flag")]
         if flagged:
             lines.append("  gradient-masking checks flagged: " + "; ".join(self.checks[k]["message"] for k in flagged))
@@ -133,7 +142,7 @@ class AttackResult:
         with its recipe in text chunks, ``attack.pt`` and ``attack.json``.  Returns the PNGs' paths."""
         pngs = []
         for k, e in enumerate(self.eps.tolist()):
-            sub = "minimal" if math.isinf(e) else f"eps_{k}"
+            sub = "minimal" if math.isinf(e) else f"eps_{_eps_text(e, self.norm).replace('/', '-')}"
             for i in range(len(self)):
                 meta = {**self.metadata, "eps": e, "norm": self.norm, "index": i,
                         "label": self._name(int(self.labels[i])),
@@ -209,8 +218,9 @@ class AttackResult:
         return self.classes[index] if 0 <= index < len(self.classes) else str(index)
 
 
-def _eps_text(e: float, norm: str) -> str:
-    """An L-inf budget as n/255 when it is one, anything else as a number."""
-    if norm == "linf" and e > 0 and abs(e * 255 * 4 - round(e * 255 * 4)) < 1e-4:
-        return f"{e * 255:g}/255"
+def _eps_text(e: float, norm: str, exact: bool = True) -> str:
+    """An L-inf budget as n/255 (``exact``: only when it is a quarter step of 1/255; otherwise always, to 3
+    digits, as measured norms are), anything else as a number."""
+    if norm == "linf" and e > 0 and (not exact or abs(e * 255 * 4 - round(e * 255 * 4)) < 1e-4):
+        return f"{e * 255:.3g}/255"
     return f"{e:.4g}"

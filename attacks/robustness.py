@@ -33,7 +33,7 @@ from synth.files import load_record, save_record, write_csv, write_text
 from synth.rng import seeded_globals
 from synth.zoo.probe import ProbeModel
 
-from .common import logits
+from .common import logits, read_budgets
 from .evaluate import evaluate
 from .pgd import pgd
 
@@ -54,38 +54,6 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 
 
 # ------------------------------------------------------------------------------------------------ budgets
-def read_budgets(norm: str, values: str | Sequence[str | float]) -> tuple[list[float], list[str]]:
-    """Budgets of one norm from text ('4/255', '0.0157', '4'; comma-separated or a list) and one line per budget
-    saying how it was read.  A bare L-inf number of 1 or more can only mean the 0-255 scale and is read so."""
-    items = [v.strip() for v in values.split(",")] if isinstance(values, str) else list(values)
-    out, notes = [], []
-    name = {"linf": "L-inf", "l2": "L2"}.get(norm)
-    if name is None:
-        raise UnknownNameError("norm", norm, ("linf", "l2"))
-    for item in items:
-        text = str(item).strip()
-        m = re.fullmatch(r"([0-9]*\.?[0-9]+(?:e-?\d+)?)(?:\s*/\s*([0-9]*\.?[0-9]+))?", text)
-        if not m or (m[2] is not None and float(m[2]) == 0):
-            raise ConfigError(f"cannot read the {name} budget {text!r}: write a fraction such as 4/255 or a number "
-                              "on the [0, 1] pixel scale such as 0.0157")
-        value = float(m[1]) / (float(m[2]) if m[2] else 1.0)
-        if m[2]:
-            notes.append(f"{name} ε {text} read as {value:.4g} on the [0, 1] pixel scale")
-        elif norm == "linf" and value >= 1:
-            notes.append(f"{name} ε {text} is ambiguous: read on the 0-255 scale as {text}/255 = {value / 255:.4g} "
-                         f"(a budget of {text} on the [0, 1] scale would allow any image); write {text}/255 or "
-                         f"{value / 255:.4g} to say so")
-            value /= 255
-        elif norm == "linf":
-            notes.append(f"{name} ε {text} read on the [0, 1] pixel scale (= {value * 255:.3g}/255)")
-        else:
-            notes.append(f"{name} ε {text} read on the [0, 1] pixel scale (the norm over all pixels and channels)")
-        out.append(value)
-    if not out:
-        raise ConfigError(f"no {name} budget given")
-    return sorted(set(out)), notes
-
-
 def l2_budgets(size: int) -> list[float]:
     """VOneNet's L2 budgets scaled from 224 px to ``size`` px, to two significant digits."""
     return [float(f"{e * size / 224:.2g}") for e in L2_EPS_224]

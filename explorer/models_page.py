@@ -6,7 +6,7 @@ import torch
 import synth
 from explorer.common import get_images, images_zip, pick_model, shown_errors
 from synth.world.data import CONTROLS, VARIATION, to_tensor
-from synth.zoo.models import BRAIN_SCORE_AREAS, CORNETS, embedded_models, torchvision_models
+from synth.zoo.catalog import BRAIN_SCORE_AREAS, CORNET_NAMES, embedded_models, torchvision_models, white_box_name
 
 cards = embedded_models()
 model = pick_model("models-model")
@@ -17,11 +17,12 @@ with st.sidebar:
 
 st.header("Models")
 rows = [{"model": n, "description": c["description"], "test top-1": f"{c['metrics']['test_top1']:.1%}",
-         f"Linf PGD-{c['metrics']['pgd_linf']['steps']} @ {c['metrics']['pgd_linf']['eps_255']:g}/255":
+         f"Linf @ {c['metrics']['pgd_linf']['eps_255']:g}/255":
              f"{c['metrics']['pgd_linf']['accuracy']:.1%} (foolbox {c['metrics']['pgd_linf']['foolbox']:.1%})",
+         "measured by": white_box_name(c["metrics"]["pgd_linf"]),
          "areas": ", ".join(f"{a}={l}" for a, l in c["areas"].items())} for n, c in cards.items()]
 st.dataframe(rows, hide_index=True, width="stretch")
-st.caption(f"Also loadable from local weights: {', '.join(CORNETS)} and {len(torchvision_models())} torchvision "
+st.caption(f"Also loadable from local weights: {', '.join(CORNET_NAMES)} and {len(torchvision_models())} torchvision "
            f"architectures (Brain-Score area maps for {', '.join(BRAIN_SCORE_AREAS)}); MadryLab robust "
            "and VOneNet checkpoints are recognized automatically.")
 st.write(f"**{model.name}** areas: " + " · ".join(f"`{a}` → `{l}`" for a, l in model.areas.items()))

@@ -24,23 +24,29 @@ def _load(args: argparse.Namespace, name: str, weights: str | None, **options):
 
 
 def _models(args: argparse.Namespace) -> None:
-    from synth.zoo.models import BRAIN_SCORE_AREAS, CORNETS, embedded_models, load_model, torchvision_models
+    from synth.zoo.catalog import (
+        BRAIN_SCORE_AREAS,
+        CORNET_NAMES,
+        GENERATORS_DIR,
+        available_generators,
+        embedded_models,
+        torchvision_models,
+        white_box_name,
+    )
 
     if args.name is None:
         print("embedded (trained on the embedded object set; weights ship with phosphene):")
         for name, card in embedded_models().items():
             m, r = card["metrics"], card["metrics"]["pgd_linf"]
-            print(f"  {name:<16} test top-1 {m['test_top1']:.1%}, Linf PGD-{r['steps']} at {r['eps_255']:g}/255 "
+            print(f"  {name:<16} test top-1 {m['test_top1']:.1%}, Linf {white_box_name(r)} at {r['eps_255']:g}/255 "
                   f"{r['accuracy']:.1%} (foolbox {r['foolbox']:.1%}){', stochastic' if m.get('stochastic') else ''}")
-        from synth.zoo.generators import GENERATORS_DIR, available_generators
-
         print("generators (for --param / --code generator:NAME; DeePSiM fc6 as generator:PATH):")
         for name in available_generators():
             m = json.loads((GENERATORS_DIR / f"{name}.json").read_text())["metrics"]
             print(f"  {name:<16} {m['confident_share']:.1%} of samples classified by {m['judge']} with confidence "
                   f">= {m['confidence']:g}, {m['categories_present']} categories")
         print("CORnet (architecture in phosphene; weights from a local file via --weights):")
-        for name in CORNETS:
+        for name in CORNET_NAMES:
             print(f"  {name}")
         mapped = [n for n in torchvision_models() if n in BRAIN_SCORE_AREAS]
         print(f"torchvision ({len(torchvision_models())} architectures; "
@@ -49,6 +55,8 @@ def _models(args: argparse.Namespace) -> None:
         print("Details: phosphene models NAME [--weights PATH]")
         return
     import torch
+
+    from synth.zoo.models import load_model
 
     model = load_model(args.name, weights=args.weights, device="cpu")
     print(f"{model.name}: {len(model.classes)} classes ({', '.join(model.classes[:8])}"
@@ -86,10 +94,14 @@ def _images(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
+    from synth.errors import UnknownNameError
     from synth.training.generators import GENERATOR_RECIPES, remeasure_generator, train_generator
-    from synth.training.recipes import WEIGHTS_DIR, remeasure, train, white_box_name
+    from synth.training.recipes import RECIPES, WEIGHTS_DIR, remeasure, train
+    from synth.zoo.catalog import white_box_name
     from synth.zoo.generators import GENERATORS_DIR
 
+    if args.name not in RECIPES and args.name not in GENERATOR_RECIPES:
+        raise UnknownNameError("recipe", args.name, [*RECIPES, *GENERATOR_RECIPES])
     if args.name in GENERATOR_RECIPES:
         args.out = args.out or str(GENERATORS_DIR)
         if args.card_only:
@@ -248,13 +260,17 @@ def _attack(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     import attacks
-    from attacks.common import parse_eps
+    from attacks.common import read_budgets
     from synth.errors import ConfigError, UnknownNameError
 
-    model = _load_with_readouts(args)
-    eps = parse_eps([e for text in args.eps for e in text.split(",")]) if args.eps else None
     if args.attack not in attacks.CATALOGUE:
         raise UnknownNameError("attack", args.attack, attacks.CATALOGUE)
+    eps = None
+    if args.eps:  # read as `robustness` reads them, each one echoed: a bare L-inf 4 is 4/255, never 4
+        texts = [e for text in args.eps for e in text.split(",")]
+        eps, notes = read_budgets(attacks.CATALOGUE[args.attack].norm, texts)
+        print("\n".join(notes))
+    model = _load_with_readouts(args)
     if args.site and eps is None:
         raise ConfigError("a site attack needs --eps")
     images, categories = _load_images(args.images, model.input_size)
@@ -421,10 +437,7 @@ def _space(*names: str):
 
 def parser() -> argparse.ArgumentParser:
     """The argument parser of the ``phosphene`` command."""
-    from synth.training.generators import GENERATOR_RECIPES
-    from synth.training.recipes import RECIPES, WEIGHTS_DIR
-    from synth.world.data import CONTROLS, SPLITS, VARIATION
-    from synth.world.shapes import CATEGORIES
+    from synth.world.levels import CATEGORIES, CONTROLS, SPLITS, VARIATION
 
     p = argparse.ArgumentParser(prog="phosphene", description="Probe models of the primate ventral stream.")
     p.add_argument("--version", action="version", version=f"phosphene {__version__}")
@@ -448,9 +461,10 @@ def parser() -> argparse.ArgumentParser:
     i.set_defaults(func=_images)
 
     t = sub.add_parser("train", help="re-run the recipe of an embedded model or generator (slow: minutes on a CPU)")
-    t.add_argument("name", choices=[*RECIPES, *GENERATOR_RECIPES])
-    t.add_argument("--out", help=f"where to write NAME.pt and its card (default {WEIGHTS_DIR}, generators in "
-                                 f"its generators/ folder)")
+    t.add_argument("name", help="an embedded model's or generator's recipe, e.g. toy-robust (`phosphene models` "
+                                "lists the models; an unknown name lists every recipe)")
+    t.add_argument("--out", help="where to write NAME.pt and its card (default: the package's weights folder, "
+                                 "generators in its generators/ folder)")
     t.add_argument("--epochs", type=int, help="override the recipe's epoch count")
     t.add_argument("--workers", type=int, default=2)
     t.add_argument("--card-only", action="store_true",
@@ -549,7 +563,8 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--attack", default="pgd-linf", help="attack name (default pgd-linf; 'evaluate' or "
                                                         "'evaluate-l2' for the reliable verdict: APGD-CE, "
                                                         "APGD-T and Square on the images still unbroken)")
-    a.add_argument("--eps", action="append", default=None, help="budget(s), e.g. 4/255 or 1/255,2/255,4/255")
+    a.add_argument("--eps", action="append", default=None, help="budget(s), e.g. 4/255 or 1/255,2/255,4/255 (each "
+                   "one's reading is printed; a bare L-inf number of 1 or more is read as n/255)")
     a.add_argument("--target", help="target class name (targeted attack)")
     a.add_argument("--label", help="true class name of every image (default: metadata.csv beside the images, "
                                    "else the model's own predictions)")
@@ -674,6 +689,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PhospheneError as e:
         print(f"phosphene: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader (``| head``) stopped reading: what it read is what it wanted
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - Python flushes stdout at exit; nothing may reach the pipe
+        return 0
     except OSError as e:
         where = f": {e.filename}" if getattr(e, "filename", None) else ""
         print(f"phosphene: error: {e.strerror or e}{where}", file=sys.stderr)

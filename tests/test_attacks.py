@@ -280,3 +280,21 @@ def test_large_sets_run_in_chunks_with_one_result(tiny):
     assert (chunked.distance <= torch.tensor([1 / 255, 8 / 255])[:, None] + 1e-6).all()
     with torch.no_grad():
         assert torch.equal(torch.stack([tiny(a).argmax(1) for a in chunked.adversarial]), chunked.predictions)
+
+
+def test_the_summary_counts_clean_mistakes_apart_and_gives_norms_in_the_budgets_unit():
+    from attacks.result import distances
+
+    x = torch.zeros(3, 3, 4, 4)
+    adv = x[None].clone()
+    adv[0, 1] += 2 / 255  # image 1 moved by 2/255 and broken; image 0 was wrong before the attack; image 2 held
+    labels, clean = torch.tensor([0, 1, 2]), torch.tensor([5, 1, 2])
+    predictions = torch.tensor([[5, 3, 2]])
+    success = predictions != labels
+    r = AttackResult(x, labels, torch.tensor([4 / 255]), adv, success, distances(adv, x, "linf"), predictions,
+                     clean, "linf", classes=[str(i) for i in range(8)], metadata={"attack": "pgd-linf", "model": "m"})
+    lines = r.summary().splitlines()
+    assert "1 image(s) already misclassified, not attacked" in lines[0]
+    assert "accuracy  33.3%; broken: 1 of 2 attacked, median linf norm 2/255" in lines[1]
+    r.success[0, 1] = False  # nothing broken: no median to give, and no 'nan'
+    assert "broken: 0 of 2 attacked, median linf norm -" in r.summary() and "nan" not in r.summary()

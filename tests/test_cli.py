@@ -1,7 +1,9 @@
 """The command line and the runnable examples: thin shells that must keep working."""
 import csv
 import runpy
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,44 @@ def test_help_lists_subcommands(capsys):
     out = capsys.readouterr().out
     for cmd in ("models", "images", "train"):
         assert cmd in out
+
+
+# What a cold `phosphene --help` may import: argparse and phosphene's light modules, never torch (5.5 s here).
+_PROBE = """
+import sys
+from synth.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+heavy = sorted(m for m in ("torch", "torchvision", "numpy", "PIL", "synth.zoo.models") if m in sys.modules)
+print("HEAVY:" + ",".join(heavy))
+"""
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["attack", "--help"], ["metamer", "--help"], ["train", "--help"],
+                                  ["models"]])
+def test_help_and_the_model_list_answer_without_loading_torch(argv):
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", _PROBE, *argv], capture_output=True, text=True, check=True).stdout
+    seconds = time.perf_counter() - t0
+    assert out.strip().splitlines()[-1] == "HEAVY:", out
+    assert "usage: phosphene" in out or "embedded" in out
+    assert seconds < 5.0, f"{argv} took {seconds:.1f} s (issue 30: 0.5 s for help, 2 s for models, on a quiet machine)"
+
+
+def test_the_model_list_names_torchvisions_own_architectures():
+    import torchvision
+
+    from synth.zoo.catalog import TORCHVISION_MODELS
+
+    assert TORCHVISION_MODELS == tuple(torchvision.models.list_models(module=torchvision.models))
+
+
+def test_a_closed_pipe_ends_the_listing_quietly():
+    cmd = f"{sys.executable} -m synth.cli models | head -1"
+    done = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.startswith("embedded") and "error" not in done.stderr, done
 
 
 def test_models_lists_the_zoo_and_details_one_model(capsys):
@@ -89,7 +129,7 @@ def test_attack_command_attacks_images_and_writes_what_it_did(tmp_path, capsys):
     result = AttackResult.load(tmp_path / "out")
     assert [result.classes[i] for i in result.labels] == categories  # labels read from metadata.csv
     from synth.files import read_png
-    _, meta = read_png(tmp_path / "out" / "eps_1" / "adv_003.png")
+    _, meta = read_png(tmp_path / "out" / "eps_4-255" / "adv_003.png")
     assert meta["attack"] == "pgd-linf" and meta["label"] == categories[3] and meta["steps"] == 10
     assert (tmp_path / "out" / "sheet.png").stat().st_size > 10_000 and (tmp_path / "out" / "curve.png").is_file()
     assert main(["attack", *files[:4], "--site", "IT:12", "--eps", "2/255", "--steps", "10",
@@ -101,7 +141,9 @@ def test_attack_command_attacks_images_and_writes_what_it_did(tmp_path, capsys):
 @pytest.mark.parametrize("args, message", [
     (["--attack", "cw-l3"], "unknown attack 'cw-l3'; did you mean 'cw-l2'"),
     (["--target", "chiars", "--eps", "1/255"], "unknown class 'chiars'; did you mean 'chairs'"),
-    (["--eps", "4//255"], "cannot read the budget"),
+    (["--eps", "4//255"], "cannot read the L-inf budget '4//255'"),
+    (["--eps", "4/0"], "cannot read the L-inf budget '4/0'"),
+    (["--attack", "pgd-l2", "--eps", "0.5/0"], "cannot read the L2 budget '0.5/0'"),
     (["--site", "IT:12"], "needs --eps"),
     (["--attack", "deepfool-l2", "--restarts", "2", "--steps", "5", "--eps", "1/255", "--label", "cars",
       "--site", "IT:1"], "--target and --label are for class attacks"),
@@ -113,6 +155,18 @@ def test_attack_errors_are_one_line(tmp_path, capsys, args, message):
     assert main(["attack", str(tmp_path / "a.png"), "--out", str(tmp_path / "out"), *args]) == 2
     err = capsys.readouterr().err
     assert err.startswith("phosphene: error: ") and message in err and err.count("\n") == 1
+
+
+def test_a_bare_linf_budget_is_read_on_the_0_255_scale_and_said_so(tmp_path, capsys):
+    from attacks import AttackResult
+
+    assert main(["images", "--out", str(tmp_path / "imgs"), "--n", "2", "--workers", "1"]) == 0
+    files = sorted(str(p) for p in (tmp_path / "imgs").glob("*.png"))
+    assert main(["attack", *files, "--eps", "4", "--steps", "2", "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "L-inf ε 4 is ambiguous: read on the 0-255 scale as 4/255" in out
+    assert torch.allclose(AttackResult.load(tmp_path / "out").eps, torch.tensor([4 / 255]))
+    assert (tmp_path / "out" / "eps_4-255" / "adv_000.png").is_file()
 
 
 def test_attack_refuses_unreadable_images(tmp_path, capsys):

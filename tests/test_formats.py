@@ -121,7 +121,7 @@ def test_every_kind_round_trips_through_one_record_format(tiny, tmp_path):
     back = attacks.AttackResult.load(tmp_path / "a", tiny)
     assert all(torch.equal(getattr(back, k), getattr(a, k)) for k in ("adversarial", "success", "distance", "eps"))
     names = [p.relative_to(tmp_path / "a").as_posix() for p in paths]
-    assert names == _sidecar(tmp_path / "a" / "attack.json")["files"] and names[-1] == "eps_1/adv_001.png"
+    assert names == _sidecar(tmp_path / "a" / "attack.json")["files"] and names[-1] == "eps_4-255/adv_001.png"
 
     m = metamers.MetamerResult.load(FIXTURES / "metamer")
     paths = m.save(tmp_path / "m")

@@ -37,6 +37,7 @@ from synth.rng import restores_globals
 from synth.version import __version__
 from synth.world.data import SPLITS, ObjectImages, World
 from synth.zoo import sheets as sheet_io
+from synth.zoo.catalog import white_box_name
 from synth.zoo.models import WEIGHTS_DIR, embedded_models, embedded_net, load_model
 from synth.zoo.probe import ProbeModel
 from synth.zoo.sheets import SL_WEIGHT, Sheet, retinotopic_sheet, save_sheets, spatial_loss, swap_optimize
@@ -471,14 +472,6 @@ def _topography_rows(card: dict) -> list[str]:
                         + (f"(largest {m['patches'][0]['area_mm2']:.1f} mm²) " if m["patches"] else "")
                         + f"against {m['patches_shuffled']} when shuffled |")
     return rows
-
-
-def white_box_name(pgd: dict) -> str:
-    """What measured a card's white-box number: the evaluate cascade, or (cards measured before it) a single PGD."""
-    if pgd["attack"].startswith("attacks.evaluate"):
-        return "attacks.evaluate (APGD-CE, APGD-T, Square)" if "square" in pgd["attack"] else \
-            "attacks.evaluate (APGD-CE, APGD-T; EOT)"
-    return f"PGD-{pgd['steps']}, attacks.pgd"
 
 
 def model_card_markdown(card: dict) -> str:

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from synth.errors import ConfigError, UnknownNameError
 from synth.files import atomic, write_csv
+from synth.world.levels import CONTROLS, SPLITS, VARIATION
 from synth.world.render import (
     SUPERSAMPLE,
     Pose,
@@ -31,18 +32,8 @@ from synth.world.render import (
 )
 from synth.world.shapes import CATEGORIES, MIRRORABLE, OBJECTS_PER_CATEGORY, build, scramble_face
 
-SPLITS: dict[str, int] = {"train": 20000, "val": 2000, "test": 2000}
 _SPLIT_CODE = {"train": 0, "val": 1, "test": 2, "localizer": 3}
 
-# HvM's three variation levels (Majaj et al. 2015): V0 centred, canonical pose and size; V3 and V6 translate up
-# to about ±1.2° and ±2.4° of an 8° image (±0.15 and ±0.3 of its width) and rotate up to ±45° and ±90°.
-# Rotations in depth are capped at ±45°/±65° here (flat parts collapse beyond) and mirroring supplies the far
-# side.  ``clutter`` is phosphene's addition: blobs that make the set hard enough for adversarial work.
-VARIATION: dict[str, dict[str, float]] = {
-    "low": dict(pos=0.0, depth=0.0, roll=0.0, scale_lo=1.0, scale_hi=1.0, clutter=0, parts=1, mirror=0.0),
-    "medium": dict(pos=0.15, depth=45.0, roll=45.0, scale_lo=0.8, scale_hi=1.2, clutter=1, parts=2, mirror=0.5),
-    "high": dict(pos=0.3, depth=65.0, roll=90.0, scale_lo=0.6, scale_hi=1.4, clutter=3, parts=3, mirror=0.5),
-}
 # Every image also varies in global contrast and object surface texture, and may hold loose parts of objects
 # of other categories (a wheel, an eye, a leg): without them a network can read a category off one part or
 # colour, and its decisions are then too easy to defend at ε = 4/255 to be a useful adversarial testbed.
@@ -50,7 +41,6 @@ CONTRAST_RANGE = (0.45, 1.0)
 SURFACE_RANGE = (0.0, 0.45)
 # HvM holds 640 V0, 2560 V3 and 2560 V6 images; a "mixed" set draws levels in that proportion.
 MIXED = (("low", 1 / 9), ("medium", 4 / 9), ("high", 4 / 9))
-CONTROLS: tuple[str, ...] = ("scrambled_faces", "phase_scrambled")
 
 
 @dataclass(frozen=True)

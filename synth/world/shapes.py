@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from synth.world.levels import CATEGORIES
+
 Generator = np.random.Generator
 
 
@@ -343,7 +345,6 @@ def table(ident: Generator, img: Generator) -> list[Part]:
     return parts
 
 
-CATEGORIES: tuple[str, ...] = ("animals", "boats", "cars", "chairs", "faces", "fruits", "planes", "tables")
 BUILDERS: dict[str, Callable[[Generator, Generator], list[Part]]] = dict(
     zip(CATEGORIES, (animal, boat, car, chair, face, fruit, plane, table)))
 OBJECTS_PER_CATEGORY = 8

@@ -36,9 +36,9 @@ from torch import nn
 from synth.errors import CheckpointError, ConfigError, UnknownNameError
 from synth.files import sha256
 from synth.zoo import checkpoints
-from synth.zoo.models import WEIGHTS_DIR, default_device
+from synth.zoo.catalog import GENERATORS_DIR, available_generators
+from synth.zoo.models import default_device
 
-GENERATORS_DIR = WEIGHTS_DIR / "generators"
 SPREAD = 0.02  # a category counts as 'spread' into when it holds at least this share of the confident samples
 
 
@@ -119,11 +119,6 @@ class Critic(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x * 2 - 1).flatten()
-
-
-def available_generators() -> list[str]:
-    """The shipped generators' names."""
-    return sorted(p.stem for p in GENERATORS_DIR.glob("*.json"))
 
 
 def load_generator(name: str | os.PathLike, device: torch.device | str | None = None) -> nn.Module:

@@ -23,6 +23,14 @@ from synth.errors import CheckpointError, ConfigError, UnknownNameError
 from synth.files import sha256
 from synth.zoo import checkpoints
 from synth.zoo import sheets as sheets_
+from synth.zoo.catalog import (
+    BRAIN_SCORE_AREAS,
+    CORNET_NAMES,
+    VONENETS,
+    WEIGHTS_DIR,
+    embedded_models,
+    torchvision_models,
+)
 from synth.zoo.cornet import AREAS as CORNET_AREAS
 from synth.zoo.cornet import cornet_s, cornet_z
 from synth.zoo.probe import ProbeModel
@@ -31,35 +39,9 @@ from synth.zoo.vone import MEAN as VONE_MEAN
 from synth.zoo.vone import STD as VONE_STD
 from synth.zoo.vone import VONENET_AREAS, VOneVentralNet, is_vonenet, vonenet, vonenet_tensors
 
-WEIGHTS_DIR = Path(__file__).parent.parent / "weights"
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-CORNETS = {"cornet_z": cornet_z, "cornet_s": cornet_s}
-VONENETS = ("vonenet_resnet50", "vonenet_alexnet", "vonenet_cornets")  # dicarlolab/vonenet layouts
+CORNETS = dict(zip(CORNET_NAMES, (cornet_z, cornet_s)))
 
-# Brain-Score's published region commitments for torchvision ImageNet models (brain-score/vision,
-# brainscore_vision/models/<model>/region_layer_map/*.json; behaviour = the model's last listed layer).
-# Models missing here have no fixed published map (Brain-Score searches one per benchmark): pass ``areas=``.
-BRAIN_SCORE_AREAS: dict[str, dict[str, str]] = {
-    "alexnet": {"V1": "features.2", "V2": "features.7", "V4": "features.7", "IT": "features.12",
-                "behavior": "classifier.5"},
-    "vgg16": {"V1": "features.16", "V2": "features.16", "V4": "features.16", "IT": "features.23",
-              "behavior": "classifier.3"},
-    "resnet50": {"V1": "layer2.3", "V2": "layer3.0", "V4": "layer2.3", "IT": "layer4.0", "behavior": "avgpool"},
-    "resnet101": {"V1": "layer1.2", "V2": "layer3.9", "V4": "layer3.2", "IT": "layer4.0", "behavior": "avgpool"},
-    "resnet152": {"V1": "layer1.0", "V2": "layer3.11", "V4": "layer3.0", "IT": "layer4.0", "behavior": "avgpool"},
-    "densenet121": {"V1": "features.transition1.pool", "V2": "features.transition2.pool",
-                    "V4": "features.transition1.pool", "IT": "features.transition3.pool", "behavior": "features.norm5"},
-    "densenet169": {"V1": "features.transition1.pool", "V2": "features.transition2.pool",
-                    "V4": "features.transition2.pool", "IT": "features.transition3.pool", "behavior": "features.norm5"},
-    "densenet201": {"V1": "features.transition1.pool", "V2": "features.transition2.pool",
-                    "V4": "features.transition2.pool", "IT": "features.transition3.pool", "behavior": "features.norm5"},
-    "efficientnet_b0": {"V1": "features.3.1.stochastic_depth", "V2": "features.6.1.stochastic_depth",
-                        "V4": "features.4.1.stochastic_depth", "IT": "features.6.1.stochastic_depth",
-                        "behavior": "classifier.1"},
-    "inception_v3": {"V1": "Mixed_6a", "V2": "Mixed_6b", "V4": "Mixed_5b", "IT": "Mixed_7a", "behavior": "avgpool"},
-    "convnext_tiny": {"V1": "features.5.0", "V2": "features.5.1", "V4": "features.4.1", "IT": "features.6.1",
-                      "behavior": "classifier.2"},
-}
 # Brain-Score's 'resnet-50-robust' (MadryLab ImageNet Linf checkpoint in a torchvision ResNet-50).
 MADRY_AREAS = {"V1": "layer3.0.downsample.0", "V2": "layer4.0.downsample.0", "V4": "layer3.0.downsample.0",
                "IT": "layer4.0.downsample.0", "behavior": "avgpool"}
@@ -80,17 +62,6 @@ def require_trained(model: ProbeModel, how: str) -> ProbeModel:
     if model.info.get("weights") == "random init":
         raise ConfigError(f"{model.name} has no trained weights here (nothing is downloaded): {how}")
     return model
-
-
-def embedded_models() -> dict[str, dict]:
-    """The shipped embedded models and their model cards."""
-    return {p.stem: json.loads(p.read_text()) for p in sorted(WEIGHTS_DIR.glob("*.json"))}
-
-
-@cache
-def torchvision_models() -> tuple[str, ...]:
-    """Names of torchvision's ImageNet classification architectures."""
-    return tuple(torchvision.models.list_models(module=torchvision.models))
 
 
 def available_models() -> list[str]:
