@@ -18,6 +18,11 @@ import torch
 
 from synth.engine.results import Result
 
+# Fewer attacked images than this cannot tell masking from chance: one image whose softmax saturates has an all-zero
+# gradient, and one that a larger budget happens not to break makes success "fall".  The free checks report on them
+# without a flag.
+MIN_JUDGED = 8
+
 
 class GradientMaskingWarning(UserWarning):
     """A robustness number that a gradient-masking check does not trust."""
@@ -39,8 +44,10 @@ def gradient_report(runs: Sequence[Result]) -> dict:
     n = len(g0)
     zero = float((g0 == 0).float().mean())
     bad = nonfinite / n
-    flag = zero > 0.05 or bad > 0
-    msg = (f"{zero:.0%} of attacked images had an all-zero gradient and {bad:.0%} a non-finite one, so the attack "
+    flag = (zero > 0.05 or bad > 0) and n >= MIN_JUDGED
+    msg = (f"{zero:.0%} of {n} attacked images had an all-zero gradient and {bad:.0%} a non-finite one: too few "
+           f"images to judge masking (at least {MIN_JUDGED})" if (zero > 0.05 or bad > 0) and not flag else
+           f"{zero:.0%} of attacked images had an all-zero gradient and {bad:.0%} a non-finite one, so the attack "
            "cannot move them: a silent unit, a saturated softmax or a non-differentiable layer masks the gradient "
            "(for class attacks try loss='margin'; confirm with attacks.check)"
            if flag else f"gradients nonzero and finite ({n} attacks)")
@@ -51,7 +58,7 @@ def monotone_report(success: torch.Tensor, budgets: torch.Tensor) -> dict:
     """Success must not fall as the budget grows (each budget attacked on its own), and must grow somewhere over a
     range of budgets wider than 4x unless every image is already broken."""
     rate = success.float().mean(1)
-    if len(budgets) < 2:
+    if len(budgets) < 2 or success.shape[1] < MIN_JUDGED:
         return {}
     drops = int((success[:-1] & ~success[1:]).sum())
     falls = bool((rate[1:] < rate[:-1] - 1.5 / success.shape[1]).any())

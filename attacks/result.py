@@ -104,8 +104,8 @@ class AttackResult:
                  f"not attacked"]
         for k, e in enumerate(self.eps.tolist()):
             moved = self.success[k] & ~done
-            med = _eps_text(float(self.distance[k][moved].median()), self.norm, exact=False) if moved.any() else "-"
-            budget = "minimal" if math.isinf(e) else _eps_text(e, self.norm)
+            med = eps_text(float(self.distance[k][moved].median()), self.norm, exact=False) if moved.any() else "-"
+            budget = "minimal" if math.isinf(e) else eps_text(e, self.norm)
             goal = "reached the target" if self.target is not None else "broken"
             lines.append(f"  eps {budget:>9}: accuracy {float(self.accuracy[k]):6.1%}; {goal}: {int(moved.sum())} of "
                          f"{int((~done).sum())} attacked, median {self.norm} norm {med}")
@@ -142,7 +142,7 @@ class AttackResult:
         with its recipe in text chunks, ``attack.pt`` and ``attack.json``.  Returns the PNGs' paths."""
         pngs = []
         for k, e in enumerate(self.eps.tolist()):
-            sub = "minimal" if math.isinf(e) else f"eps_{_eps_text(e, self.norm).replace('/', '-')}"
+            sub = "minimal" if math.isinf(e) else f"eps_{eps_text(e, self.norm).replace('/', '-')}"
             for i in range(len(self)):
                 meta = {**self.metadata, "eps": e, "norm": self.norm, "index": i,
                         "label": self._name(int(self.labels[i])),
@@ -195,7 +195,7 @@ class AttackResult:
             ])
         e = float(self.eps[k])
         title = (f"{self.metadata.get('attack', 'attack')} on {self.metadata.get('model', '?')}, "
-                 f"{'minimal' if math.isinf(e) else 'eps ' + _eps_text(e, self.norm)}")
+                 f"{'minimal' if math.isinf(e) else 'eps ' + eps_text(e, self.norm)}")
         return image_grid(rows, path, title=title,
                           columns=["clean (label → prediction)", "adversarial", "perturbation"])
 
@@ -218,7 +218,7 @@ class AttackResult:
         return self.classes[index] if 0 <= index < len(self.classes) else str(index)
 
 
-def _eps_text(e: float, norm: str, exact: bool = True) -> str:
+def eps_text(e: float, norm: str, exact: bool = True) -> str:
     """An L-inf budget as n/255 (``exact``: only when it is a quarter step of 1/255; otherwise always, to 3
     digits, as measured norms are), anything else as a number."""
     if norm == "linf" and e > 0 and (not exact or abs(e * 255 * 4 - round(e * 255 * 4)) < 1e-4):

@@ -3,11 +3,13 @@ import math
 
 import matplotlib
 import streamlit as st
+import torch
 
 import attacks
 import synth
 from attacks.catalogue import CATALOGUE, DECISION_BASED
-from attacks.common import parse_eps
+from attacks.common import read_budgets
+from attacks.result import eps_text
 from explorer.common import as_uint8, download, figure_png, pick_image, pick_model, shown_errors, test_batch
 
 matplotlib.use("Agg")
@@ -25,7 +27,7 @@ with st.sidebar:
                                "minutes per batch: `phosphene attack --attack boundary`")
     norm = CATALOGUE[attack].norm
     minimal = CATALOGUE[attack].minimal
-    eps_text = st.text_input("ε (a budget, or a comma-separated sweep)",
+    typed = st.text_input("ε (a budget, or a comma-separated sweep)",
                              "1/255,2/255,4/255,8/255" if norm == "linf" else "0.25,0.5,1,2")
     native = CATALOGUE[attack].build is None
     steps = st.slider("steps", 5, 100, 20, disabled=not native, help="native PGD only")
@@ -42,9 +44,10 @@ st.image(as_uint8(image[0]), caption=f"original{f' ({category})' if category els
 if st.button("Attack", type="primary"):
     results = {}
     with shown_errors():
-        eps = [e.strip() for e in eps_text.split(",") if e.strip()]
-        grid = parse_eps(eps)
-        budget = None if minimal else eps
+        values, notes = read_budgets(norm, typed)  # read as everywhere else: a bare L-inf 4 is 4/255
+        st.caption("; ".join(notes))
+        grid = torch.tensor(values)
+        budget = None if minimal else values
         for m in (left, right):
             with st.spinner(f"{attack} on {m.name}…"):
                 results[m.name] = attacks.run(attack, m, image.to(m.device), label, budget, target=target,
@@ -69,14 +72,19 @@ for name, r in st.session_state.get("attack-results", {}).items():
     pert = ((adv - clean) * amplify + 0.5).clamp(0, 1)
     a, b, c, _ = st.columns([1, 1, 1, 1.5])
     a.image(as_uint8(clean), caption=f"clean: {r.classes[int(r.clean_predictions[0])]}", width="stretch")
-    budget_text = f"minimal {norm} norm {float(r.distance[k, 0]):.3g}" if not math.isfinite(float(r.eps[k])) \
-        else f"ε {float(r.eps[k]):.3g}"
+    budget_text = f"minimal {norm} norm {eps_text(float(r.distance[k, 0]), norm, exact=False)}" \
+        if not math.isfinite(float(r.eps[k])) else f"ε {eps_text(float(r.eps[k]), norm)}"
     b.image(as_uint8(adv), caption=f"{budget_text}: {r.classes[int(r.predictions[k, 0])]} "
                                    f"({'broken' if bool(r.success[k, 0]) else 'held'})", width="stretch")
     c.image(as_uint8(pert), caption=f"perturbation ×{amplify}", width="stretch")
-    st.dataframe([{"ε": float(e), "prediction": r.classes[int(p)], "success": bool(s), "distance": float(d)}
+    st.dataframe([{"ε": eps_text(float(e), norm) if math.isfinite(float(e)) else "minimal",
+                   f"{norm} norm used": eps_text(float(d), norm, exact=False), "prediction": r.classes[int(p)],
+                   "broken": bool(s)}
                   for e, p, s, d in zip(r.eps, r.predictions[:, 0], r.success[:, 0], r.distance[:, 0])],
                  hide_index=True)
+    for check in r.checks.values():  # a gradient-masking check that failed: said here, not only on the console
+        if isinstance(check, dict) and check.get("flag"):
+            st.warning(f"Gradient-masking check: {check['message']}")
     with b:
         download(adv, {**r.metadata, "eps": float(r.eps[k])}, f"{name}_adversarial", f"attack-dl-{name}")
 results = st.session_state.get("attack-results", {})
@@ -87,9 +95,10 @@ if results:
         curves = {name: (grid, r.curve(grid)) if not math.isfinite(float(r.eps[-1])) else (r.eps, r.accuracy)
                   for name, r in results.items()}
     fig, ax = plt.subplots(figsize=(5, 2.8))
+    unit = 255 if norm == "linf" else 1  # L-inf budgets in the unit they are typed in: n/255
     for name, (eps, acc) in curves.items():
-        ax.plot(eps.numpy(), acc.numpy(), "o-", label=name)
-    ax.set(xlabel=f"ε ({norm})", ylabel="accuracy", ylim=(-0.05, 1.05),
+        ax.plot(eps.numpy() * unit, acc.numpy(), "o-", label=name)
+    ax.set(xlabel="ε (L-inf, n/255)" if norm == "linf" else "ε (L2)", ylabel="accuracy", ylim=(-0.05, 1.05),
            title=f"accuracy against ε ({n_curve} test images)" if n_curve else "accuracy against ε (this image)")
     ax.legend(frameon=False)
     st.image(figure_png(fig))

@@ -350,6 +350,13 @@ def _metamer(args: argparse.Namespace) -> None:
               f"after {row['steps']} steps")
     print(f"{int(r.passed.sum())}/{len(r)} metamers passed at {args.stage}; PNGs, metamers.json/.csv and sheet.png "
           f"in {out}")
+    left = sorted(out.glob(f".checkpoint-{args.stage}*.pt"))
+    if bool(r.passed.all()):
+        for path in left:  # every metamer passed and is saved: nothing is left to resume
+            path.unlink()
+    elif left:
+        print(f"kept {', '.join(p.name for p in left)}: the optimizer's state of the metamers that did not pass; "
+              f"`--resume` goes on from it, and a fresh run removes it")
 
 
 def _recognizability(args: argparse.Namespace) -> None:
@@ -435,11 +442,18 @@ def _space(*names: str):
     return check
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage mistake told in one line and a pointer to the help instead of the whole usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser of the ``phosphene`` command."""
     from synth.world.levels import CATEGORIES, CONTROLS, SPLITS, VARIATION
 
-    p = argparse.ArgumentParser(prog="phosphene", description="Probe models of the primate ventral stream.")
+    p = _Parser(prog="phosphene", description="Probe models of the primate ventral stream.")
     p.add_argument("--version", action="version", version=f"phosphene {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

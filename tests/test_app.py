@@ -48,6 +48,10 @@ def test_attack_page_attacks_both_models_and_draws_the_curve():
     headers = [h.value for h in at.subheader]
     assert "toy-standard" in headers and "toy-robust" in headers
     assert len(at.dataframe) == 2 and len(at.dataframe[0].value) == 4  # one row per ε of the sweep
+    table = at.dataframe[0].value  # budgets and norms in the unit they are typed in
+    assert table["ε"].tolist() == ["1/255", "2/255", "4/255", "8/255"]
+    assert all(t.endswith("/255") for t in table["linf norm used"] if t != "0")
+    assert any("1/255 read as 0.003922" in c.value for c in at.caption)
     n, curves = at.session_state["attack-curves"]
     assert n == 16 and set(curves) == {"toy-standard", "toy-robust"}
     std, rob = curves["toy-standard"][1], curves["toy-robust"][1]
@@ -109,7 +113,8 @@ def test_attack_page_runs_a_minimal_norm_attack_and_reads_its_curve_off_the_budg
     at.button[0].click().run()
     assert not at.exception, at.exception
     table = at.dataframe[0].value  # one row: the minimal perturbation found, at no fixed budget
-    assert len(table) == 1 and np.isinf(table["ε"][0]) and 0 < table["distance"][0] < 10 and table["success"][0]
+    assert len(table) == 1 and table["ε"][0] == "minimal" and table["broken"][0]
+    assert 0 < float(table["l2 norm used"][0]) < 10
     n, curves = at.session_state["attack-curves"]
     std = curves["toy-standard"][1]
     assert len(std) == 4 and (std[1:] <= std[:-1]).all()  # read off the per-image minimal norms

@@ -260,3 +260,11 @@ def test_max_batch_finds_a_batch_within_the_budget_and_checkpointing_raises_it(c
     assert 1 <= plain < recomputed
     assert main(["max-batch", "--memory", "lots"]) == 2
     assert "512MB or 4GB" in capsys.readouterr().err
+
+
+def test_a_usage_mistake_is_one_line_that_points_to_the_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["attack"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1
+    assert "required: images, --out" in err and "see phosphene attack --help" in err

@@ -204,6 +204,9 @@ def test_cli_writes_one_metamer_per_input_and_refuses_bad_files(tmp_path, capsys
     assert written == sorted(f"{n}_logits.png" for n in ("RGB", "P", "RGBA", "cmyk", "I16"))
     rows = json.loads((out / "metamers.json").read_text())["metamers"]
     assert len(rows) == 5 and all("spearman" in r and "passed" in r for r in rows)
+    kept = list(out.glob(".checkpoint-*"))  # gone once every metamer passed; else kept, and the user told why
+    said = "`--resume` goes on from it" in capsys.readouterr().out
+    assert (not kept and not said) if all(r["passed"] for r in rows) else (kept and said)
     bad = {"empty.png": b"", "text.png": b"not an image at all", "trunc.png": open(files[0], "rb").read()[:60]}
     for name, data in bad.items():
         (tmp_path / name).write_bytes(data)
