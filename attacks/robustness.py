@@ -250,7 +250,10 @@ class RobustnessTable:
                f"`attacks.evaluate` (a {s['steps']}-step PGD sweep, then APGD-CE, APGD-T and Square on the images "
                "still unbroken; Square left out for stochastic models" if old else
                f"`attacks.evaluate` (APGD-CE, then {s['steps']}-step APGD-T runs and Square's probe on the images "
-               "still unbroken; Square left out for stochastic models")
+               "still unbroken; Square left out for stochastic models" if s["steps"] is not None else
+               "`attacks.evaluate` with its defaults (APGD-CE, 30 steps, then APGD-T towards 3 classes, 100 steps "
+               "each, and Square's probe on the images still unbroken; on stochastic models 20 steps, 1 target, "
+               "half the verdict's draws per step and no Square")
         lines += ["", f"Accuracy in %, {s['data']}. White-box: {how}; stochastic models with EOT over {s['eot']} "
                   "draws: "
                   f"{', '.join(s['stochastic']) or 'none'}). "
@@ -339,16 +342,16 @@ def robustness_table(models: Sequence[str | ProbeModel] | Mapping[str, ProbeMode
              log=print) -> RobustnessTable:
     """The robustness table for several models on the same images: clean accuracy, white-box accuracy at
     each L-inf and L2 budget — ``attacks.evaluate``'s cascade (APGD-CE, APGD-T and Square's probe, ``steps`` steps
-    each, default 100), or with ``quick`` a PGD sweep alone (default 20 steps) — (``l2`` defaults to VOneNet's
-    budgets scaled to the model's input size) — accuracy under each corruption and severity, and the means.
-    ``data``: an ``EvalImages`` (``image_folder(DIR)``),
+    each, default evaluate's own per model), or with ``quick`` a PGD sweep alone (default 20 steps) — (``l2``
+    defaults to VOneNet's budgets scaled to the model's input size) — accuracy under each corruption and
+    severity, and the means.  ``data``: an ``EvalImages`` (``image_folder(DIR)``),
     default ``n`` images of the embedded test split; ``eot``: noise draws per step and per verdict for stochastic
     models; ``log``: where the notes on budgets and left-out folders go."""
     from synth.zoo.models import default_device, load_model
 
     t_start = time.perf_counter()
-    steps = steps if steps is not None else 20 if quick else 100
-    if steps < 1 or eot < 1:
+    steps = 20 if steps is None and quick else steps  # evaluate: None keeps its own defaults, per model
+    if (steps is not None and steps < 1) or eot < 1:
         raise ConfigError(f"steps and eot must be >= 1, got {steps} and {eot}")
     named = dict(models) if isinstance(models, Mapping) else {
         (m.name if isinstance(m, ProbeModel) else str(m)): m for m in models}

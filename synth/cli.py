@@ -609,7 +609,8 @@ def parser() -> argparse.ArgumentParser:
     rb.add_argument("--linf", default="1/1020,1/255,4/255", help="L-inf budgets (default VOneNet's 1/1020,1/255,4/255)")
     rb.add_argument("--l2", help="L2 budgets (default VOneNet's 0.15,0.6,2.4 scaled by input size/224)")
     rb.add_argument("--steps", type=int, default=None,
-                    help="steps of each gradient attack (default 100 for attacks.evaluate, 20 with --quick)")
+                    help="steps of each gradient attack (default: attacks.evaluate's, 100 and 20 on a stochastic "
+                         "model; 20 with --quick)")
     rb.add_argument("--quick", action="store_true", help="white-box: the PGD sweep alone, not attacks.evaluate's "
                                                          "cascade (faster; overstates robust accuracy)")
     rb.add_argument("--eot", type=int, default=8, help="noise draws per step and verdict for stochastic models")

@@ -226,22 +226,33 @@ def fit(model: ProbeModel, images: torch.Tensor, responses: Responses, layer: st
     sd = np.where(sd > 0, sd, 1.0)
     y = (y_raw - mu) / sd
     n_components = min(n_components, x.shape[1], int(x.shape[0] * (folds - 1) / folds) - 1)
+    splits = list(KFold(min(folds, len(y)), shuffle=True, random_state=seed).split(x))
+    repeats = responses.values.ndim == 3
+    # after the features, a PLS fit per fold, the final fit and the ceiling take minutes: one bar names each stage
+    bar = tqdm(total=len(splits) + 1 + repeats, desc=f"readout fit ({method})", unit="stage", disable=not progress)
     per_fold = []
-    for train, test in KFold(min(folds, len(y)), shuffle=True, random_state=seed).split(x):
+    for k, (train, test) in enumerate(splits):
+        bar.set_postfix_str(f"cross-validation fold {k + 1}/{len(splits)}")
         reg = _regressor(method, n_components, alphas).fit(x[train], y[train])
         per_fold.append(pearson(np.asarray(reg.predict(x[test])).reshape(len(test), -1), y[test]))
+        bar.update()
     r = np.mean(per_fold, axis=0)
+    bar.set_postfix_str("final fit on all images")
     reg = _regressor(method, n_components, alphas).fit(x, y)
+    bar.update()
     w, b = _linear_map(reg)
     info = {"method": method, "n_components": n_components if method == "pls" else None, "folds": folds,
             "seed": seed, "n_images": int(x.shape[0]), "n_features": int(x.shape[1]), "model": model.name,
             "weights_sha256": model.weights_digest(),
             "r": r.tolist(), "median_r": float(np.median(r))}
-    if responses.values.ndim == 3:
+    if repeats:
+        bar.set_postfix_str("split-half noise ceiling")
         ceiling = split_half_ceiling(responses.values, seed=seed)
         ceiled = np.where(ceiling > 0, r / np.where(ceiling > 0, ceiling, 1), np.nan)
         info.update(ceiling=ceiling.tolist(), ceiled_r=ceiled.tolist(), median_ceiled_r=float(np.nanmedian(ceiled)),
                     repeats=int(responses.values.shape[2]))
+        bar.update()
+    bar.close()
     return Readout(layer, torch.from_numpy(w), torch.from_numpy(b), responses.sites, torch.from_numpy(mu),
                    torch.from_numpy(sd), info)
 
