@@ -176,7 +176,8 @@ class MetamerResult:
         import matplotlib.pyplot as plt
 
         k = min(n, len(self))
-        fig, axes = plt.subplots(2, k, figsize=(1.6 * k, 3.6), squeeze=False)
+        # panels of 2.2 in at 150 dpi (330 px each; the figure at least 5 in wide, so its title fits one image)
+        fig, axes = plt.subplots(2, k, figsize=(max(5.0, 2.2 * k), 5.2), squeeze=False)
         s = self.stats[self.stage]
         for i in range(k):
             for row, img, title in ((0, self.references[i], "reference"),
@@ -184,13 +185,13 @@ class MetamerResult:
                                                          f"{'pass' if bool(s['passed'][i]) else 'fail'}")):
                 ax = axes[row, i]
                 ax.imshow(img.permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
-                ax.set_title(title, fontsize=7)
+                ax.set_title(title, fontsize=10)
                 ax.axis("off")
-        fig.suptitle(f"{self.metadata.get('model', '')} metamers at {self.stage}", fontsize=9)
+        fig.suptitle(f"{self.metadata.get('model', '')} metamers at {self.stage}", fontsize=12)
         fig.tight_layout()
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120)
+        fig.savefig(path, dpi=150)
         plt.close(fig)
         return path
 

@@ -46,26 +46,29 @@ def _stimulus_set(n: int, signals: tuple[float, ...], seed: int, workers: int) -
 
 
 def _choice_shifts(model, sheet: Sheet, sites: torch.Tensor, currents: list[float], rate_hz: float,
-                   stimuli: torch.Tensor, progress: bool, desc: str) -> np.ndarray:
-    """sites × currents: the change in the fraction of 'face' choices over ``stimuli`` under stimulation."""
-    from tqdm.auto import tqdm
-
+                   stimuli: torch.Tensor, done: list, save, bar) -> np.ndarray:
+    """sites × currents: the change in the fraction of 'face' choices over ``stimuli`` under stimulation.  ``done``
+    holds each site's row once measured (None before): a site already there is not stimulated again, and ``save``
+    runs after each new one, so that a killed run resumes where it stopped."""
     base = face_choices(model, stimuli).float().mean()
     out = np.zeros((len(sites), len(currents)))
-    bar = tqdm(total=out.size, desc=desc, unit="site", disable=not progress)
     for i, xy in enumerate(sites.tolist()):
-        for j, current in enumerate(currents):
-            stimulated = model.intervene(microstimulation(sheet, tuple(xy), current, rate_hz))
-            out[i, j] = float(face_choices(stimulated, stimuli).float().mean() - base)
-            bar.update()
-    bar.close()
+        if done[i] is None:
+            for j, current in enumerate(currents):
+                stimulated = model.intervene(microstimulation(sheet, tuple(xy), current, rate_hz))
+                out[i, j] = float(face_choices(stimulated, stimuli).float().mean() - base)
+            done[i] = out[i].tolist()
+            save()
+        out[i] = done[i]
+        bar.update()
     return out
 
 
 def afraz(model, layer: str = "IT", sites: int = AFRAZ_SITES, current_ua: float = AFRAZ_CURRENT_UA,
           rate_hz: float = AFRAZ_RATE_HZ, spreads_mm: tuple[float, ...] = (0.5, 1.0, 2.0),
           record_fraction: float = 0.5, n: int = 32, signals: tuple[float, ...] = AFRAZ_SIGNALS, seed: int = 0,
-          workers: int = 1, progress: bool = True, face_map: torch.Tensor | None = None) -> dict:
+          workers: int = 1, progress: bool = True, face_map: torch.Tensor | None = None,
+          partial: str | os.PathLike | None = None) -> dict:
     """Afraz, Kiani & Esteky (2006) in silico: stimulate ``sites`` sites of a topographic layer (each at a unit
     drawn at random) while the model judges face / non-face stimuli at low visual signal, and correlate each
     site's shift in face choices with its face selectivity (faces-vs-objects t) as an electrode records it, over
@@ -73,8 +76,15 @@ def afraz(model, layer: str = "IT", sites: int = AFRAZ_SITES, current_ua: float 
     the control.  Reported at ``current_ua`` (Afraz: 50 µA, 200 Hz) and for each spread of ``spreads_mm`` (its
     current from ``current_for_spread``): Pearson's r and p for the topographic and the shuffled layout, the
     one-sided p that the first exceeds the second (Fisher's z), and the sites' data.  ``face_map``: the units'
-    faces-vs-objects t where already measured (``localizer_maps``)."""
+    faces-vs-objects t where already measured (``localizer_maps``); ``partial``: a JSON file that holds each site's
+    result as it finishes (written atomically), read back by a run with the same settings, so that a killed run
+    goes on where it stopped; it is removed once the report is complete."""
+    import json
+
     from scipy import stats
+    from tqdm.auto import tqdm
+
+    from synth.files import write_text
 
     sheet = sheet_of(model, layer)
     if not 3 <= sites <= len(sheet):
@@ -92,10 +102,22 @@ def afraz(model, layer: str = "IT", sites: int = AFRAZ_SITES, current_ua: float 
               "sites": sites, "current_ua": current_ua, "rate_hz": rate_hz, "spread_mm": lam,
               "record_fraction": record_fraction, "stimuli": {"per_class_per_level": n, "signals": list(signals)},
               "seed": seed, "curve": []}
+    key = {**{k: report[k] for k in ("model", "layer", "units", "sites", "current_ua", "rate_hz", "stimuli", "seed")},
+           "weights_sha256": model.weights_digest(), "currents": currents}
+    state = json.loads(Path(partial).read_text()) if partial is not None and Path(partial).is_file() else {}
+    if state.get("key") != json.loads(json.dumps(key)):  # another run's sites, or none: start afresh
+        state = {"key": key, "topographic": [None] * sites, "shuffled": [None] * sites}
+
+    def save() -> None:
+        if partial is not None:
+            write_text(partial, json.dumps(state))
+
+    bar = tqdm(total=2 * sites, unit="site", disable=not progress,
+               desc=f"afraz: {sites} sites × 2 layouts, {len(currents)} currents each")
     rows = {}
     for name, s in (("topographic", sheet), ("shuffled", sheet.shuffled(seed))):
         xy = s.positions[units]
-        shifts = _choice_shifts(model, s, xy, currents, rate_hz, stimuli, progress, f"afraz {name}")
+        shifts = _choice_shifts(model, s, xy, currents, rate_hz, stimuli, state[name], save, bar)
         for j, (spread, current) in enumerate(zip(spreads, currents)):
             sel = [electrode_selectivity(s, t, p, record_fraction * spread) for p in xy]
             r, p = stats.pearsonr(sel, shifts[:, j])
@@ -112,7 +134,11 @@ def afraz(model, layer: str = "IT", sites: int = AFRAZ_SITES, current_ua: float 
                                 "difference_p": _fisher_p(a["r"], b["r"], sites),
                                 "mean_shift": a["mean_shift"], "mean_shift_shuffled": b["mean_shift"]})
     report["difference_p"] = _fisher_p(report["topographic"]["r"], report["shuffled"]["r"], sites)
+    bar.close()
+    if partial is not None:
+        Path(partial).unlink(missing_ok=True)
     return report
+
 
 
 def _fisher_p(r1: float, r2: float, n: int) -> float:
@@ -141,7 +167,7 @@ def plot_afraz(report: dict, path: str | os.PathLike) -> str:
         xs = np.linspace(x.min(), x.max(), 2)
         ax.plot(xs, slope * xs + icpt, color="k", lw=1)
         ax.axhline(0, color="k", lw=0.5, ls=":")
-        title = report["model"] if name == "topographic" else "positions shuffled"
+        title = report["model"] if name == "topographic" else "control: positions shuffled"
         ax.set(xlabel="site face selectivity (t, faces vs objects)", ylabel="shift in face choices (%)",
                title=f"{title}: r = {d['r']:.2f}, p = {d['p']:.1g}")
     ax = axes[2]
@@ -199,7 +225,7 @@ def run_afraz(model, out: str | os.PathLike, layer: str = "IT", **settings) -> d
     t0 = time.time()
     sheet = sheet_of(model, layer)
     t = localizer_maps(model, layer, 100, "t", settings.get("workers", 1))["faces_vs_objects"]
-    report = afraz(model, layer, face_map=t, **settings)
+    report = afraz(model, layer, face_map=t, partial=out / "afraz-sites.partial.json", **settings)
     report["psychometric"] = _site_curves(model, sheet, report, settings.get("workers", 1))
     report["seconds"] = round(time.time() - t0, 1)
     report["versions"] = {"phosphene": __version__, "torch": torch.__version__}
@@ -210,7 +236,7 @@ def run_afraz(model, out: str | os.PathLike, layer: str = "IT", **settings) -> d
                               "largest_mm2": [p["area_mm2"] for p in found[:3]],
                               "largest_shuffled_mm2": [p["area_mm2"] for p in found_control[:3]]}
     plot_sheets([(sheet, t, f"{model.name} {sheet.layer}: {len(found)} face patches", threshold),
-                 (control, t, f"positions shuffled: {len(found_control)}", threshold)],
+                 (control, t, f"control, unit positions shuffled: {len(found_control)} face patches", threshold)],
                 out / "face_map.png", label="faces vs objects (t)")
     plot_afraz(report, out / "afraz.png")
     write_text(out / "afraz.json", json.dumps(report, indent=1))

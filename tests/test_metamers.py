@@ -201,6 +201,7 @@ def test_cli_writes_one_metamer_per_input_and_refuses_bad_files(tmp_path, capsys
                  "--out", str(out)])
     assert code == 0
     written = sorted(p.name for p in out.glob("*.png") if p.name != "sheet.png")
+    assert min(Image.open(out / "sheet.png").size) >= 750  # large enough to look at, its title not clipped
     assert written == sorted(f"{n}_logits.png" for n in ("RGB", "P", "RGBA", "cmyk", "I16"))
     rows = json.loads((out / "metamers.json").read_text())["metamers"]
     assert len(rows) == 5 and all("spearman" in r and "passed" in r for r in rows)

@@ -286,3 +286,36 @@ def test_afraz_stimulating_face_selective_sites_biases_choices_and_the_shuffled_
     assert Image.open(png).size[0] > 800
     with pytest.raises(ConfigError, match="between 3 and 256 sites"):
         afraz(toy_topo, "IT", sites=1000, progress=False)
+
+
+@pytest.mark.slow  # a kill and a resume of a small Afraz run
+def test_a_killed_afraz_run_resumes_from_its_finished_sites_and_gives_the_same_report(toy_topo, tmp_path,
+                                                                                      monkeypatch):
+    import importlib
+
+    import synth.files
+
+    af = importlib.import_module("microstim.afraz")  # the module: `microstim.afraz` is also its function's name
+    settings = dict(sites=5, n=8, spreads_mm=(1.0,), signals=(0.0, 0.15), progress=False)
+    t = torch.randn(len(af.sheet_of(toy_topo, "IT")), generator=torch.Generator().manual_seed(0))
+    whole = af.afraz(toy_topo, "IT", face_map=t, **settings)
+    partial, writes, real_write = tmp_path / "sites.partial.json", [], synth.files.write_text
+
+    def killed_after_seven_sites(path, text):  # afraz imports write_text when it runs: it gets this one
+        real_write(path, text)
+        writes.append(path)
+        if len(writes) == 7:  # 5 topographic sites and 2 shuffled ones are on disk
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(synth.files, "write_text", killed_after_seven_sites)
+    with pytest.raises(KeyboardInterrupt):
+        af.afraz(toy_topo, "IT", face_map=t, partial=partial, **settings)
+    monkeypatch.undo()
+    assert partial.is_file()
+    calls, real_stimulation = [], af.microstimulation
+    monkeypatch.setattr(af, "microstimulation", lambda *a, **k: calls.append(a[1]) or real_stimulation(*a, **k))
+    resumed = af.afraz(toy_topo, "IT", face_map=t, partial=partial, **settings)
+    assert len(calls) == 3 * 2  # only the 3 shuffled sites left, at 2 currents (50 µA and 1 mm): none twice
+    assert any(whole["topographic"]["shift"]) and any(whole["shuffled"]["shift"])  # stimulation moved choices
+    assert resumed["topographic"]["shift"] == whole["topographic"]["shift"]
+    assert resumed["shuffled"]["shift"] == whole["shuffled"]["shift"] and not partial.exists()
