@@ -23,7 +23,7 @@ with st.sidebar:
 image, category = pick_image(model, "metamer")
 st.image(as_uint8(image[0]), caption=f"reference{f' ({category})' if category else ''}", width=160)
 
-go, stop = st.columns([1, 6])
+go, stop, _ = st.columns([2, 1, 4])  # wide enough for "Make the metamer" at 1400 px
 if stop.button("Stop", key="metamer-stop",
                help="interrupts a running optimization (any other change of input does too)"):
     st.warning("Stopped: the optimization was interrupted and nothing was kept.")

@@ -1,5 +1,7 @@
 """Micro-stimulation: a topographic model's sheet coloured by face selectivity; stimulate a site, see the spread,
 the units it drives and the shift in face / non-face choices (Afraz et al. 2006)."""
+import math
+
 import matplotlib
 import numpy as np
 import streamlit as st
@@ -27,6 +29,23 @@ def stimuli(n: int) -> tuple[np.ndarray, np.ndarray]:
     return loc["faces"].images, loc["objects"].images
 
 
+def strongest_site(sheet, t: torch.Tensor) -> tuple[float, float]:
+    """Where a first stimulation should go: the centre of the face patch with the highest peak, or, where that
+    centre falls outside the patch (a crescent), the patch's most face-selective unit; the sheet's centre when it
+    has no patch."""
+    found, threshold = topo.face_patches(sheet, t)
+    if not found:
+        return sheet.size_mm / 2, sheet.size_mm / 2
+    patch = max(found, key=lambda p: p["peak"])
+    centre = torch.tensor(patch["center_mm"])
+    if topo.electrode_selectivity(sheet, t, centre, topo.spread_mm(50) / 2) > threshold:
+        x, y = patch["center_mm"]
+    else:
+        near = sheet.squared_distance(centre) <= patch["area_mm2"] / math.pi
+        x, y = sheet.positions[torch.where(near, t.flatten(), -math.inf).argmax()].tolist()
+    return round(float(x), 1), round(float(y), 1)
+
+
 st.header("Micro-stimulation")
 topographic = [n for n, c in embedded_models().items() if c.get("topography")]
 if not topographic:
@@ -38,13 +57,14 @@ with st.sidebar:
     areas = [a for a, l in model.areas.items() if l in model.sheets]
     layer = st.selectbox("sheet", areas, index=areas.index("IT") if "IT" in areas else 0)
     sheet = topo.sheet_of(model, layer)
-    x = st.slider("site x (mm)", 0.0, sheet.size_mm, sheet.size_mm / 2, 0.1)
-    y = st.slider("site y (mm)", 0.0, sheet.size_mm, sheet.size_mm / 2, 0.1)
+    t = torch.from_numpy(face_map(name, layer))
+    x0, y0 = strongest_site(sheet, t)
+    x = st.slider("site x (mm)", 0.0, sheet.size_mm, x0, 0.1, help="starts at the strongest face patch")
+    y = st.slider("site y (mm)", 0.0, sheet.size_mm, y0, 0.1)
     current = st.slider("current (µA)", 10, 400, 50, 5)
     rate = st.slider("pulse rate (Hz)", 25, 400, 200, 25)
     n = st.slider("faces and objects per signal level", 8, 64, 24, 8)
 
-t = torch.from_numpy(face_map(name, layer))
 with shown_errors():
     stim = topo.microstimulation(sheet, (x, y), float(current), float(rate))
 lam = topo.spread_mm(current)

@@ -1,5 +1,6 @@
 """The Streamlit explorer: every page's main path on the embedded default, and bad uploads, through AppTest."""
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -78,7 +79,9 @@ def test_microstim_page_shows_the_sheet_and_the_shift_in_face_choices():
     patches, _ = topo.face_patches(topo.sheet_of(model, "IT"), t)
     x, y = max(patches, key=lambda p: p["peak"])["center_mm"]  # the most face-selective patch
     at = _page("explorer/microstim.py")
-    assert "recorded face selectivity" in " ".join(m.value for m in at.markdown)
+    text = " ".join(m.value for m in at.markdown)
+    recorded = float(re.search(r"recorded face selectivity t = (-?[0-9.]+)", text)[1])
+    assert recorded > 2  # the page starts on a face patch, not at the sheet's centre
     for i, value in ((0, round(x, 1)), (1, round(y, 1)), (2, 200), (4, 8)):  # site x, y, current, stimuli per level
         at.sidebar.slider[i].set_value(value).run()
     at.button[0].click().run()
