@@ -1,10 +1,11 @@
 """The README's command-line tour, run end to end with each command's time, and a sheet of what it made.
 
-Run:  .venv/bin/python examples/tour.py [--root DIR] [--all]
+Run:  .venv/bin/python examples/tour.py [--root DIR] [--slow afraz,robustness]
 
-Every command is the README's, run through ``synth.cli.main`` in ``--root`` (default: a fresh ``runs/tour``), so
-its folders are the tour's own (``stimuli/``, ``responses.npz``, ``readouts/``, ``runs/...``).  ``--all`` adds the
-two slow ones (the robustness table and the Afraz experiment, several minutes each).  The sheet
+Every command is the README's, run as a user runs it: a separate ``phosphene`` process each (cold start: Python,
+torch and the model load count), timed on the wall clock, in ``--root`` (default: a fresh ``runs/tour``), so its
+folders are the tour's own (``stimuli/``, ``responses.npz``, ``readouts/``, ``runs/...``).  ``--slow`` adds the
+slow ones by name (the Afraz experiment, the robustness table); it prints the machine the times are from.  The sheet
 (``docs/tour.png`` with ``--sheet``) shows embedded images, a stretch image, the batch's images, an attack and a
 metamer, each labelled with the command that made it.
 """
@@ -20,9 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from synth.cli import main as phosphene  # noqa: E402
-
 TOUR = [
+    ["models"],
     ["images", "--out", "stimuli", "--n", "64", "--seed", "1"],
     ["synth", "--model", "toy-standard", "--objective", "stretch(IT:12)", "--steps", "256", "--seed", "7",
      "--out", "runs/it12"],
@@ -33,27 +33,41 @@ TOUR = [
     ["attack", "stimuli/*.png", "--model", "toy-robust", "--eps", "1/255,2/255,4/255", "--out", "runs/attack"],
     ["metamer", "stimuli/img_test_000000.png", "--model", "toy-robust", "--stage", "IT", "--out", "runs/metamer"],
 ]
-SLOW = [
-    ["robustness", "--models", "toy-standard,toy-robust,toy-vone", "--out", "runs/robustness"],
-    ["microstim", "afraz", "--model", "toy-topo", "--out", "runs/afraz"],
-]
+SLOW = {
+    "robustness": ["robustness", "--models", "toy-standard,toy-robust,toy-vone", "--out", "runs/robustness"],
+    "afraz": ["microstim", "afraz", "--model", "toy-topo", "--out", "runs/afraz"],
+}
 
 
-def run_tour(root: Path, slow: bool) -> dict[str, float]:
-    """Run each command in ``root``; returns its wall time by command line.  Stops at the first failure."""
+def machine() -> str:
+    """The CPU, its cores and its load when the tour starts: what the times are from."""
+    import platform
+
+    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+                 platform.processor()) if Path("/proc/cpuinfo").is_file() else platform.processor()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return f"{model}, {os.cpu_count()} cores, load average {load:.1f} at the start"
+
+
+def run_tour(root: Path, slow: list[str]) -> dict[str, float]:
+    """Run each command in ``root`` as its own process; returns its wall time by command line.  Stops at the first
+    failure."""
     import glob
+    import subprocess
 
     root.mkdir(parents=True, exist_ok=True)
     os.chdir(root)
+    entry = Path(sys.executable).parent / "phosphene"  # the console script a user runs
+    start = [str(entry)] if entry.is_file() else [sys.executable, "-m", "synth.cli"]
     times = {}
-    for command in TOUR + (SLOW if slow else []):
+    for command in TOUR + [SLOW[name] for name in slow]:
         line = "phosphene " + " ".join(a if " " not in a and "(" not in a else repr(a) for a in command)
         argv = [a for pattern in command for a in (sorted(glob.glob(pattern)) if "*" in pattern else [pattern])]
         print(f"$ {line}", flush=True)
         t = time.perf_counter()
-        status = phosphene(argv)
+        status = subprocess.run([*start, *argv], stdout=subprocess.DEVNULL).returncode
         times[line] = time.perf_counter() - t
-        print(f"  ({times[line]:.0f} s)", flush=True)
+        print(f"  ({times[line]:.1f} s)", flush=True)
         if status != 0:
             raise SystemExit(f"tour stopped: exit status {status}")
     return times
@@ -73,7 +87,7 @@ def sheet(root: Path, path: Path) -> Path:
 
     every = sorted((root / "stimuli").glob("*.png"))
     batch = sorted((root / "runs/stretch_it").glob("*_s0_*.png"))[:4]
-    fooled = [p for p in sorted((root / "runs/attack/eps_2").glob("*.png")) if read_png(p)[1]["success"]][:2]
+    fooled = [p for p in sorted((root / "runs/attack/eps_2-255").glob("*.png")) if read_png(p)[1]["success"]][:2]
     metamer = sorted((root / "runs/metamer").glob("*_IT.png"))[:1]
     with open(root / "stimuli/metadata.csv", newline="") as f:
         category = {r["file"]: r["category"] for r in csv.DictReader(f)}
@@ -107,14 +121,19 @@ def main() -> None:
     """Run the tour, print the times, draw the sheet."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--root", default=str(ROOT / "runs/tour"), help="folder the tour runs in (default runs/tour)")
-    ap.add_argument("--all", action="store_true", help="also the robustness table and the Afraz experiment")
+    ap.add_argument("--slow", default="", help=f"also these slow steps, comma-separated: {', '.join(SLOW)}")
     ap.add_argument("--sheet", default=None, help="where to draw the sheet (default ROOT/tour.png)")
     args = ap.parse_args()
     root = Path(args.root).resolve()
     out = Path(args.sheet).resolve() if args.sheet else root / "tour.png"  # before the tour moves into root
-    times = run_tour(root, args.all)
+    slow = [s for s in args.slow.split(",") if s]
+    unknown = [s for s in slow if s not in SLOW]
+    if unknown:
+        raise SystemExit(f"unknown slow step {unknown[0]!r}: choose from {', '.join(SLOW)}")
+    print(machine(), flush=True)
+    times = run_tour(root, slow)
     print(f"sheet: {sheet(root, out)}")
-    print("times: " + "; ".join(f"{line.split(' --out')[0]}: {t:.0f} s" for line, t in times.items()))
+    print("times: " + "; ".join(f"{line.split(' --out')[0]}: {t:.1f} s" for line, t in times.items()))
 
 
 if __name__ == "__main__":

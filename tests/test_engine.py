@@ -414,3 +414,21 @@ def test_surrogate_gradients_keep_the_forward_and_reach_silent_units_and_pool_ru
     assert fading.beta == 4.0 and math.isclose(fading.tau, 0.2 * (1 - 0.495))
     fading.at(1.0)
     assert fading.beta == 200.0 and math.isclose(fading.tau, 0.002)
+
+
+def test_plateau_decay_halves_only_the_images_that_stall_and_scales_their_updates():
+    from synth.engine.steps import PlateauDecay
+
+    p = PlateauDecay(patience=4, gamma=0.5, stages=3, rel=0.01)
+    active = torch.arange(3)
+    for t in range(24):  # image 0 keeps improving by 5 % a step; image 1 is flat; image 2 leaves after 4 steps
+        scores = torch.tensor([-(0.95 ** t), -0.5, -0.3])
+        live = active if t < 4 else active[:2]
+        p.observe(scores[live], live, 3)
+    assert p.factor.tolist() == [1.0, 0.25, 1.0]  # image 1 halved at each check down to the floor 0.5 ** (3 - 1)
+    before = [torch.zeros(3, 2)]
+    params = [torch.ones(3, 2)]
+    p.scale(before, params)
+    assert params[0][:, 0].tolist() == [1.0, 0.25, 1.0]
+    with pytest.raises(ConfigError, match="one image per index of dim 0"):
+        p.scale([torch.zeros(5, 2)], [torch.ones(5, 2)])

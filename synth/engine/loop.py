@@ -46,7 +46,7 @@ from synth.engine.gradients import patched_backward
 from synth.engine.objectives import Objective, parse
 from synth.engine.params import Parametrization
 from synth.engine.results import Result
-from synth.engine.steps import GradientFree, OptimizerFactory, ScheduleFactory, Stepper, stepper
+from synth.engine.steps import GradientFree, OptimizerFactory, PlateauDecay, ScheduleFactory, Stepper, stepper
 from synth.engine.transforms import Transform, describe
 from synth.engine.transforms import apply as apply_transforms
 from synth.errors import CheckpointError, ConfigError, UnknownNameError
@@ -324,8 +324,8 @@ class _Final(NamedTuple):
 
 def optimize(model: ProbeModel, objective: Objective | str, param: Parametrization, *,
              constraints: Sequence[Constraint] = (Box(),), step: str | GradientFree | OptimizerFactory = "adam",
-             lr: float | torch.Tensor = 0.05, lr_schedule: str | ScheduleFactory = "constant", steps: int = 256,
-             transforms: Sequence[Transform] = (), eot: int = 1, eot_average: str = "scores",
+             lr: float | torch.Tensor = 0.05, lr_schedule: str | ScheduleFactory | PlateauDecay = "constant",
+             steps: int = 256, transforms: Sequence[Transform] = (), eot: int = 1, eot_average: str = "scores",
              target: float | None = None, stop: Criterion | Callable | None = None, random_start: bool = False,
              seed: int = 0, relu_override: int = 0, checkpoint: str | os.PathLike | None = None,
              checkpoint_every: int = 100, callback: Callable[[int, int], None] | None = None,
@@ -342,7 +342,8 @@ def optimize(model: ProbeModel, objective: Objective | str, param: Parametrizati
     (``eot_average='scores'``), or the objective scores the activations averaged over draws (``'activations'``:
     an attack on the mean logits a noisy model's verdict reads).  ``step`` is a step rule's name, a gradient-free
     rule, or a factory ``params -> torch.optim.Optimizer`` (it sets its own step size); ``lr`` may be one step size
-    per image; ``lr_schedule`` a name or a factory (``schedule``).  An image stops once its score reaches
+    per image; ``lr_schedule`` a name or a factory (``schedule``), or 'plateau' / a ``PlateauDecay`` (each image's step
+    halves when its own score stalls).  An image stops once its score reaches
     ``target`` or it meets the ``stop`` rule (a ``Criterion`` or any callable ``fn(scores, acts)``): it keeps the
     image that did, and leaves the batch, so it costs no more compute.  The returned images are projected once more
     and checked: ``Result.success`` is the rule on them, ``Result.distance`` their distance from the (first) ball's
@@ -381,7 +382,7 @@ def optimize(model: ProbeModel, objective: Objective | str, param: Parametrizati
 
 def _set_up(model: ProbeModel, objective: Objective | str, param: Parametrization, *,
             constraints: Sequence[Constraint], step: str | GradientFree | OptimizerFactory, lr: float | torch.Tensor,
-            lr_schedule: str | ScheduleFactory, steps: int, transforms: Sequence[Transform], eot: int,
+            lr_schedule: str | ScheduleFactory | PlateauDecay, steps: int, transforms: Sequence[Transform], eot: int,
             eot_average: str, target: float | None, stop: Criterion | Callable | None, random_start: bool, seed: int,
             relu_override: int, checkpoint: str | os.PathLike | None, checkpoint_every: int,
             callback: Callable[[int, int], None] | None,
@@ -457,7 +458,8 @@ def _start(param: Parametrization, constraints: Sequence[Constraint], projection
 
 def _recipe(model: ProbeModel, objective: Objective, rule: Criterion | None, param: Parametrization,
             constraints: Sequence[Constraint], *, transforms: Sequence[Transform], eot: int, eot_average: str,
-            step: str | GradientFree | OptimizerFactory, lr: float | torch.Tensor, lr_schedule: str | ScheduleFactory,
+            step: str | GradientFree | OptimizerFactory, lr: float | torch.Tensor,
+            lr_schedule: str | ScheduleFactory | PlateauDecay,
             target: float | None, stop: Criterion | Callable | None, random_start: bool, relu_override: int,
             seed: int, settings: dict | None) -> dict:
     """What defines the run, as its metadata records it (a checkpoint must match its ``_FINGERPRINT``)."""

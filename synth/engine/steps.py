@@ -21,7 +21,7 @@ from synth.files import tensor_digest
 from synth.zoo.probe import SHARED
 
 STEP_RULES = ("adam", "sgd", "sign", "l2", "apgd", "apgd-l2")
-SCHEDULES = ("constant", "cosine", "linear", "step")
+SCHEDULES = ("constant", "cosine", "linear", "step", "plateau")
 
 
 class Stepper(Protocol):
@@ -244,11 +244,73 @@ class StepDecay:
         return f"step(stages={self.stages}, gamma={self.gamma:g})"
 
 
+class PlateauDecay:
+    """Feather et al.'s step decay on each image's own clock: an image's step is multiplied by ``gamma`` when its
+    best score rose by less than ``rel`` of its size over its last ``patience`` steps, down to ``gamma`` **
+    (``stages`` - 1) (8 stages: 1/128, as Feather's schedule ends).  A decay at fixed fractions of the budget makes
+    an image that needs small steps wait for the run's late stages whatever its own progress, so a larger budget
+    makes every hard image slower; here it halves as soon as it stalls.  Works with any gradient rule whose
+    parameters hold one image per index of their first dimension (pixels): it scales each image's update."""
+
+    def __init__(self, patience: int = 50, gamma: float = 0.5, stages: int = 8, rel: float = 0.01):
+        if patience < 1 or not 0 < gamma < 1 or stages < 1 or rel < 0:
+            raise ConfigError(f"plateau decay needs patience >= 1, 0 < gamma < 1, stages >= 1 and rel >= 0; got "
+                              f"{patience}, {gamma}, {stages}, {rel}")
+        self.patience, self.gamma, self.stages, self.rel = int(patience), float(gamma), int(stages), float(rel)
+        self.factor: torch.Tensor | None = None
+
+    def __str__(self) -> str:
+        return f"plateau(patience={self.patience}, gamma={self.gamma:g}, stages={self.stages}, rel={self.rel:g})"
+
+    def _bind(self, n: int, device: torch.device) -> None:
+        self.factor = torch.ones(n, device=device)
+        self.best = torch.full((n,), -math.inf, device=device)
+        self.best_at_check = torch.full((n,), -math.inf, device=device)
+        self.since = torch.zeros(n, dtype=torch.long, device=device)
+
+    @torch.no_grad()
+    def observe(self, scores: torch.Tensor, active: torch.Tensor, n: int) -> None:
+        """Record the scores of images ``active`` (of ``n``); halve the step of those that stalled."""
+        if self.factor is None:
+            self._bind(n, scores.device)
+        s = scores.detach().float()
+        self.best[active] = torch.maximum(self.best[active], s)
+        self.since[active] += 1
+        due = active[self.since[active] >= self.patience]
+        if len(due):
+            before, now = self.best_at_check[due], self.best[due]
+            stalled = torch.isfinite(before) & (now - before <= self.rel * before.abs())
+            floor = self.gamma ** (self.stages - 1)
+            self.factor[due[stalled]] = (self.factor[due[stalled]] * self.gamma).clamp_min(floor)
+            self.best_at_check[due], self.since[due] = now, 0
+
+    @torch.no_grad()
+    def scale(self, before: list[torch.Tensor], params: list[torch.Tensor]) -> None:
+        """Shrink each image's update (``params`` now against ``before``) by its factor."""
+        for old, p in zip(before, params):
+            if p.shape[0] != self.factor.shape[0]:
+                raise ConfigError(f"plateau decay scales each image's update: it needs parameters with one image "
+                                  f"per index of dim 0, got shape {tuple(p.shape)} for {self.factor.shape[0]} images")
+            p.copy_(old + (p - old) * _shaped(self.factor, p))
+
+    def state_dict(self) -> dict:
+        """The per-image factors, best scores and counters."""
+        if self.factor is None:
+            return {}
+        return {k: getattr(self, k).clone() for k in ("factor", "best", "best_at_check", "since")}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore ``state_dict``'s output."""
+        for k, v in state.items():
+            setattr(self, k, v.clone())
+
+
 def schedule(name: str | ScheduleFactory, opt: torch.optim.Optimizer,
              steps: int) -> torch.optim.lr_scheduler.LRScheduler:
     """Step-size schedule over the run: 'constant', 'cosine' (to zero), 'linear' (to zero), 'step' (halved at
     each eighth, Feather et al.'s), or a callable ``(optimizer, steps) -> scheduler`` (e.g. ``StepDecay(4)``).
-    Each is a closed form of the step index, so a run continued for more steps keeps its shape."""
+    Each is a closed form of the step index, so a run continued for more steps keeps its shape.  ('plateau', each
+    image's own decay, is not a schedule of the step index: ``stepper`` builds it as a ``PlateauDecay``.)"""
     total = max(1, steps)
     if callable(name):
         out = name(opt, steps)
@@ -263,6 +325,8 @@ def schedule(name: str | ScheduleFactory, opt: torch.optim.Optimizer,
         return torch.optim.lr_scheduler.LambdaLR(opt, lambda t: max(0.0, 1 - t / total))
     if name == "step":
         return StepDecay()(opt, steps)
+    if name == "plateau":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0)  # the decay is per image: ``PlateauDecay``
     raise UnknownNameError("schedule", name, SCHEDULES)
 
 
@@ -639,8 +703,10 @@ class Descent:
     gradient = True
     independent = True
 
-    def __init__(self, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler):
-        self.opt, self.sched = opt, sched
+    def __init__(self, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler,
+                 plateau: PlateauDecay | None = None):
+        self.opt, self.sched, self.plateau = opt, sched, plateau
+        self.params = [p for g in opt.param_groups for p in g["params"]]
 
     def backward(self, scores: torch.Tensor) -> None:
         """Replace the last gradient with that of ``-scores.sum()``, the loss the optimizer descends."""
@@ -649,20 +715,32 @@ class Descent:
             (-scores.sum()).backward()
 
     def step(self, scores: torch.Tensor, active: torch.Tensor) -> None:
-        """One optimizer step (Auto-PGD first observes the scores), then one of the schedule."""
+        """One optimizer step (Auto-PGD first observes the scores; a per-image ``PlateauDecay`` scales each image's
+        update), then one of the schedule."""
         if hasattr(self.opt, "observe"):
             self.opt.observe(scores, active)
-        self.opt.step()
+        if self.plateau is None:
+            self.opt.step()
+        else:
+            self.plateau.observe(scores, active, self.params[0].shape[0])
+            before = [p.detach().clone() for p in self.params]
+            self.opt.step()
+            self.plateau.scale(before, self.params)
         self.sched.step()
 
     def state_dict(self) -> dict:
-        """The optimizer's and the schedule's state."""
-        return {"optimizer": self.opt.state_dict(), "schedule": self.sched.state_dict(), "free": None}
+        """The optimizer's and the schedule's state (with a plateau decay's per-image state)."""
+        out = {"optimizer": self.opt.state_dict(), "schedule": self.sched.state_dict(), "free": None}
+        if self.plateau is not None:
+            out["plateau"] = self.plateau.state_dict()
+        return out
 
     def load_state_dict(self, state: dict) -> None:
         """Restore ``state_dict``'s output."""
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["schedule"])
+        if self.plateau is not None and state.get("plateau"):
+            self.plateau.load_state_dict(state["plateau"])
 
 
 class Evolution:
@@ -696,7 +774,8 @@ class Evolution:
 
 
 def stepper(step: str | GradientFree | OptimizerFactory, params: list[torch.Tensor], lr: float | torch.Tensor,
-            lr_schedule: str | ScheduleFactory, steps: int, project: Callable[[torch.Tensor], None]) -> Stepper:
+            lr_schedule: str | ScheduleFactory | PlateauDecay, steps: int,
+            project: Callable[[torch.Tensor], None]) -> Stepper:
     """The ``Stepper`` for ``optimize``'s ``step``: a gradient-free rule (anything with ``update``) as it is, else a
     gradient rule by name or factory over ``params``, with its schedule."""
     if not isinstance(step, str) and hasattr(step, "update"):
@@ -704,6 +783,10 @@ def stepper(step: str | GradientFree | OptimizerFactory, params: list[torch.Tens
             raise ConfigError("per-image step sizes need a gradient step rule")
         return Evolution(step)
     opt = _optimizer(step, params, lr, steps, project)
+    if isinstance(lr_schedule, PlateauDecay) or lr_schedule == "plateau":
+        given = lr_schedule if isinstance(lr_schedule, PlateauDecay) else PlateauDecay()
+        plateau = PlateauDecay(given.patience, given.gamma, given.stages, given.rel)  # the run's own per-image state
+        return Descent(opt, schedule("plateau", opt, steps), plateau)
     return Descent(opt, schedule(lr_schedule, opt, steps))
 
 
