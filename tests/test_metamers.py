@@ -119,15 +119,20 @@ def test_a_resumed_metamer_run_equals_an_uninterrupted_one(tiny, refs, null, tmp
     assert torch.equal(whole.images, resumed.images) and torch.equal(whole.run.history, resumed.run.history)
 
 
-def test_a_larger_budget_runs_the_same_steps_so_no_image_passes_later(tiny, refs, null):
+@pytest.mark.slow  # four short runs
+def test_with_the_plateau_decay_a_larger_budget_runs_the_same_steps(tiny, refs, null):
     x, n32 = refs[:2, :, :32, :32].contiguous(), null[:, :, :32, :32].contiguous()
     never = Where(lambda scores, acts: torch.zeros(scores.shape[0], dtype=torch.bool), "never")
-    short, long = (metamers.generate(tiny, x, "V2", steps=n, stop=never, null=n32, retries=0, progress=False)
-                   for n in (60, 120))
-    assert short.metadata["lr_schedule"] == "plateau"
+    def run(n: int, schedule: str):
+        return metamers.generate(tiny, x, "V2", steps=n, stop=never, null=n32, retries=0, lr_schedule=schedule,
+                                 progress=False)
+
+    short, long = run(60, "plateau"), run(120, "plateau")
     # every clock counts steps (each image's decay, the surrogate's sharpening): the first 60 steps are the same
     assert torch.equal(short.run.history, long.run.history[:60])
     assert not torch.equal(long.run.history[59], long.run.history[-1])  # and the longer run went on
+    fixed_short, fixed_long = run(60, "step"), run(120, "step")  # Feather's: a step halves at budget fractions
+    assert not torch.equal(fixed_short.run.history, fixed_long.run.history[:60])
 
 
 def test_results_save_load_check_weights_and_rescore(tiny, refs, null, tmp_path):
