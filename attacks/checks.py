@@ -20,8 +20,8 @@ from synth.engine.results import Result
 
 # Fewer attacked images than this cannot tell masking from chance: one image whose softmax saturates has an all-zero
 # gradient, and one that a larger budget happens not to break makes success "fall".  The free checks report on them
-# without a flag.
-MIN_JUDGED = 8
+# without a flag (and the gradient check also wants two images with a zero gradient, not one).
+MIN_JUDGED = 4
 
 
 class GradientMaskingWarning(UserWarning):
@@ -44,13 +44,18 @@ def gradient_report(runs: Sequence[Result]) -> dict:
     n = len(g0)
     zero = float((g0 == 0).float().mean())
     bad = nonfinite / n
-    flag = (zero > 0.05 or bad > 0) and n >= MIN_JUDGED
-    msg = (f"{zero:.0%} of {n} attacked images had an all-zero gradient and {bad:.0%} a non-finite one: too few "
-           f"images to judge masking (at least {MIN_JUDGED})" if (zero > 0.05 or bad > 0) and not flag else
-           f"{zero:.0%} of attacked images had an all-zero gradient and {bad:.0%} a non-finite one, so the attack "
-           "cannot move them: a silent unit, a saturated softmax or a non-differentiable layer masks the gradient "
-           "(for class attacks try loss='margin'; confirm with attacks.check)"
-           if flag else f"gradients nonzero and finite ({n} attacks)")
+    suspect = (zero > 0.05 and int((g0 == 0).sum()) >= 2) or bad > 0
+    flag = suspect and n >= MIN_JUDGED
+    if flag:
+        msg = (f"{zero:.0%} of attacked images had an all-zero gradient and {bad:.0%} a non-finite one, so the attack "
+               "cannot move them: a silent unit, a saturated softmax or a non-differentiable layer masks the "
+               "gradient (for class attacks try loss='margin'; confirm with attacks.check)")
+    elif zero > 0 or bad > 0:
+        msg = (f"{zero:.0%} of {n} attacked images had an all-zero gradient and {bad:.0%} a non-finite one: too few "
+               f"to judge masking (that needs {MIN_JUDGED} attacked images or more, and more than 5 % and at least "
+               "two of them with a zero gradient)")
+    else:
+        msg = f"gradients nonzero and finite ({n} attacks)"
     return {"gradients": _report(flag, msg, zero=zero, nonfinite=bad, attacks=n)}
 
 
