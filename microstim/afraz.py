@@ -51,17 +51,13 @@ def _choice_shifts(model, sheet: Sheet, sites: torch.Tensor, currents: list[floa
     holds each site's row once measured (None before): a site already there is not stimulated again, and ``save``
     runs after each new one, so that a killed run resumes where it stopped."""
     base = face_choices(model, stimuli).float().mean()
-    out = np.zeros((len(sites), len(currents)))
     for i, xy in enumerate(sites.tolist()):
         if done[i] is None:
-            for j, current in enumerate(currents):
-                stimulated = model.intervene(microstimulation(sheet, tuple(xy), current, rate_hz))
-                out[i, j] = float(face_choices(stimulated, stimuli).float().mean() - base)
-            done[i] = out[i].tolist()
+            done[i] = [float(face_choices(model.intervene(microstimulation(sheet, tuple(xy), current, rate_hz)),
+                                          stimuli).float().mean() - base) for current in currents]
             save()
-        out[i] = done[i]
         bar.update()
-    return out
+    return np.asarray(done, dtype=float)
 
 
 def afraz(model, layer: str = "IT", sites: int = AFRAZ_SITES, current_ua: float = AFRAZ_CURRENT_UA,
@@ -138,7 +134,6 @@ def afraz(model, layer: str = "IT", sites: int = AFRAZ_SITES, current_ua: float 
     if partial is not None:
         Path(partial).unlink(missing_ok=True)
     return report
-
 
 
 def _fisher_p(r1: float, r2: float, n: int) -> float:
