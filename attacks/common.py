@@ -46,9 +46,8 @@ def read_budgets(norm: str, values: str | Sequence[str | float]) -> tuple[list[f
     saying how it was read.  A bare L-inf number of 1 or more can only mean the 0-255 scale and is read so."""
     items = [v.strip() for v in values.split(",")] if isinstance(values, str) else list(values)
     out, notes = [], []
-    name = {"linf": "L-inf", "l2": "L2"}.get(norm)
-    if name is None:
-        raise UnknownNameError("norm", norm, ("linf", "l2"))
+    check_norm(norm)
+    name = {"linf": "L-inf", "l2": "L2"}[norm]
     for item in items:
         text = str(item).strip()
         value, fraction = _read_number(text, f"the {name} budget")
@@ -67,7 +66,6 @@ def read_budgets(norm: str, values: str | Sequence[str | float]) -> tuple[list[f
     if not out:
         raise ConfigError(f"no {name} budget given")
     return sorted(set(out)), notes
-
 
 
 def parse_eps(value: Budget | Sequence[Budget] | torch.Tensor) -> torch.Tensor:
