@@ -2,6 +2,7 @@
 attack, and the final check of the images an attack returns."""
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 import warnings
@@ -189,13 +190,24 @@ def stops_early(model: ProbeModel, early_stop: bool, precision: str, eot: int) -
 @torch.no_grad()
 def logits(model: ProbeModel, x: torch.Tensor, eot: int = 1, batch_size: int = 500, seed: int = 0) -> torch.Tensor:
     """The model's class scores for a batch (averaged over ``eot`` passes of a noisy model): a verdict, so a noisy
-    model's draws come from a generator seeded with ``seed``, and the same images always get the same verdict."""
+    model's draws for each image come from a generator seeded with ``seed`` and the image's own pixels, and the
+    same image gets the same verdict in any batch at any position (an attack's stage and its final check agree)."""
+    if model.stochastic:
+        out = []
+        for image in x:
+            with noise_generator(generator(derive(seed, _digest(image)), model.device)):
+                out.append(mean_logits(model, image[None].to(model.device), eot))
+        return torch.cat(out)
     out = []
-    with noise_generator(generator(derive(seed, 2), model.device)):
-        for i in range(0, x.shape[0], batch_size):
-            chunk = x[i:i + batch_size].to(model.device)
-            out.append(mean_logits(model, chunk, eot))
+    for i in range(0, x.shape[0], batch_size):
+        out.append(mean_logits(model, x[i:i + batch_size].to(model.device), eot))
     return torch.cat(out)
+
+
+def _digest(image: torch.Tensor) -> int:
+    """A 63-bit number that names an image's pixels (its float32 bytes)."""
+    data = image.detach().float().cpu().contiguous().numpy().tobytes()
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little") >> 1
 
 
 def mean_logits(model: ProbeModel, x: torch.Tensor, eot: int = 1) -> torch.Tensor:

@@ -253,7 +253,7 @@ class RobustnessTable:
                "still unbroken; Square left out for stochastic models" if s["steps"] is not None else
                "`attacks.evaluate` with its defaults (APGD-CE, 30 steps, then APGD-T towards 3 classes, 100 steps "
                "each, and Square's probe on the images still unbroken; on stochastic models 20 steps, 1 target, "
-               "half the verdict's draws per step and no Square")
+               "3 of every 8 of the verdict's draws per step and no Square")
         lines += ["", f"Accuracy in %, {s['data']}. White-box: {how}; stochastic models with EOT over {s['eot']} "
                   "draws: "
                   f"{', '.join(s['stochastic']) or 'none'}). "

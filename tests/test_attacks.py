@@ -138,8 +138,10 @@ def test_catalogue_verdicts_on_a_stochastic_model_are_the_native_eot_mean(sample
         warnings.simplefilter("error", attacks.StochasticModelWarning)  # verdicts on 8 draws: nothing to warn of
         r = attacks.run("fgsm", vone, x, y, eps=4 / 255)
     assert r.metadata["eot"] == 8
-    assert len(calls) == 2 and all(eot == 8 for _, eot, _ in calls)  # the clean and the adversarial verdicts
-    (clean_x, _, clean_z), (adv_x, _, adv_z) = calls
+    # the clean and the adversarial verdicts, image by image (a noisy model's draws are seeded by each image's pixels)
+    assert len(calls) == 12 and all(eot == 8 and len(images) == 1 for images, eot, _ in calls)
+    (clean_x, clean_z), (adv_x, adv_z) = [[torch.cat([c[k] for c in part]) for k in (0, 2)]
+                                          for part in (calls[:6], calls[6:])]
     assert torch.equal(clean_x, x) and torch.equal(r.clean_predictions, clean_z.argmax(-1))
     assert torch.equal(adv_x, r.adversarial[0])  # the verdict is on the images the result returns
     assert torch.equal(r.success[0], common.success_of(adv_z, y, None))
@@ -302,3 +304,16 @@ def test_the_summary_counts_clean_mistakes_apart_and_gives_norms_in_the_budgets_
     assert "accuracy  33.3%; broken: 1 of 2 attacked, median linf norm 2/255" in lines[1]
     r.success[0, 1] = False  # nothing broken: no median to give, and no 'nan'
     assert "broken: 0 of 2 attacked, median linf norm -" in r.summary() and "nan" not in r.summary()
+
+
+def test_a_noisy_models_verdict_on_an_image_does_not_depend_on_its_batch(sample):
+    """An attack's stage judges a subset of the images, its final check all of them: the same image must get the
+    same noise draws either way, or an image broken in one verdict stands in the other."""
+    from attacks.common import logits
+
+    vone = synth.load_model("toy-vone", device="cpu")
+    x = sample[0][:8]
+    whole = logits(vone, x, 4, seed=3)
+    assert torch.equal(logits(vone, x[[5, 2]], 4, seed=3), whole[[5, 2]])
+    assert torch.equal(logits(vone, torch.cat([x[6:7], x[6:7]]), 4, seed=3)[1], whole[6])
+    assert not torch.equal(logits(vone, x[:2], 4, seed=4), whole[:2])  # the seed still chooses the draws
