@@ -3,7 +3,7 @@
 Feather et al. (2023) halve the step at each eighth of the *budget*: an image that needs small steps passes only in
 the run's late stages, whatever the budget, so a larger budget makes every hard metamer slower. The 'plateau'
 schedule (``synth.engine.steps.PlateauDecay``) halves an image's step when its own error stalls (and the surrogate
-gradients sharpen over a fixed number of steps, ``metamers.generate.SHARPEN_STEPS``, for either schedule). On the
+gradients sharpen over ``metamers.generate.SHARPEN_STEPS`` steps, not over the budget). On the
 benchmark's 16 references (``benchmarks/metamer_speed.py``: test images from 100, toy-standard, IT), one run per
 schedule and budget (no retries), it prints how many passed, and the median, 90th-percentile and largest step at
 which the images that passed did, and the run's wall time. Goal (issue 30): with 'plateau' the steps to pass do not

@@ -24,6 +24,7 @@ from synth.engine.loop import optimize
 from synth.engine.objectives import Match, Outside
 from synth.engine.params import Blurred, Pixels
 from synth.engine.results import Result
+from synth.engine.steps import PlateauDecay
 from synth.errors import ConfigError
 from synth.files import check_weights, load_record, save_record, write_csv
 from synth.zoo.probe import INPUT, LOGITS, ProbeModel, check_images
@@ -50,13 +51,17 @@ STEP_RULE = "adam"
 LR_EARLY, LR_LATE = 0.3, 0.1
 # Feather's decay halves at each eighth of the budget (and the surrogate gradients sharpen over the whole budget),
 # so a larger budget makes every hard image slower: on benchmarks/metamer_schedule.py's 16 IT references of
-# toy-standard the median image passed at step 920 of 2,400 and 1,268 of 4,800.  With lr_schedule='plateau' every
-# clock counts steps instead: each image's step halves when its own error stalls (synth.engine.steps.PlateauDecay,
-# 50 steps of less than 1 % progress) and the surrogate sharpens over the first SHARPEN_STEPS; there the median
-# passed at 751 of 2,400 and 854 of 4,800 (the 16th image joining).  It is not the default: the tour's toy-robust
-# IT metamer (test image 0) stalled at an error of 0.055 with it, where Feather's decay passes it at step 4,665.
-SCHEDULE = "step"
-SHARPEN_STEPS = 2400
+# toy-standard the median image passed at step 920 of 2,400 and 1,268 of 4,800.  The default, 'plateau', puts every
+# clock on steps: each image's step halves when its own error stalls (synth.engine.steps.PlateauDecay: best error
+# improved by less than 0.1 % in 100 steps) and at the latest after 600 steps at one size (Feather's eighths of
+# 4,800), and the surrogate sharpens over SHARPEN_STEPS whatever the budget.  All 16 passed within 2,400 steps,
+# median 1,262, and a 4,800-step run is the same run continued.  A first version halved on less than 1 % progress
+# in 50 steps, with no clock and the surrogate sharpening over 2,400 steps: its median was 751, but slow progress
+# is not a stall, and on the tour's toy-robust IT metamer (test image 0) the step reached 1/128 by step 1,400 and
+# the image stalled at an error of 0.067; this one passes it at step 3,975.
+SCHEDULE = "plateau"
+SHARPEN_STEPS = 4800
+PLATEAU = {"patience": 100, "rel": 0.001, "every": 600}
 INIT_NOISE = 1 / 20
 RELU_BETA, POOL_TAU = 2.0, 0.2  # surrogate-gradient sharpness (synth.engine.gradients.patched_backward)
 NULL_IMAGES = 256
@@ -245,8 +250,9 @@ def generate(model: ProbeModel, references: torch.Tensor, stage: str, *, steps: 
     """Metamers of N reference images (N×3×H×W in [0, 1]) at ``stage`` (a brain area, layer name or 'logits').
 
     ``steps``/``step``/``lr``/``lr_schedule``: the engine's run (defaults measured on the embedded models: Adam
-    from ``default_lr`` with Feather's decay at each eighth of the budget, 'step'; 'plateau' halves each image's
-    step when its own error stalls, so that a larger budget does not slow an image);
+    from ``default_lr`` with 'plateau', each image's step halved when its own error stalls and at the latest
+    after 600 steps at one size (``PLATEAU``), so that a larger budget does not slow an image; 'step' is Feather's
+    decay at each eighth of the budget);
     ``init_noise``: SD of the Gaussian start around grey (Feather's 1/20); ``error``: the normalized-error target;
     ``null``: natural images for Feather's criterion (default: 256 of the embedded validation split); ``stop``:
     'default' (error target and criterion), 'criterion' (Feather's alone), 'none' (every step), or a Criterion;
@@ -331,7 +337,8 @@ def _once(model: ProbeModel, references: torch.Tensor, *, stage: str, layer: str
         settings = {"fake_relu": fake, "surrogate": f"{sur} on {len(smoothed)} modules" if surrogate else None,
                     "noise_off": silenced}
         return optimize(run, objective, param, constraints=() if range_penalty > 0 else (Box(),), step=step,
-                        lr=lr, lr_schedule=lr_schedule, steps=steps, stop=rule, seed=seed, checkpoint=checkpoint,
+                        lr=lr, lr_schedule=PlateauDecay(**PLATEAU) if lr_schedule == "plateau" else lr_schedule,
+                        steps=steps, stop=rule, seed=seed, checkpoint=checkpoint,
                         checkpoint_every=checkpoint_every, progress=progress, watch=watch,
                         callback=(lambda t, n: sur.at(t / (SHARPEN_STEPS if lr_schedule == "plateau" else max(1, n))))
                         if surrogate else None,

@@ -432,3 +432,18 @@ def test_plateau_decay_halves_only_the_images_that_stall_and_scales_their_update
     assert params[0][:, 0].tolist() == [1.0, 0.25, 1.0]
     with pytest.raises(ConfigError, match="one image per index of dim 0"):
         p.scale([torch.zeros(5, 2)], [torch.ones(5, 2)])
+
+
+def test_plateau_decay_with_every_halves_a_slowly_improving_image_on_its_own_clock():
+    from synth.engine.steps import PlateauDecay
+
+    p = PlateauDecay(patience=4, gamma=0.5, stages=8, rel=0.01, every=5)
+    for t in range(12):  # improving by 5 % a step, never stalled: halved only by the clock, at steps 5 and 10
+        p.observe(torch.tensor([-(0.95 ** t)]), torch.arange(1), 1)
+        assert p.factor.item() == 0.5 ** ((t + 1) // 5)
+    state = p.state_dict()
+    q = PlateauDecay(**p.settings())
+    q.load_state_dict(state)
+    assert torch.equal(q.held, p.held) and "every=5" in str(q)
+    with pytest.raises(ConfigError, match="every"):
+        PlateauDecay(every=0)

@@ -246,43 +246,61 @@ class StepDecay:
 
 class PlateauDecay:
     """Feather et al.'s step decay on each image's own clock: an image's step is multiplied by ``gamma`` when its
-    best score rose by less than ``rel`` of its size over its last ``patience`` steps, down to ``gamma`` **
-    (``stages`` - 1) (8 stages: 1/128, as Feather's schedule ends).  A decay at fixed fractions of the budget makes
-    an image that needs small steps wait for the run's late stages whatever its own progress, so a larger budget
-    makes every hard image slower; here it halves as soon as it stalls.  Works with any gradient rule whose
-    parameters hold one image per index of their first dimension (pixels): it scales each image's update."""
+    best score rose by less than ``rel`` of its size over its last ``patience`` steps, or when it has spent
+    ``every`` steps at one step size (None: no limit), down to ``gamma`` ** (``stages`` - 1) (8 stages: 1/128, as
+    Feather's schedule ends).  A decay at fixed fractions of the budget makes an image that needs small steps wait
+    for the run's late stages whatever its own progress, so a larger budget makes every hard image slower; here an
+    image halves as soon as it stalls, and at the latest after ``every`` steps, whatever the budget.  Works with any
+    gradient rule whose parameters hold one image per index of their first dimension (pixels): it scales each
+    image's update."""
 
-    def __init__(self, patience: int = 50, gamma: float = 0.5, stages: int = 8, rel: float = 0.01):
-        if patience < 1 or not 0 < gamma < 1 or stages < 1 or rel < 0:
-            raise ConfigError(f"plateau decay needs patience >= 1, 0 < gamma < 1, stages >= 1 and rel >= 0; got "
-                              f"{patience}, {gamma}, {stages}, {rel}")
+    def __init__(self, patience: int = 50, gamma: float = 0.5, stages: int = 8, rel: float = 0.01,
+                 every: int | None = None):
+        if patience < 1 or not 0 < gamma < 1 or stages < 1 or rel < 0 or (every is not None and every < 1):
+            raise ConfigError(f"plateau decay needs patience >= 1, 0 < gamma < 1, stages >= 1, rel >= 0 and every "
+                              f"None or >= 1; got {patience}, {gamma}, {stages}, {rel}, {every}")
         self.patience, self.gamma, self.stages, self.rel = int(patience), float(gamma), int(stages), float(rel)
+        self.every = None if every is None else int(every)
         self.factor: torch.Tensor | None = None
 
     def __str__(self) -> str:
-        return f"plateau(patience={self.patience}, gamma={self.gamma:g}, stages={self.stages}, rel={self.rel:g})"
+        every = f", every={self.every}" if self.every is not None else ""
+        return f"plateau(patience={self.patience}, gamma={self.gamma:g}, stages={self.stages}, rel={self.rel:g}{every})"
+
+    def settings(self) -> dict:
+        """The constructor's arguments, for a run's own copy."""
+        return {"patience": self.patience, "gamma": self.gamma, "stages": self.stages, "rel": self.rel,
+                "every": self.every}
 
     def _bind(self, n: int, device: torch.device) -> None:
         self.factor = torch.ones(n, device=device)
         self.best = torch.full((n,), -math.inf, device=device)
         self.best_at_check = torch.full((n,), -math.inf, device=device)
         self.since = torch.zeros(n, dtype=torch.long, device=device)
+        self.held = torch.zeros(n, dtype=torch.long, device=device)  # steps at the present step size
 
     @torch.no_grad()
     def observe(self, scores: torch.Tensor, active: torch.Tensor, n: int) -> None:
-        """Record the scores of images ``active`` (of ``n``); halve the step of those that stalled."""
+        """Record the scores of images ``active`` (of ``n``); halve the step of those that stalled or held it
+        ``every`` steps."""
         if self.factor is None:
             self._bind(n, scores.device)
         s = scores.detach().float()
         self.best[active] = torch.maximum(self.best[active], s)
         self.since[active] += 1
+        self.held[active] += 1
+        halve = torch.zeros(n, dtype=torch.bool, device=scores.device)
         due = active[self.since[active] >= self.patience]
         if len(due):
             before, now = self.best_at_check[due], self.best[due]
-            stalled = torch.isfinite(before) & (now - before <= self.rel * before.abs())
-            floor = self.gamma ** (self.stages - 1)
-            self.factor[due[stalled]] = (self.factor[due[stalled]] * self.gamma).clamp_min(floor)
+            halve[due] = torch.isfinite(before) & (now - before <= self.rel * before.abs())
             self.best_at_check[due], self.since[due] = now, 0
+        if self.every is not None:
+            halve[active] |= self.held[active] >= self.every
+        if halve.any():
+            floor = self.gamma ** (self.stages - 1)
+            self.factor[halve] = (self.factor[halve] * self.gamma).clamp_min(floor)
+            self.held[halve] = 0
 
     @torch.no_grad()
     def scale(self, before: list[torch.Tensor], params: list[torch.Tensor]) -> None:
@@ -297,12 +315,14 @@ class PlateauDecay:
         """The per-image factors, best scores and counters."""
         if self.factor is None:
             return {}
-        return {k: getattr(self, k).clone() for k in ("factor", "best", "best_at_check", "since")}
+        return {k: getattr(self, k).clone() for k in ("factor", "best", "best_at_check", "since", "held")}
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore ``state_dict``'s output."""
+        """Restore ``state_dict``'s output (a checkpoint written before ``every`` existed held no 'held': zeros)."""
         for k, v in state.items():
             setattr(self, k, v.clone())
+        if state and "held" not in state:
+            self.held = torch.zeros_like(self.since)
 
 
 def schedule(name: str | ScheduleFactory, opt: torch.optim.Optimizer,
@@ -785,7 +805,7 @@ def stepper(step: str | GradientFree | OptimizerFactory, params: list[torch.Tens
     opt = _optimizer(step, params, lr, steps, project)
     if isinstance(lr_schedule, PlateauDecay) or lr_schedule == "plateau":
         given = lr_schedule if isinstance(lr_schedule, PlateauDecay) else PlateauDecay()
-        plateau = PlateauDecay(given.patience, given.gamma, given.stages, given.rel)  # the run's own per-image state
+        plateau = PlateauDecay(**given.settings())  # the run's own per-image state
         return Descent(opt, schedule("plateau", opt, steps), plateau)
     return Descent(opt, schedule(lr_schedule, opt, steps))
 
