@@ -8,6 +8,7 @@ import re
 import warnings
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from synth import Box, LpBall, optimize
@@ -193,9 +194,10 @@ def logits(model: ProbeModel, x: torch.Tensor, eot: int = 1, batch_size: int = 5
     model's draws for each image come from a generator seeded with ``seed`` and the image's own pixels, and the
     same image gets the same verdict in any batch at any position (an attack's stage and its final check agree)."""
     if model.stochastic:
+        pixels = x.detach().float().cpu().contiguous().numpy()  # one transfer for the whole batch's seeds
         out = []
-        for image in x:
-            with noise_generator(generator(derive(seed, _digest(image)), model.device)):
+        for image, data in zip(x, pixels):
+            with noise_generator(generator(derive(seed, _digest(data)), model.device)):
                 out.append(mean_logits(model, image[None].to(model.device), eot))
         return torch.cat(out)
     out = []
@@ -204,10 +206,9 @@ def logits(model: ProbeModel, x: torch.Tensor, eot: int = 1, batch_size: int = 5
     return torch.cat(out)
 
 
-def _digest(image: torch.Tensor) -> int:
+def _digest(pixels: np.ndarray) -> int:
     """A 63-bit number that names an image's pixels (its float32 bytes)."""
-    data = image.detach().float().cpu().contiguous().numpy().tobytes()
-    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little") >> 1
+    return int.from_bytes(hashlib.blake2b(pixels.tobytes(), digest_size=8).digest(), "little") >> 1
 
 
 def mean_logits(model: ProbeModel, x: torch.Tensor, eot: int = 1) -> torch.Tensor:

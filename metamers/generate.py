@@ -336,11 +336,12 @@ def _once(model: ProbeModel, references: torch.Tensor, *, stage: str, layer: str
         smoothed = [name for name, backward in patched.items() if backward == "soft"]
         settings = {"fake_relu": fake, "surrogate": f"{sur} on {len(smoothed)} modules" if surrogate else None,
                     "noise_off": silenced}
+        per_image = lr_schedule == "plateau"  # every clock counts steps, not fractions of the budget
         return optimize(run, objective, param, constraints=() if range_penalty > 0 else (Box(),), step=step,
-                        lr=lr, lr_schedule=PlateauDecay(**PLATEAU) if lr_schedule == "plateau" else lr_schedule,
+                        lr=lr, lr_schedule=PlateauDecay(**PLATEAU) if per_image else lr_schedule,
                         steps=steps, stop=rule, seed=seed, checkpoint=checkpoint,
                         checkpoint_every=checkpoint_every, progress=progress, watch=watch,
-                        callback=(lambda t, n: sur.at(t / (SHARPEN_STEPS if lr_schedule == "plateau" else max(1, n))))
+                        callback=(lambda t, n: sur.at(t / (SHARPEN_STEPS if per_image else max(1, n))))
                         if surrogate else None,
                         metadata={"method": "metamer", "stage": stage, "init_noise": init_noise,
                                   "coarse_to_fine": coarse_to_fine, "range_penalty": range_penalty, **settings,
