@@ -42,10 +42,11 @@ from .common import (
     inputs,
     logits,
     parse_eps,
+    stops_early,
     success_of,
     warn_if_stochastic,
 )
-from .pgd import finish, pgd
+from .pgd import REL_STEP, finish, sweep
 from .result import AttackResult
 from .square import square_round
 
@@ -54,7 +55,7 @@ STAGES = ("apgd-ce", "apgd-t", "square")
 # Square, whose random search would need eot passes per query and mistakes the noise for progress.
 STOCHASTIC_STAGES = ("apgd-ce", "apgd-t")
 DEFAULTS = {"steps": 100, "first_steps": 30, "targets": 3}
-STOCHASTIC_DEFAULTS = {"steps": 20, "first_steps": 20, "targets": 1}
+STOCHASTIC_DEFAULTS = {"steps": 20, "first_steps": 15, "targets": 1}
 
 
 def evaluate(model: ProbeModel, images: torch.Tensor, labels: LabelsLike | None = None,
@@ -89,9 +90,11 @@ def evaluate(model: ProbeModel, images: torch.Tensor, labels: LabelsLike | None 
     steps = defaults["steps"] if steps is None else steps
     first_steps = defaults["first_steps"] if first_steps is None else first_steps
     targets = defaults["targets"] if targets is None else targets
-    draws = (max(1, 3 * eot // 8) if model.stochastic else eot) if draws is None else draws
+    draws = (max(1, eot // 2) if model.stochastic else eot) if draws is None else draws
     if precision == "auto":
         precision = "bf16" if native_bf16(model.device.type) else "fp32"
+    # APGD-CE's images leave its batch as soon as they break: in reduced precision only where that still holds
+    first_precision = precision if stops_early(model, True, precision, draws) else "fp32"
     engine = dict(precision="fp32", channels_last=channels_last)
     stages = tuple(stages) if stages is not None else STOCHASTIC_STAGES if model.stochastic else STAGES
     unknown = [s for s in stages if s not in STAGES]
@@ -109,10 +112,12 @@ def evaluate(model: ProbeModel, images: torch.Tensor, labels: LabelsLike | None 
     book = _Book(model, x, y, budgets, clean, eot, seed, stages)
     if "apgd-ce" in stages:
         t = time.perf_counter()
-        first = pgd(model, x, y, budgets, steps=first_steps, warm_steps=first_steps, norm=norm, eot=draws, seed=seed,
-                    progress=progress, **engine)
+        first, _ = sweep(model, x, y, None, budgets, clean, steps=first_steps, warm_steps=first_steps, restarts=1,
+                         seed=seed, norm=norm, step="apgd", step_size=REL_STEP / first_steps, loss="ce", eot=draws,
+                         progress=progress, early_stop=True, random_start=True,
+                         engine={**engine, "precision": first_precision})
         for j in range(len(budgets)):
-            book.offer("apgd-ce", j, torch.arange(len(x), device=x.device), first.adversarial[j].to(x.device))
+            book.offer("apgd-ce", j, torch.arange(len(x), device=x.device), first[j])
         book.seconds["apgd-ce"] += time.perf_counter() - t
     # AutoAttack's order of targets: the class the model ranks highest after the true one first
     ranked = clean.masked_fill(torch.nn.functional.one_hot(y, clean.shape[1]).bool(), -math.inf).argsort(1, True)
@@ -128,7 +133,7 @@ def evaluate(model: ProbeModel, images: torch.Tensor, labels: LabelsLike | None 
                 if len(alive):
                     res = attack_round(model, x[alive], y[alive], ranked[alive, k], _ball(e, alive), None,
                                        steps=steps, norm=norm, step="apgd", step_size=2.0, loss="dlr", eot=draws,
-                                       seed=seed + 101 * j + 2 + k, progress=progress,
+                                       seed=seed + 101 * j + 2 + k, progress=progress, recheck=False,
                                        engine={**engine, "precision": precision})
                     book.offer("apgd-t", j, alive, res.images)
             book.seconds["apgd-t"] += time.perf_counter() - t
@@ -136,7 +141,7 @@ def evaluate(model: ProbeModel, images: torch.Tensor, labels: LabelsLike | None 
             t = time.perf_counter()
             escalated[j] = _square(book, j, e, norm, queries, full_queries, seed + 101 * j, progress, engine)
             book.seconds["square"] += time.perf_counter() - t
-    result = finish(model, x, y, None, budgets, book.adversarial, clean, norm, eot, "ce", seed)
+    result = finish(model, x, y, None, budgets, book.adversarial, clean, norm, eot, "ce", seed, verdict=book.z)
     result.metadata.update({
         "attack": f"evaluate-{norm}", "stages": list(stages), "steps": steps, "first_steps": first_steps,
         "targets": targets, "queries": queries, "full_queries": full_queries, "square_escalated": escalated,
@@ -182,6 +187,7 @@ class _Book:
         k = len(budgets)
         self.adversarial = x[None].repeat(k, 1, 1, 1, 1)
         self.broken = success_of(clean, y, None)[None].repeat(k, 1)  # misclassified clean: broken at any budget
+        self.z = clean[None].repeat(k, 1, 1)  # the verdict's logits of each image in ``adversarial``
         self.tally = {s: [0] * k for s in stages}
         self.seconds = {s: 0.0 for s in stages}
 
@@ -194,7 +200,8 @@ class _Book:
         if j == 0:
             return
         moved = self.broken[j - 1] & ~self.broken[j]
-        self.adversarial[j, moved], self.broken[j, moved] = self.adversarial[j - 1, moved], True
+        self.adversarial[j, moved], self.z[j, moved] = self.adversarial[j - 1, moved], self.z[j - 1, moved]
+        self.broken[j, moved] = True
 
     def offer(self, stage: str, j: int, index: torch.Tensor, images: torch.Tensor) -> None:
         """Images a stage returned for the images ``index`` at budget ``j``: those the verdict (checked again here)
@@ -203,6 +210,6 @@ class _Book:
         z = logits(self.model, images, self.eot, seed=self.seed)
         new = success_of(z, self.y[index], None) & ~self.broken[j, index]
         rows = index[new]
-        self.adversarial[j, rows] = images[new]
+        self.adversarial[j, rows], self.z[j, rows] = images[new], z[new]
         self.broken[j, rows] = True
         self.tally[stage][j] += int(new.sum())

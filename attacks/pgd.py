@@ -35,7 +35,7 @@ from synth.errors import ConfigError
 from synth.rng import derive, generator, noise_generator
 from synth.zoo.probe import ProbeModel
 
-from .bracket import Grid, bracket
+from .bracket import Bracket, Grid, bracket
 from .checks import gradient_report, monotone_report
 from .common import (
     Budget,
@@ -108,23 +108,11 @@ def pgd(model: ProbeModel, images: torch.Tensor, labels: LabelsLike | None = Non
         raise ConfigError(f"step_size must be a positive number (a fraction of eps), got {step_size}")
     x, y, tgt = inputs(model, images, labels, target)
     warn_if_stochastic(model, eot)
-    device = x.device
-    n, k = x.shape[0], len(budgets)
-    levels = budgets.to(device)
     clean = logits(model, x, eot, seed=seed)
-    lo = torch.full((n,), int((levels == 0).sum()) - 1, device=device)  # a zero budget is the clean image
-    hi = torch.full((n,), k, device=device)
-    hi[success_of(clean, y, tgt)] = 0
-    nxt = torch.zeros(n, dtype=torch.long, device=device)
-    if k > 1:  # where to attack each image first: the budget just above its first-order distance
-        with noise_generator(generator(derive(seed, 3), device)):
-            nxt = torch.bucketize(first_order_distance(model, x, y, tgt, norm, eot), levels).clamp(max=k - 1)
     kw = dict(norm=norm, step=step, step_size=rel, loss=loss, eot=eot, progress=progress, early_stop=early_stop,
               random_start=random_start, engine=engine)
-    b = bracket(model, x, y, tgt, Grid(levels), lo, hi, nxt, steps=steps, warm_steps=warm_steps, restarts=restarts,
-                seed=seed, **kw)
-    adversarial = torch.stack([torch.where((b.hi <= j).view(-1, 1, 1, 1), b.found, _into_ball(b.at_lo, x, e, norm))
-                               for j, e in enumerate(levels.tolist())])
+    adversarial, b = sweep(model, x, y, tgt, budgets, clean, steps=steps, warm_steps=warm_steps, restarts=restarts,
+                           seed=seed, **kw)
     result = finish(model, x, y, tgt, budgets, adversarial, clean, norm, eot, loss, seed)
     result.metadata.update({
         "attack": f"pgd-{norm}", "step_rule": "Auto-PGD" if step == "apgd" else "fixed", "steps": steps,
@@ -132,10 +120,34 @@ def pgd(model: ProbeModel, images: torch.Tensor, labels: LabelsLike | None = Non
         "restarts": restarts, "loss": loss, "random_start": random_start,
         "early_stop": stops_early(model, early_stop, precision, eot), "eot": eot,
         "seed": seed, "rounds": b.rounds, **engine,
-        "gradients": sum(r.metadata["evaluations"] for r in b.runs) + (n * eot if k > 1 else 0),
+        "gradients": sum(r.metadata["evaluations"] for r in b.runs) + (len(x) * eot if len(budgets) > 1 else 0),
         "seconds": round(time.perf_counter() - t0, 3)})
     result.checks.update(gradient_report(b.runs))
     return result
+
+
+def sweep(model: ProbeModel, x: torch.Tensor, y: torch.Tensor, tgt: torch.Tensor | None, budgets: torch.Tensor,
+          clean: torch.Tensor, *, steps: int, warm_steps: int, restarts: int, seed: int, **kw) -> tuple[torch.Tensor,
+                                                                                                       Bracket]:
+    """The attack at every budget (K×N images, each inside its ball, unchecked) and the bracket that found them:
+    each image walked between the budgets around its first-order distance (see the module docstring), an image
+    that ``clean`` (its verdict's logits) already calls adversarial attacked nowhere; ``kw``: ``attack_round``'s
+    settings."""
+    n, k, device, norm = x.shape[0], len(budgets), x.device, kw["norm"]
+    levels = budgets.to(device)
+    lo = torch.full((n,), int((levels == 0).sum()) - 1, device=device)  # a zero budget is the clean image
+    hi = torch.full((n,), k, device=device)
+    hi[success_of(clean, y, tgt)] = 0
+    nxt = torch.zeros(n, dtype=torch.long, device=device)
+    if k > 1:  # where to attack each image first: the budget just above its first-order distance
+        with noise_generator(generator(derive(seed, 3), device)):
+            nxt = torch.bucketize(first_order_distance(model, x, y, tgt, norm, kw["eot"]),
+                                  levels).clamp(max=k - 1)
+    b = bracket(model, x, y, tgt, Grid(levels), lo, hi, nxt, steps=steps, warm_steps=warm_steps, restarts=restarts,
+                seed=seed, **kw)
+    adversarial = torch.stack([torch.where((b.hi <= j).view(-1, 1, 1, 1), b.found, _into_ball(b.at_lo, x, e, norm))
+                               for j, e in enumerate(levels.tolist())])
+    return adversarial, b
 
 
 def first_order_distance(model: ProbeModel, x: torch.Tensor, y: torch.Tensor, tgt: torch.Tensor | None, norm: str,
@@ -163,12 +175,13 @@ def _into_ball(adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> tor
 
 def finish(model: ProbeModel, x: torch.Tensor, y: torch.Tensor, tgt: torch.Tensor | None, budgets: torch.Tensor,
            adversarial: torch.Tensor, clean: torch.Tensor, norm: str, eot: int, loss: str,
-           seed: int = 0) -> AttackResult:
+           seed: int = 0, verdict: torch.Tensor | None = None) -> AttackResult:
     """Check every returned image (K×N) with a forward pass (a noisy model's ``eot`` draws from a generator seeded
     with ``seed``, as ``logits`` says), carry a success at a small budget to every larger one, and assemble the
-    result with norms, predictions, objective values and the monotonicity check."""
+    result with norms, predictions, objective values and the monotonicity check; ``verdict``: the K×N×classes logits
+    that same check already gave these very images (a caller that judged each image as it found it)."""
     k, n = adversarial.shape[:2]
-    z = logits(model, adversarial.flatten(0, 1), eot, seed=seed).view(k, n, -1)
+    z = logits(model, adversarial.flatten(0, 1), eot, seed=seed).view(k, n, -1) if verdict is None else verdict.clone()
     success = success_of(z, y, tgt)
     raw = success.clone()
     for j in range(1, k):  # an image adversarial at a smaller budget lies in every larger ball too

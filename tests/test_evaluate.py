@@ -97,3 +97,14 @@ def test_a_stochastic_model_gets_eot_stages_that_stop_on_a_certain_verdict(noisy
     z = logits(noisy, r.adversarial.flatten(0, 1), 4).view(2, len(x), -1)
     assert torch.equal(r.success, z.argmax(-1) != r.labels)
     assert (r.success[1] >= r.success[0]).all() and bool(r.success[1].any())
+
+
+def test_a_stochastic_models_images_stop_early_in_bfloat16_on_a_certain_verdict(noisy):
+    """Its 2-standard-error margin dwarfs bfloat16's rounding: a bfloat16 attack stops images early there (never on a
+    deterministic model), and the float32 verdict of the returned images is what it reports."""
+    x = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    r = attacks.pgd(noisy, x, None, "16/255", steps=10, eot=4, precision="bf16", progress=False)
+    assert r.metadata["early_stop"] and r.metadata["gradients"] < 6 * 10 * 4
+    assert torch.equal(r.success[0], logits(noisy, r.adversarial[0], 4).argmax(1) != r.labels)
+    assert not attacks.pgd(noisy, x, None, "16/255", steps=2, eot=1, precision="bf16", progress=False
+                           ).metadata["early_stop"]
