@@ -14,6 +14,7 @@ pages = st.navigation([
     st.Page("explorer/attack.py", title="Attack", icon=":material/swords:"),
     st.Page("explorer/metamers_page.py", title="Metamers", icon=":material/compare:"),
     st.Page("explorer/microstim.py", title="Micro-stimulation", icon=":material/bolt:"),
+    st.Page("explorer/loop_page.py", title="Loop", icon=":material/autorenew:"),
     st.Page("explorer/gallery.py", title="Gallery", icon=":material/photo_library:"),
 ])
 pages.run()

@@ -50,7 +50,8 @@ from .pgd import REL_STEP, finish, sweep
 from .result import AttackResult
 from .square import square_round
 
-STAGES = ("apgd-ce", "apgd-t", "square")
+STAGES = ("apgd-ce", "apgd-dlr", "apgd-t", "square")
+DEFAULT_STAGES = ("apgd-ce", "apgd-t", "square")
 # A stochastic model's default, as AutoAttack's version for randomized defenses: the gradient stages with EOT, and no
 # Square, whose random search would need eot passes per query and mistakes the noise for progress.
 STOCHASTIC_STAGES = ("apgd-ce", "apgd-t")
@@ -96,7 +97,7 @@ def evaluate(model: ProbeModel, images: torch.Tensor, labels: LabelsLike | None 
     # APGD-CE's images leave its batch as soon as they break: in reduced precision only where that still holds
     first_precision = precision if stops_early(model, True, precision, draws) else "fp32"
     engine = dict(precision="fp32", channels_last=channels_last)
-    stages = tuple(stages) if stages is not None else STOCHASTIC_STAGES if model.stochastic else STAGES
+    stages = tuple(stages) if stages is not None else STOCHASTIC_STAGES if model.stochastic else DEFAULT_STAGES
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         raise UnknownNameError("evaluate stage", unknown[0], STAGES)
@@ -126,6 +127,15 @@ def evaluate(model: ProbeModel, images: torch.Tensor, labels: LabelsLike | None 
         book.carry(j)
         if e == 0:
             continue
+        if "apgd-dlr" in stages:  # untargeted, as AutoAttack's version for randomized defenses runs it
+            t = time.perf_counter()
+            alive = book.alive(j)
+            if len(alive):
+                res = attack_round(model, x[alive], y[alive], None, _ball(e, alive), None, steps=steps, norm=norm,
+                                   step="apgd", step_size=2.0, loss="dlr", eot=draws, seed=seed + 101 * j + 1,
+                                   progress=progress, recheck=False, engine={**engine, "precision": precision})
+                book.offer("apgd-dlr", j, alive, res.images)
+            book.seconds["apgd-dlr"] += time.perf_counter() - t
         if "apgd-t" in stages:
             t = time.perf_counter()
             for k in range(min(targets, clean.shape[1] - 1)):

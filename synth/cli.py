@@ -213,6 +213,57 @@ def _simulate(args: argparse.Namespace) -> None:
           f"fit with: phosphene readout fit {path} --model toy-standard --layer V4 --name v4sites")
 
 
+def _loop(args: argparse.Namespace) -> None:
+    from synth.neuro.loop import Experiment
+
+    if args.action == "init":
+        exp = Experiment.create(args.dir, args.model, args.layer, args.sites, goals=args.goal, budget=args.budget,
+                                first_budget=args.first_budget, repeats=args.repeats, pool=args.pool,
+                                select=args.select, steps=args.steps, seed=args.seed,
+                                subject={"model": args.subject_model, "layer": args.subject_layer})
+        c = exp.config
+        print(f"experiment {exp.folder}: {c['model']}:{c['layer']} readout of {c['sites']} sites, goals "
+              f"{', '.join(c['goals'])}, {c['budget']} trials per round ({c['first_budget']} in round 0) at "
+              f"{c['repeats']} repeats, natural images chosen {c['select']}; next: phosphene loop next {exp.folder}")
+        return
+    exp = Experiment(args.dir)
+    if args.action == "next":
+        m = exp.next(progress=True)
+        where = exp.folder / f"round-{m['round']:02d}"
+        counts = ", ".join(f"{v} {k}" for k, v in m["counts"].items() if v)
+        print(f"round {m['round']}: show the {m['trials']} trials of {where / 'presentation.csv'} in that order "
+              f"({len(m['images'])} images in {where / 'images'}: {counts}; {m['repeats']} repeats each); then: "
+              f"phosphene loop record {exp.folder} RESPONSES.npz (images x sites x repeats, ids as in the csv)")
+    elif args.action == "record":
+        print(_round_line(exp.record(args.responses, progress=True), exp.config["goals"]))
+    elif args.action == "status":
+        rows = exp.status()
+        if not rows:
+            print(f"{exp.folder}: no round yet; run phosphene loop next {exp.folder}")
+        for row in rows:
+            print(_round_line(row, exp.config["goals"]) if row["state"] == "fitted" else
+                  f"round {row['round']}: {row['state']}, {row['trials']} trials, waiting for its recording")
+    else:
+        subject = exp.simulated_subject()
+        print(f"simulated subject: {subject}")
+        exp.run(subject, args.rounds, progress=True, on_round=lambda s: print(_round_line(s, exp.config["goals"]),
+                                                                              flush=True))
+
+
+def _round_line(s: dict, goals: list[str]) -> str:
+    """One round's measures in a line: the readout's held-out r and ceiling, each goal's ratio to the natural best."""
+    ceiling = f", ceiling {s['median_ceiling']:.2f}" if s.get("median_ceiling") is not None else ""
+    parts = [f"round {s['round']}: {s['trials']} trials, readout on {s['images_fitted']} images: held-out r "
+             f"{s['median_r']:.2f}{ceiling}"]
+    for goal in goals:
+        g = s["goals"].get(goal)
+        if g:
+            extra = f", one-hot success {g['onehot_success']:.0%}" if "onehot_success" in g else ""
+            parts.append(f"{goal}: median {g['median_ratio']:.2f}x the natural best ({g['fraction_above']:.0%} of "
+                         f"sites above){extra}")
+    return "; ".join(parts)
+
+
 def _batch(args: argparse.Namespace) -> None:
     from synth.batch import run
 
@@ -676,6 +727,47 @@ def parser() -> argparse.ArgumentParser:
     af.add_argument("--workers", type=int, default=2, help="rendering processes (default 2)")
     af.add_argument("--out", required=True)
     af.set_defaults(func=_afraz)
+
+    lp = sub.add_parser("loop", help="closed-loop experiments: show, record, refit, synthesize, show again",
+                        description="A closed-loop experiment in a folder a rig can drive (Bashivan et al. 2019; "
+                                    "Walker et al. 2019): 'init' designs it, 'next' writes the round to show (PNGs "
+                                    "and presentation.csv), 'record' ingests its responses and refits the readout, "
+                                    "'status' reports every round, 'run --subject simulated' drives the whole loop "
+                                    "against a simulated subject.  Every step resumes after a kill.")
+    lsub = lp.add_subparsers(dest="action", required=True, metavar="ACTION")
+    li = lsub.add_parser("init", help="create an experiment folder")
+    li.add_argument("dir")
+    li.add_argument("--model", required=True, help="probe model whose readout is fit and synthesized through")
+    li.add_argument("--layer", required=True, help="layer or area the readout reads, e.g. V4")
+    li.add_argument("--sites", type=int, required=True, help="sites the rig records")
+    li.add_argument("--goal", default="stretch", help="stretch, onehot, mei, or several joined by commas")
+    li.add_argument("--budget", type=int, default=1200, help="trials per round (default 1200)")
+    li.add_argument("--first-budget", type=int, help="trials of round 0, natural images only (default --budget)")
+    li.add_argument("--repeats", type=int, default=4, help="trials per image (default 4)")
+    li.add_argument("--pool", type=int, default=600, help="natural candidates per round to choose from (default 600)")
+    li.add_argument("--select", choices=["random", "uncertain", "diverse"], default="random",
+                    help="how natural images are chosen after round 0 (default random)")
+    li.add_argument("--steps", type=int, default=256, help="steps of each synthesis (default 256)")
+    li.add_argument("--seed", type=int, default=0)
+    li.add_argument("--subject-model", default="toy-robust", help="the simulated subject of 'loop run' (toy-robust)")
+    li.add_argument("--subject-layer", default="IT", help="its recorded area (default IT)")
+    ln = lsub.add_parser("next", help="write the next round's images and say what to show")
+    ln.add_argument("dir")
+    lr = lsub.add_parser("record", help="ingest a round's recording and refit the readout",
+                         description="Ingest the responses to the round waiting for them and refit.  "
+                                     + RESPONSES_FORMAT + "  Its image ids are those of the round's "
+                                     "presentation.csv, all of them.")
+    lr.add_argument("dir")
+    lr.add_argument("responses")
+    ls = lsub.add_parser("status", help="print each round's readout r, ceiling and synthesized vs natural")
+    ls.add_argument("dir")
+    lrun = lsub.add_parser("run", help="drive the whole loop against a simulated subject")
+    lrun.add_argument("dir")
+    lrun.add_argument("--subject", choices=["simulated"], required=True,
+                      help="'simulated': the experiment's simulated subject (control.Subject)")
+    lrun.add_argument("--rounds", type=int, default=3, help="closed-loop rounds after round 0 (default 3)")
+    for q in (li, ln, lr, ls, lrun):
+        q.set_defaults(func=_loop)
 
     b = sub.add_parser("batch", help="run an experiment file of synthesis jobs (rerun to resume)")
     b.add_argument("experiment", help="experiment .toml (see examples/*.toml)")

@@ -109,6 +109,27 @@ def test_gallery_page_browses_a_batch_folder(tmp_path):
     assert "1 of 2 stimuli" in " ".join(c.value for c in at.caption)
 
 
+def test_loop_page_shows_a_closed_loop_experiments_rounds(tmp_path):
+    import synth
+    from synth.neuro.loop import Experiment
+    from synth.neuro.subject import Subject
+
+    exp = Experiment.create(tmp_path / "exp", "toy-standard", "V4", 4, goals="stretch,onehot", budget=40,
+                            first_budget=48, repeats=2, pool=30, steps=8)
+    subject = Subject(synth.load_model("toy-robust"), "IT", synth.render(120, "test").tensor(), n_sites=4)
+    status = exp.run(subject, 1, progress=False)
+    at = _page("explorer/loop_page.py")
+    at.text_input[0].set_value(str(tmp_path / "exp")).run()
+    assert not at.exception, at.exception
+    table = at.dataframe[0].value
+    assert list(table["round"]) == [0, 1] and list(table["state"]) == ["fitted", "fitted"]
+    assert table["held-out r"].tolist() == [round(s["median_r"], 3) for s in status]
+    assert table["stretch ratio"].iloc[1] == round(status[1]["goals"]["stretch"]["median_ratio"], 2)
+    assert len(at.get("image")) >= 3  # the curves, the per-site scatter and the round's images
+    at.radio[1].set_value("reference").run()
+    assert not at.exception, at.exception
+
+
 def test_attack_page_runs_a_minimal_norm_attack_and_reads_its_curve_off_the_budgets():
     at = _page("explorer/attack.py")
     at.sidebar.selectbox[2].select("deepfool-l2").run()

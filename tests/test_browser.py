@@ -144,7 +144,8 @@ def test_an_attack_runs_through_the_page(page, shots):
 
 @pytest.mark.parametrize("title, shown", [("Metamers", "Make the metamer"),
                                           ("Micro-stimulation", "recorded face selectivity"),
-                                          ("Gallery", "manifest.jsonl")])
+                                          ("Gallery", "manifest.jsonl"),
+                                          ("Loop", "experiment folder")])
 def test_every_other_page_renders(page, shots, title, shown):
     _open(page, title)
     page.get_by_text(shown).first.wait_for()

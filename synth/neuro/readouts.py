@@ -126,6 +126,8 @@ def load_responses(path: str | os.PathLike) -> Responses:
             if missing:
                 raise ConfigError(f"{path} lacks arrays {sorted(missing)} (has {z.files})")
             values = z["responses"]
+            if values.ndim not in (2, 3):
+                raise ConfigError(f"{path}: responses must be images × sites (× repeats), got shape {values.shape}")
             sites = [str(s) for s in z["sites"]] if "sites" in z.files else [f"site{i}" for i in range(values.shape[1])]
             return Responses([str(i) for i in z["image_ids"]], values, sites)
     if path.suffix == ".csv":
@@ -185,7 +187,8 @@ def split_half_ceiling(values: np.ndarray, splits: int = 10, seed: int = 0) -> n
     return np.clip(np.mean(rs, axis=0), 0.0, 1.0)
 
 
-def _regressor(method: str, n_components: int, alphas: tuple[float, ...]):
+def regressor(method: str, n_components: int, alphas: tuple[float, ...] = tuple(10.0 ** np.arange(-2, 7))):
+    """An unfitted scikit-learn regressor of a readout: PLS with ``n_components`` or ridge over ``alphas``."""
     from sklearn.cross_decomposition import PLSRegression
     from sklearn.linear_model import RidgeCV
 
@@ -233,12 +236,12 @@ def fit(model: ProbeModel, images: torch.Tensor, responses: Responses, layer: st
     per_fold = []
     for k, (train, test) in enumerate(splits):
         bar.set_postfix_str(f"cross-validation fold {k + 1}/{len(splits)}")
-        reg = _regressor(method, n_components, alphas).fit(x[train], y[train])
+        reg = regressor(method, n_components, alphas).fit(x[train], y[train])
         per_fold.append(pearson(np.asarray(reg.predict(x[test])).reshape(len(test), -1), y[test]))
         bar.update()
     r = np.mean(per_fold, axis=0)
     bar.set_postfix_str("final fit on all images")
-    reg = _regressor(method, n_components, alphas).fit(x, y)
+    reg = regressor(method, n_components, alphas).fit(x, y)
     bar.update()
     w, b = _linear_map(reg)
     info = {"method": method, "n_components": n_components if method == "pls" else None, "folds": folds,

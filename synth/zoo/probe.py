@@ -338,6 +338,13 @@ class ProbeModel(nn.Module):
         self._layers = None
         return name
 
+    def remove_readout(self, name: str) -> None:
+        """Detach the readout layer ``name`` (as ``add_readout`` named it): a loop's readout of one round, say."""
+        if name not in self.readouts:
+            raise UnknownNameError("readout layer", name, list(self.readouts))
+        del self.readouts[name]
+        self._layers = None
+
     def sites(self, layer: str) -> list[str]:
         """Names of the sites of a readout layer."""
         layer = self.layer(layer)
