@@ -132,7 +132,8 @@ def evaluate(model: ProbeModel, images: torch.Tensor, labels: LabelsLike | None 
             alive = book.alive(j)
             if len(alive):
                 res = attack_round(model, x[alive], y[alive], None, _ball(e, alive), None, steps=steps, norm=norm,
-                                   step="apgd", step_size=2.0, loss="dlr", eot=draws, seed=seed + 101 * j + 1,
+                                   step="apgd", step_size=2.0, loss="dlr", eot=_late(draws, eot, len(x), alive),
+                                   seed=seed + 101 * j + 1,
                                    progress=progress, recheck=False, engine={**engine, "precision": precision})
                 book.offer("apgd-dlr", j, alive, res.images)
             book.seconds["apgd-dlr"] += time.perf_counter() - t
@@ -142,7 +143,8 @@ def evaluate(model: ProbeModel, images: torch.Tensor, labels: LabelsLike | None 
                 alive = book.alive(j)
                 if len(alive):
                     res = attack_round(model, x[alive], y[alive], ranked[alive, k], _ball(e, alive), None,
-                                       steps=steps, norm=norm, step="apgd", step_size=2.0, loss="dlr", eot=draws,
+                                       steps=steps, norm=norm, step="apgd", step_size=2.0, loss="dlr",
+                                       eot=_late(draws, eot, len(x), alive),
                                        seed=seed + 101 * j + 2 + k, progress=progress, recheck=False,
                                        engine={**engine, "precision": precision})
                     book.offer("apgd-t", j, alive, res.images)
@@ -161,6 +163,12 @@ def evaluate(model: ProbeModel, images: torch.Tensor, labels: LabelsLike | None 
         "seconds_by_stage": {s: round(book.seconds[s], 3) for s in stages},
         "seconds": round(time.perf_counter() - t0, 3)})
     return result
+
+
+def _late(draws: int, eot: int, n: int, alive: torch.Tensor) -> int:
+    """Draws per step of a later stage: more where fewer images are left (its cost at most half the first stage's,
+    at ``draws`` per step on all ``n``), up to the verdict's ``eot``."""
+    return min(eot, max(draws, round(draws * n / (2 * len(alive)))))
 
 
 def _ball(eps: float, alive: torch.Tensor) -> torch.Tensor:
