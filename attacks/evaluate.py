@@ -6,6 +6,8 @@ every earlier stage left unbroken, so the expensive stages see few images:
 
 1. ``apgd-ce``: Auto-PGD on cross-entropy, ``first_steps`` steps from a random start, over all the budgets at once
    (``attacks.pgd``'s sweep); an image leaves the batch as soon as it is misclassified.
+   ``apgd-dlr`` (not a default stage; AutoAttack's member for randomized defenses): untargeted Auto-PGD on the DLR
+   loss.
 2. ``apgd-t``: targeted Auto-PGD on the DLR loss (``synth.engine.objectives.DLR``) towards each of the
    ``targets`` classes the model ranks highest after the true one, one after the other on the images still
    unbroken (AutoAttack's APGD-T).
@@ -71,21 +73,24 @@ def evaluate(model: ProbeModel, images: torch.Tensor, labels: LabelsLike | None 
     stage (cross-entropy stalls early on the images it cannot break: on 128 toy-robust images, 30 steps broke as
     many as 100 at L-inf 4/255 and one fewer at L2 0.4, which APGD-T then broke); ``targets``: classes
     APGD-T aims at, one after the other (AutoAttack's 9 on CIFAR-10; 3 here, as in its ImageNet runs);
-    ``draws``: noise draws per attack step on a stochastic model, while every verdict takes ``eot``.  A
-    stochastic model's defaults (``STOCHASTIC_DEFAULTS``: 20 steps per stage, 1 target, 3 draws per step for the
-    verdict's 8) buy its verdict with few draws per image, since every surviving image pays for each of them: on 256
-    toy-vone images (``benchmarks/evaluate.py``) they left 1.6 points fewer than AutoAttack's 'rand' version (APGD-CE
-    and APGD-DLR, 10 steps of 20 draws each) at L-inf 4/255 in 56 s, and 3.1 points fewer at L2 0.4 in 113 s; 2
-    draws per step left 2 points more than AutoAttack at L-inf, and 4 draws broke 1.5 and 0.4 points more than 3 in
-    18 % and 25 % more time;
+    ``draws``: noise draws per attack step on a stochastic model, while every verdict takes ``eot``; a later stage
+    takes more where fewer images are left (its cost at most half the first stage's, up to ``eot``).  A stochastic
+    model's defaults (``STOCHASTIC_DEFAULTS``: 15 steps of APGD-CE at half the verdict's draws per step, in
+    bfloat16 where the device computes it, then APGD-T towards 1 class for 20 steps) buy its verdict with few draws
+    per image, since every surviving image pays for each of them: on 256 toy-vone images, in one run of
+    ``benchmarks/evaluate.py`` beside AutoAttack's 'rand' version (APGD-CE and APGD-DLR, 10 steps of 20 draws
+    each), they left 1.6 points fewer at L-inf 4/255 in 49 s (12.9x less time) and 4.3 points fewer at L2 0.4 in
+    82 s (10.3x);
     ``queries``: forward passes per image of Square's probe, ``full_queries`` of its full search, run only where
-    the probe broke an image the gradient stages could not; ``stages``: which stages run, in this order (default
-    ``STAGES``, or ``STOCHASTIC_STAGES`` on a stochastic model); ``eot``: noise draws of a stochastic model per
-    step and per verdict; ``precision``: of the APGD-T runs, the cascade's costliest stage: 'auto' (the default) is
-    'bf16' where the device computes bfloat16 natively (``synth.engine.loop.native_bf16``) and 'fp32' elsewhere;
-    on toy-robust bfloat16 APGD-T broke the same images as float32 in half the time, once its images no longer stop
-    early on a bfloat16 verdict (``attack_round``); ``channels_last``: the layout of every stage's passes (about a
-    fifth faster on a CPU).  Every verdict runs in float32 and the standard layout."""
+    the probe broke an image the gradient stages could not; ``stages``: which stages run, in this order
+    (default ``DEFAULT_STAGES``, or ``STOCHASTIC_STAGES`` on a stochastic model; ``STAGES`` lists all four);
+    ``eot``: noise draws of a stochastic model per step and per verdict; ``precision``: of the later stages (and
+    of APGD-CE where its images can still stop early in it: on a stochastic model, see
+    ``attacks.common.stops_early``): 'auto' (the default) is 'bf16' where the device computes bfloat16 natively
+    (``synth.engine.loop.native_bf16``) and 'fp32' elsewhere; on toy-robust bfloat16 APGD-T broke the same images
+    as float32 in half the time, once its images no longer stop early on a bfloat16 verdict (``attack_round``);
+    ``channels_last``: the layout of every stage's passes (about a fifth faster on a CPU).  Every verdict runs in
+    float32 and the standard layout."""
     t0 = time.perf_counter()
     defaults = STOCHASTIC_DEFAULTS if model.stochastic else DEFAULTS
     steps = defaults["steps"] if steps is None else steps

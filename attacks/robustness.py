@@ -34,7 +34,7 @@ from synth.rng import seeded_globals
 from synth.zoo.probe import ProbeModel
 
 from .common import logits, read_budgets
-from .evaluate import evaluate
+from .evaluate import STOCHASTIC_DEFAULTS, evaluate
 from .pgd import pgd
 
 # VOneNet's white-box budgets: L-inf in pixel units, L2 at 224 px (scaled to the model's size by side / 224,
@@ -252,8 +252,12 @@ class RobustnessTable:
                f"`attacks.evaluate` (APGD-CE, then {s['steps']}-step APGD-T runs and Square's probe on the images "
                "still unbroken; Square left out for stochastic models" if s["steps"] is not None else
                "`attacks.evaluate` with its defaults (APGD-CE, 30 steps, then APGD-T towards 3 classes, 100 steps "
-               "each, and Square's probe on the images still unbroken; on stochastic models 20 steps, 1 target, "
-               "3 of every 8 of the verdict's draws per step and no Square")
+               "each, and Square's probe on the images still unbroken; on stochastic models "
+               + (f"{s['stochastic_defaults']['first_steps']} steps of APGD-CE at half the verdict's draws per "
+                  f"step, then APGD-T towards {s['stochastic_defaults']['targets']} class for "
+                  f"{s['stochastic_defaults']['steps']} steps with more draws where fewer images are left, and no "
+                  "Square" if "stochastic_defaults" in s else
+                  "20 steps, 1 target, 3 of every 8 of the verdict's draws per step and no Square"))
         lines += ["", f"Accuracy in %, {s['data']}. White-box: {how}; stochastic models with EOT over {s['eot']} "
                   "draws: "
                   f"{', '.join(s['stochastic']) or 'none'}). "
@@ -426,7 +430,8 @@ def robustness_table(models: Sequence[str | ProbeModel] | Mapping[str, ProbeMode
     settings = {
         "data": data.source, "linf": linf_eps, "l2": l2 if l2 is not None else "VOneNet's scaled by size/224",
         "white_box": "attacks.pgd (quick)" if quick else "attacks.evaluate: apgd-ce, apgd-t, square",
-        "steps": steps, "eot": eot, "stochastic": stochastic, "corruptions": names, "severities": list(severities),
+        "steps": steps, "eot": eot, "stochastic": stochastic, "stochastic_defaults": STOCHASTIC_DEFAULTS,
+        "corruptions": names, "severities": list(severities),
         "seed": seed, "batch_size": batch_size, "seconds": time.perf_counter() - t_start,
         "model_seconds": {k: round(v, 1) for k, v in model_seconds.items()},
         "device": f"{default_device()} ({platform.machine()}, {torch.get_num_threads()} threads)",

@@ -97,6 +97,10 @@ def test_a_stochastic_model_gets_eot_stages_that_stop_on_a_certain_verdict(noisy
     z = logits(noisy, r.adversarial.flatten(0, 1), 4).view(2, len(x), -1)
     assert torch.equal(r.success, z.argmax(-1) != r.labels)
     assert (r.success[1] >= r.success[0]).all() and bool(r.success[1].any())
+    rand = attacks.evaluate(noisy, x, None, "16/255", eot=4, stages=("apgd-ce", "apgd-dlr"), first_steps=1, **FAST)
+    assert rand.metadata["stages"] == ["apgd-ce", "apgd-dlr"] and set(rand.metadata["broken_by"]) == {"apgd-ce",
+                                                                                                        "apgd-dlr"}
+    assert torch.equal(rand.success[0], logits(noisy, rand.adversarial[0], 4).argmax(1) != rand.labels)
 
 
 def test_a_stochastic_models_images_stop_early_in_bfloat16_on_a_certain_verdict(noisy):

@@ -18,8 +18,9 @@ shows, each ``repeats`` times, in one shuffled order:
 - ``test``: for each site and goal, the image synthesized through readout ``r − 1`` ('stretch': the site as high
   as it goes; 'onehot': the site high and the rest of the population low; 'mei': Walker et al.'s most exciting
   image, blurred gradients at fixed contrast);
-- ``reference``: each site's best natural image so far (by its recorded mean), shown again so that the test image
-  and the natural best are measured on the same fresh trials (the max of noisy means alone is biased upwards);
+- ``reference``: each site's best natural image of round 0 (by its recorded mean; one fixed set, as Bashivan et
+  al.'s, so that the rounds' ratios compare), shown again so that the test image and the natural best are measured
+  on the same fresh trials (the max of noisy means alone is biased upwards);
 - ``blank``: a mean-grey screen, the sites' baseline;
 - ``fit``: new natural images, filling the round's budget of trials, chosen by ``select``: 'random', 'uncertain'
   (where a committee of readouts fit on cross-validation folds disagrees most) or 'diverse' (farthest from every
@@ -300,10 +301,11 @@ class Experiment:
         return out
 
     def _references(self, r: int) -> list[tuple[str, torch.Tensor, dict]]:
-        """Each site's best natural image so far by its recorded mean, to be measured again beside the tests."""
+        """Each site's best natural image of round 0 (the initial session's set, fixed so that rounds compare) by
+        its recorded mean, to be measured again beside the tests."""
         best: dict[str, tuple[float, str, int]] = {}
         sites = self.site_names()
-        for m in self.manifests()[:r]:
+        for m in self.manifests()[:1]:
             resp = load_responses(_round_dir(self.folder, m["round"]) / "responses.npz")
             role = {row["image_id"]: row["role"] for row in m["images"]}
             mean = resp.mean
