@@ -128,31 +128,30 @@ def evaluate(model: ProbeModel, images: torch.Tensor, labels: LabelsLike | None 
     # AutoAttack's order of targets: the class the model ranks highest after the true one first
     ranked = clean.masked_fill(torch.nn.functional.one_hot(y, clean.shape[1]).bool(), -math.inf).argsort(1, True)
     escalated = [False] * len(budgets)
+
+    def dlr_round(stage: str, j: int, e: float, target: torch.Tensor | None, round_seed: int) -> None:
+        """Auto-PGD on the DLR loss (towards ``target``, or away from the label) on the images budget ``j`` has
+        left, with more draws per step where fewer are left."""
+        alive = book.alive(j)
+        if len(alive):
+            res = attack_round(model, x[alive], y[alive], None if target is None else target[alive], _ball(e, alive),
+                               None, steps=steps, norm=norm, step="apgd", step_size=2.0, loss="dlr",
+                               eot=_late(draws, eot, len(x), alive), seed=round_seed, progress=progress,
+                               recheck=False, engine={**engine, "precision": precision})
+            book.offer(stage, j, alive, res.images)
+
     for j, e in enumerate(budgets.tolist()):
         book.carry(j)
         if e == 0:
             continue
         if "apgd-dlr" in stages:  # untargeted, as AutoAttack's version for randomized defenses runs it
             t = time.perf_counter()
-            alive = book.alive(j)
-            if len(alive):
-                res = attack_round(model, x[alive], y[alive], None, _ball(e, alive), None, steps=steps, norm=norm,
-                                   step="apgd", step_size=2.0, loss="dlr", eot=_late(draws, eot, len(x), alive),
-                                   seed=seed + 101 * j + 1,
-                                   progress=progress, recheck=False, engine={**engine, "precision": precision})
-                book.offer("apgd-dlr", j, alive, res.images)
+            dlr_round("apgd-dlr", j, e, None, seed + 101 * j + 1)
             book.seconds["apgd-dlr"] += time.perf_counter() - t
         if "apgd-t" in stages:
             t = time.perf_counter()
             for k in range(min(targets, clean.shape[1] - 1)):
-                alive = book.alive(j)
-                if len(alive):
-                    res = attack_round(model, x[alive], y[alive], ranked[alive, k], _ball(e, alive), None,
-                                       steps=steps, norm=norm, step="apgd", step_size=2.0, loss="dlr",
-                                       eot=_late(draws, eot, len(x), alive),
-                                       seed=seed + 101 * j + 2 + k, progress=progress, recheck=False,
-                                       engine={**engine, "precision": precision})
-                    book.offer("apgd-t", j, alive, res.images)
+                dlr_round("apgd-t", j, e, ranked[:, k], seed + 101 * j + 2 + k)
             book.seconds["apgd-t"] += time.perf_counter() - t
         if "square" in stages:
             t = time.perf_counter()

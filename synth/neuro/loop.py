@@ -37,6 +37,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -303,29 +304,23 @@ class Experiment:
     def _references(self, r: int) -> list[tuple[str, torch.Tensor, dict]]:
         """Each site's best natural image of round 0 (the initial session's set, fixed so that rounds compare) by
         its recorded mean, to be measured again beside the tests."""
-        best: dict[str, tuple[float, str, int]] = {}
-        sites = self.site_names()
-        for m in self.manifests()[:1]:
-            resp = load_responses(_round_dir(self.folder, m["round"]) / "responses.npz")
-            role = {row["image_id"]: row["role"] for row in m["images"]}
-            mean = resp.mean
-            for i, image_id in enumerate(resp.image_ids):
-                if role.get(image_id) != "fit":
-                    continue
-                for s, site in enumerate(sites):
-                    if site not in best or mean[i, s] > best[site][0]:
-                        best[site] = (float(mean[i, s]), image_id, m["round"])
+        resp = self.responses(0)
+        natural = [k for k, i in enumerate(resp.image_ids) if i != BLANK]
+        best = [resp.image_ids[natural[k]] for k in resp.mean[natural].argmax(0)]
         out, seen = [], {}
-        for site in sites:
-            _, image_id, where = best[site]
+        for site, image_id in zip(self.site_names(), best):
             if image_id in seen:
                 out[seen[image_id]][2]["best_for"].append(site)
                 continue
-            image, _ = read_png(_round_dir(self.folder, where) / "images" / _file_name(image_id))
+            image, _ = read_png(_round_dir(self.folder, 0) / "images" / _file_name(image_id))
             seen[image_id] = len(out)
             out.append((f"r{r}:ref:{image_id}", image, {"role": "reference", "natural_id": image_id,
                                                          "best_for": [site]}))
         return out
+
+    def responses(self, r: int) -> Responses:
+        """The recording of round ``r``, its images in the round's order."""
+        return load_responses(_round_dir(self.folder, r) / "responses.npz")
 
     # -- record ----------------------------------------------------------------------------------------------
     def site_names(self) -> list[str]:
@@ -365,7 +360,7 @@ class Experiment:
         """Refuse, in one line, a recording that is not of this round's images and this experiment's sites."""
         expected = [row["image_id"] for row in m["images"]]
         got = list(resp.image_ids)
-        dupes = sorted({i for i in got if got.count(i) > 1})
+        dupes = sorted(i for i, count in Counter(got).items() if count > 1)
         if dupes:
             raise ConfigError(f"the recording names image ids more than once: {_few(dupes)}; "
                               "give each image's trials as repeats (images × sites × repeats)")
@@ -392,7 +387,7 @@ class Experiment:
             if upto is not None and m["round"] > upto or m["state"] == "ready":
                 continue
             folder = _round_dir(self.folder, m["round"])
-            resp = load_responses(folder / "responses.npz")
+            resp = self.responses(m["round"])
             for i, image_id in enumerate(resp.image_ids):
                 if image_id == BLANK:
                     continue
@@ -421,8 +416,7 @@ class Experiment:
     def _summary(self, m: dict, readout: Readout) -> dict:
         """The round's measures: the readout's held-out r and ceiling; per goal, each site's test image against
         its natural best, both on this round's trials; the blank's baseline."""
-        folder = _round_dir(self.folder, m["round"])
-        resp = load_responses(folder / "responses.npz")
+        resp = self.responses(m["round"])
         mean = resp.mean
         row = {i: k for k, i in enumerate(resp.image_ids)}
         sites = self.site_names()
@@ -454,7 +448,7 @@ class Experiment:
         """Trial means (images × sites) of every natural image recorded for fitting in rounds ``0 .. upto``."""
         out = []
         for m in self.manifests()[:upto + 1]:
-            resp = load_responses(_round_dir(self.folder, m["round"]) / "responses.npz")
+            resp = self.responses(m["round"])
             fit_ids = {row["image_id"] for row in m["images"] if row["role"] == "fit"}
             out += [resp.mean[k] for k, i in enumerate(resp.image_ids) if i in fit_ids]
         return np.array(out)

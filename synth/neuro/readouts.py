@@ -26,6 +26,7 @@ from synth.files import atomic, load_record, save_record
 from synth.zoo.probe import ProbeModel
 
 METHODS = ("pls", "ridge")
+ALPHAS = tuple(10.0 ** np.arange(-2, 7))  # ridge's penalties, searched by cross-validation
 FORMAT_VERSION = 1  # 1: one record format (synth.files.save_record); 0: PATH.json without kind or format
 
 
@@ -187,7 +188,7 @@ def split_half_ceiling(values: np.ndarray, splits: int = 10, seed: int = 0) -> n
     return np.clip(np.mean(rs, axis=0), 0.0, 1.0)
 
 
-def regressor(method: str, n_components: int, alphas: tuple[float, ...] = tuple(10.0 ** np.arange(-2, 7))):
+def regressor(method: str, n_components: int, alphas: tuple[float, ...] = ALPHAS):
     """An unfitted scikit-learn regressor of a readout: PLS with ``n_components`` or ridge over ``alphas``."""
     from sklearn.cross_decomposition import PLSRegression
     from sklearn.linear_model import RidgeCV
@@ -210,7 +211,7 @@ def _linear_map(reg) -> tuple[np.ndarray, np.ndarray]:
 
 
 def fit(model: ProbeModel, images: torch.Tensor, responses: Responses, layer: str, method: str = "pls",
-        n_components: int = 25, alphas: tuple[float, ...] = tuple(10.0 ** np.arange(-2, 7)), folds: int = 10,
+        n_components: int = 25, alphas: tuple[float, ...] = ALPHAS, folds: int = 10,
         seed: int = 0, progress: bool = False) -> Readout:
     """Fit a readout from ``layer`` of ``model`` to recorded responses to ``images`` (same order).
 
