@@ -34,6 +34,7 @@ import torch  # noqa: E402
 import synth  # noqa: E402
 from synth.files import read_png  # noqa: E402
 from synth.neuro.loop import Experiment, held_out_r  # noqa: E402
+from synth.neuro.readouts import Responses, fit  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -57,6 +58,35 @@ def run_one(name: str, folder: Path, args: argparse.Namespace, held_out: torch.T
     print(f"{name:<12} {seconds:5.0f} s  {line}", flush=True)
     return {"name": name, "folder": str(folder), "seconds": round(seconds), "design": exp.config,
             "rounds": [{k: v for k, v in s.items() if k not in ("r",)} for s in status]}
+
+
+REFITS = {"ridge, synthesized at 0.1 (the default)": ("ridge", 0.1),
+          "ridge, synthesized at full weight": ("ridge", 1.0),
+          "ridge, natural images only": ("ridge", 0.0),
+          "PLS, synthesized at full weight": ("pls", 1.0),
+          "PLS, natural images only": ("pls", 0.0)}
+
+
+def compare_refits(folder: Path, held_out: torch.Tensor) -> dict:
+    """Each round of one finished loop refit on the same recordings with another regression or weight for the
+    synthesized images, and scored on the held-out images: why the loop refits as it does."""
+    exp = Experiment(folder)
+    subject = exp.simulated_subject()
+    out = {}
+    for name, (method, weight) in REFITS.items():
+        rows = []
+        for m in exp.manifests():
+            ids, images, values = exp.recorded(m["round"])
+            natural, _ = exp.fit_weights(ids)
+            keep = natural if weight == 0 else np.ones(len(ids), bool)
+            readout = fit(exp.model, images[keep], Responses([ids[i] for i in np.flatnonzero(keep)], values[keep],
+                                                             exp.site_names()), exp.config["layer"], method=method,
+                          folds=exp.config["folds"], seed=exp.config["seed"], natural=natural[keep],
+                          weights=np.where(natural[keep], 1.0, weight) if method == "ridge" else None)
+            rows.append(float(np.median(held_out_r(readout, exp.model, subject, held_out))))
+        out[name] = rows
+        print(f"refit {name:<44} held-out r " + " ".join(f"{r:.3f}" for r in rows), flush=True)
+    return out
 
 
 def figure(runs: dict, path: Path) -> None:
@@ -148,10 +178,11 @@ def main() -> None:
     runs["one shot"] = run_one("one shot", out / "one_shot", args, held_out, rounds=1,
                                first_budget=total - test_trials, budget=test_trials)
     one = runs["one shot"]
+    refits = compare_refits(Path(loop["folder"]), held_out)
     report = {"subject": "toy-robust IT", "model": "toy-standard V4", "sites": args.sites,
               "trials_closed_loop": total, "trials_one_shot": sum(s["trials"] for s in one["rounds"]),
               "seconds": round(time.perf_counter() - t0), "threads": torch.get_num_threads(),
-              "phosphene": synth.__version__, "runs": runs}
+              "phosphene": synth.__version__, "runs": runs, "refits": refits}
     lines = [f"# Closed loop against one shot ({args.sites} sites of toy-robust IT, toy-standard V4 readouts)", "",
              f"Every run shows {total} trials in all ({args.budget} per round, {args.repeats} repeats per image); the "
              f"one shot shows {report['trials_one_shot']}.  Held-out r: median over sites of Pearson r between the "
@@ -166,6 +197,11 @@ def main() -> None:
             ratios = " | ".join(f"{s['goals'][g]['median_ratio']:.2f}" if g in s["goals"] else "" for g in goals)
             lines.append(f"| {name} | {s['round']} | {s['images_fitted']} | {s['held_out_r']:.3f} | "
                          f"{s['median_r']:.3f} | {ratios} |")
+    lines += ["", "The random loop's recordings refit every round with another regression or weight for the "
+              f"synthesized images (held-out r, rounds 0-{args.rounds}):", "",
+              "| refit | " + " | ".join(f"round {r}" for r in range(args.rounds + 1)) + " |",
+              "|---|" + "---|" * (args.rounds + 1)]
+    lines += [f"| {name} | " + " | ".join(f"{r:.3f}" for r in rows) + " |" for name, rows in refits.items()]
     lines += ["", f"{report['seconds']} s in all on {torch.get_num_threads()} threads; phosphene {synth.__version__}."]
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)

@@ -219,7 +219,8 @@ def _loop(args: argparse.Namespace) -> None:
     if args.action == "init":
         exp = Experiment.create(args.dir, args.model, args.layer, args.sites, goals=args.goal, budget=args.budget,
                                 first_budget=args.first_budget, repeats=args.repeats, pool=args.pool,
-                                select=args.select, steps=args.steps, seed=args.seed,
+                                select=args.select, steps=args.steps, method=args.method,
+                                synthetic_weight=args.synthetic_weight, seed=args.seed,
                                 subject={"model": args.subject_model, "layer": args.subject_layer})
         c = exp.config
         print(f"experiment {exp.folder}: {c['model']}:{c['layer']} readout of {c['sites']} sites, goals "
@@ -748,6 +749,10 @@ def parser() -> argparse.ArgumentParser:
     li.add_argument("--select", choices=["random", "uncertain", "diverse"], default="random",
                     help="how natural images are chosen after round 0 (default random)")
     li.add_argument("--steps", type=int, default=256, help="steps of each synthesis (default 256)")
+    li.add_argument("--method", choices=["ridge", "pls"], default="ridge",
+                    help="the readout's regression (default ridge: it takes --synthetic-weight)")
+    li.add_argument("--synthetic-weight", type=float, default=0.1,
+                    help="a synthesized image's weight in the refit, a natural image's being 1 (default 0.1)")
     li.add_argument("--seed", type=int, default=0)
     li.add_argument("--subject-model", default="toy-robust", help="the simulated subject of 'loop run' (toy-robust)")
     li.add_argument("--subject-layer", default="IT", help="its recorded area (default IT)")

@@ -8,6 +8,7 @@ import torch
 
 import synth
 from synth.cli import main
+from synth.errors import ConfigError
 from synth.files import read_png
 from synth.neuro import loop
 from synth.neuro.loop import Experiment
@@ -141,3 +142,9 @@ def test_the_loop_only_shows_images_to_a_subject_whose_backward_pass_raises(tmp_
             _, meta = read_png(tmp_path / "exp" / "round-01" / test["file"])
             assert meta["goal"] == goal and meta["site"] == site and meta["readout_round"] == 0
     assert "onehot_success" in status[1]["goals"]["onehot"]
+    readout, ids, _, values = exp.readout(1), *exp.recorded(1)
+    natural = [k for k, i in enumerate(ids) if ":stretch:" not in i and ":onehot:" not in i and ":mei:" not in i]
+    assert readout.info["n_natural"] == len(natural) == len(ids) - 12 and readout.info["method"] == "ridge"
+    np.testing.assert_allclose(readout.site_mean.double().numpy(), values[natural].mean((0, 2)), rtol=1e-5)
+    with pytest.raises(ConfigError, match="pls' takes no sample weights"):
+        Experiment.create(tmp_path / "pls", "toy-standard", "V4", 4, method="pls")

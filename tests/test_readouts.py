@@ -47,6 +47,34 @@ def test_fit_predicts_held_out_sites_and_reports_the_ceiling(tiny, recording, me
     assert abs(rates.mean() - resp.mean.mean()) < 1.0
 
 
+def test_synthesized_images_join_the_fit_without_rescaling_the_sites_or_outweighing_natural_ones(tiny, recording):
+    """A closed loop's refit: images driven far past the natural range (here by another map, at 10x the natural
+    spread) neither set the z-units nor count in r, and weighted down they spoil the natural fit less."""
+    images, resp, clean = recording
+    rng = np.random.default_rng(2)
+    extra = torch.rand(30, *images.shape[1:], generator=torch.Generator().manual_seed(0))
+    wild = 20 + 50 * rng.normal(size=(30, 6, 1)) + rng.normal(0, 2.0, size=(30, 6, 4))
+    both = Responses(resp.image_ids + [f"synth:{i}" for i in range(30)], np.concatenate([resp.values, wild]),
+                     resp.sites)
+    natural = np.arange(150) < 120
+    x = features(tiny, images, "V4").double().numpy()
+    fits = {w: fit(tiny, torch.cat([images, extra]), both, "V4", method="ridge", folds=5, natural=natural,
+                   weights=np.where(natural, 1.0, w)) for w in (1.0, 0.05)}
+    for readout in fits.values():
+        np.testing.assert_allclose(readout.site_mean.double().numpy(), resp.mean.mean(0), rtol=1e-5)
+        np.testing.assert_allclose(readout.site_std.double().numpy(), resp.mean.std(0), rtol=1e-5)
+        assert readout.info["n_natural"] == 120 and readout.info["n_images"] == 150
+    natural_r = {w: np.median([np.corrcoef(p, c)[0, 1] for p, c in zip(
+        (r(torch.from_numpy(x).float()).double().numpy()).T, clean.T)]) for w, r in fits.items()}
+    assert natural_r[0.05] > natural_r[1.0] + 0.05, natural_r
+    assert fits[0.05].info["median_r"] > 0.7
+    with pytest.raises(ConfigError, match="method='ridge'"):
+        fit(tiny, torch.cat([images, extra]), both, "V4", method="pls", natural=natural,
+            weights=np.where(natural, 1.0, 0.1))
+    with pytest.raises(ConfigError, match="natural-image mask"):
+        fit(tiny, torch.cat([images, extra]), both, "V4", natural=natural[:100])
+
+
 @pytest.mark.parametrize("reg", [PLSRegression(n_components=3, scale=False), RidgeCV(alphas=(0.1, 1.0, 10.0))])
 def test_linear_map_equals_the_regressors_predictions(reg):
     rng = np.random.default_rng(1)

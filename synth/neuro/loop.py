@@ -49,7 +49,7 @@ from synth.engine.constraints import Contrast
 from synth.engine.objectives import OneHot, Site, Stretch
 from synth.errors import ConfigError, UnknownNameError
 from synth.files import read_png, write_csv, write_png, write_text
-from synth.neuro.readouts import Readout, Responses, features, fit, load_responses, pearson, regressor
+from synth.neuro.readouts import METHODS, Readout, Responses, features, fit, fit_regressor, load_responses, pearson
 from synth.neuro.subject import Subject
 from synth.neuro.synthesis import synthesize
 from synth.rng import derive
@@ -61,7 +61,8 @@ SELECT = ("random", "uncertain", "diverse")
 STATES = ("ready", "recorded", "fitted")
 BLANK = "blank"
 DEFAULTS = {"goals": ["stretch"], "budget": 1200, "first_budget": None, "repeats": 4, "pool": 600,
-            "select": "random", "steps": 256, "method": "pls", "folds": 10, "committee": 5, "seed": 0,
+            "select": "random", "steps": 256, "method": "ridge", "synthetic_weight": 0.1, "folds": 10,
+            "committee": 5, "seed": 0,
             "split": "train", "subject": None}
 
 
@@ -97,16 +98,18 @@ class Experiment:
     @classmethod
     def create(cls, folder: str | os.PathLike, model: str, layer: str, sites: int, *,
                goals: list[str] | str = "stretch", budget: int = 1200, first_budget: int | None = None,
-               repeats: int = 4, pool: int = 600,
-               select: str = "random", steps: int = 256, method: str = "pls", folds: int = 10, committee: int = 5,
-               seed: int = 0, site_names: list[str] | None = None, subject: dict | None = None) -> Experiment:
+               repeats: int = 4, pool: int = 600, select: str = "random", steps: int = 256, method: str = "ridge",
+               synthetic_weight: float = 0.1, folds: int = 10, committee: int = 5, seed: int = 0,
+               site_names: list[str] | None = None, subject: dict | None = None) -> Experiment:
         """Write a new experiment's design to ``folder`` (which must be empty or new) and return it.
 
         ``model``/``layer``: the probe model and the layer its readout reads; ``sites``: how many sites the rig
         records (their names come with the first recording unless ``site_names`` gives them); ``budget``: trials
         per round (``first_budget`` for round 0, default the same); ``repeats``: trials per image; ``pool``: natural
         candidates per round that ``select`` chooses among; ``steps``: of each synthesis; ``method``, ``folds``: the
-        readout's regression and cross-validation; ``committee``: readouts whose disagreement 'uncertain' reads;
+        readout's regression and cross-validation; ``synthetic_weight``: each synthesized image's weight in the
+        refit against a natural image's 1 (ridge only; 0 leaves them out); ``committee``: readouts whose
+        disagreement 'uncertain' reads;
         ``subject``: a simulated subject's design (``{'model': 'toy-robust', 'layer': 'IT'}``) for ``run``."""
         from synth.zoo.models import load_model
 
@@ -122,6 +125,12 @@ class Experiment:
                 raise UnknownNameError("loop goal", g, GOALS)
         if select not in SELECT:
             raise UnknownNameError("selection", select, SELECT)
+        if method not in METHODS:
+            raise UnknownNameError("readout method", method, METHODS)
+        if not 0 <= synthetic_weight <= 1:
+            raise ConfigError(f"synthetic_weight must be between 0 and 1, got {synthetic_weight}")
+        if method == "pls" and 0 < synthetic_weight < 1:
+            raise ConfigError("method 'pls' takes no sample weights: use method='ridge', or synthetic_weight 0 or 1")
         if sites < 2 or repeats < 1 or steps < 1 or folds < 2 or committee < 2 or pool < 1:
             raise ConfigError(f"need sites >= 2, repeats >= 1, steps >= 1, folds >= 2, committee >= 2 and pool >= 1; "
                               f"got sites={sites}, repeats={repeats}, steps={steps}, folds={folds}, "
@@ -138,7 +147,8 @@ class Experiment:
         layer = probe.layer(layer)  # an unknown layer fails here, with close matches
         config = {**DEFAULTS, "model": model, "layer": layer, "sites": sites, "site_names": site_names,
                   "goals": goals, "budget": budget, "first_budget": first, "repeats": repeats, "pool": pool,
-                  "select": select, "steps": steps, "method": method, "folds": folds, "committee": committee,
+                  "select": select, "steps": steps, "method": method,
+                  "synthetic_weight": synthetic_weight, "folds": folds, "committee": committee,
                   "seed": seed, "subject": subject, "weights_sha256": probe.weights_digest(),
                   "size": probe.input_size or World().size, "phosphene": __version__}
         folder.mkdir(parents=True, exist_ok=True)
@@ -247,11 +257,12 @@ class Experiment:
     def _choose(self, how: str, candidates: torch.Tensor, n: int, progress: bool) -> np.ndarray:
         """Indices of the ``n`` candidates that 'uncertain' or 'diverse' prefers, given everything recorded."""
         ids, images, values = self.recorded()
+        natural, weights = self.fit_weights(ids)
         layer = self.config["layer"]
         x = features(self.model, images, layer).double().numpy()
         xc = features(self.model, candidates, layer).double().numpy()
         y = values.mean(2) if values.ndim == 3 else values
-        y = (y - y.mean(0)) / np.where(y.std(0) > 0, y.std(0), 1.0)
+        y = (y - y[natural].mean(0)) / np.where(y[natural].std(0) > 0, y[natural].std(0), 1.0)
         if how == "uncertain":  # query by committee: readouts fit on different folds, where they disagree most
             from sklearn.model_selection import KFold
 
@@ -260,7 +271,7 @@ class Experiment:
             for train, _ in tqdm(KFold(k, shuffle=True, random_state=self.config["seed"]).split(x),
                                  total=k, desc="committee", disable=not progress):
                 comps = min(25, len(train) - 1, x.shape[1])
-                reg = regressor(self.config["method"], comps).fit(x[train], y[train])
+                reg = fit_regressor(self.config["method"], x[train], y[train], weights[train], comps)
                 preds.append(np.asarray(reg.predict(xc)).reshape(len(xc), -1))
             return np.argsort(-np.stack(preds).var(0).mean(1), kind="stable")[:n]
         readout = self.readout(len(self.manifests()) - 1)  # farthest-point sampling in the readout's space
@@ -399,13 +410,23 @@ class Experiment:
                                                                        else v[:, None] for v in values])
         return ids, torch.stack(images), stacked
 
+    def fit_weights(self, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Which recorded images are natural, and each one's weight in a refit: 1 for a natural image,
+        ``synthetic_weight`` for a synthesized one.  Measured on the simulated subject (examples/closed_loop.py),
+        images driven far past the natural range at full weight pull a linear readout off the natural images (its
+        held-out r fell round after round); at 0.1 they refine it and held-out r rises."""
+        tests = {row["image_id"] for m in self.manifests() for row in m["images"] if row["role"] == "test"}
+        natural = np.array([i not in tests for i in ids])
+        return natural, np.where(natural, 1.0, self.config.get("synthetic_weight", 1.0))
+
     def _refit(self, m: dict, progress: bool) -> dict:
         """Fit the readout on rounds ``0 .. m['round']`` and write it with the round's summary."""
         r = m["round"]
         ids, images, values = self.recorded(r)
+        natural, weights = self.fit_weights(ids)
         c = self.config
         readout = fit(self.model, images, Responses(ids, values, self.site_names()), c["layer"], method=c["method"],
-                      folds=c["folds"], seed=c["seed"], progress=progress)
+                      folds=c["folds"], seed=c["seed"], progress=progress, natural=natural, weights=weights)
         readout.save(_round_dir(self.folder, r) / "readout.pt")
         summary = self._summary(m, readout)
         write_text(_round_dir(self.folder, r) / "summary.json", json.dumps(summary, indent=1))

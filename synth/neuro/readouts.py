@@ -200,6 +200,19 @@ def regressor(method: str, n_components: int, alphas: tuple[float, ...] = ALPHAS
     raise UnknownNameError("readout method", method, METHODS)
 
 
+def fit_regressor(method: str, x: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None,
+                  n_components: int = 25, alphas: tuple[float, ...] = ALPHAS):
+    """A readout's regressor fit to features ``x`` and targets ``y``, each image weighted by ``weights`` (ridge's
+    sample weights; PLS has none, so it refuses unequal weights)."""
+    reg = regressor(method, n_components, alphas)
+    if weights is None or np.all(weights == weights[0]):
+        return reg.fit(x, y)
+    if method != "ridge":
+        raise ConfigError(f"weighted images need method='ridge' (scikit-learn's PLS takes no sample weights), "
+                          f"got method={method!r}")
+    return reg.fit(x, y, sample_weight=weights)
+
+
 def _linear_map(reg) -> tuple[np.ndarray, np.ndarray]:
     """Weights (sites × features) and bias of a fitted scikit-learn linear regressor, in input space."""
     if hasattr(reg, "x_weights_"):  # PLS: predict = (X - mean) / std @ coef.T + intercept
@@ -210,48 +223,78 @@ def _linear_map(reg) -> tuple[np.ndarray, np.ndarray]:
     return np.atleast_2d(reg.coef_), np.atleast_1d(reg.intercept_)
 
 
+def _stratified(natural: np.ndarray, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``k`` cross-validation folds (train, test) with the natural and the other images each dealt evenly among
+    them, so that every fold scores r on natural images however few the others are."""
+    rng = np.random.default_rng(seed)
+    fold = np.empty(len(natural), int)
+    for group in (np.flatnonzero(natural), np.flatnonzero(~natural)):
+        fold[rng.permutation(group)] = np.arange(len(group)) % k
+    return [(np.flatnonzero(fold != f), np.flatnonzero(fold == f)) for f in range(k)]
+
+
 def fit(model: ProbeModel, images: torch.Tensor, responses: Responses, layer: str, method: str = "pls",
         n_components: int = 25, alphas: tuple[float, ...] = ALPHAS, folds: int = 10,
-        seed: int = 0, progress: bool = False) -> Readout:
+        seed: int = 0, progress: bool = False, natural: np.ndarray | None = None,
+        weights: np.ndarray | None = None) -> Readout:
     """Fit a readout from ``layer`` of ``model`` to recorded responses to ``images`` (same order).
 
     Cross-validation (``folds``-fold, shuffled with ``seed``) gives per-site Pearson r on held-out images, as
     Brain-Score's neural predictivity does; the final map is refit on all images.  With repeats, the split-half
     ceiling and ceiled r (r / ceiling) are reported.  Everything lands in ``readout.info``.
+
+    Where some images are synthesized (a closed loop's tests), ``natural`` (a boolean mask) names the natural
+    ones: they alone set the z-units and are the images r and the ceiling are scored on, so that a few images
+    with responses far past the natural range neither rescale the sites nor inflate r.  ``weights`` (per image,
+    ridge only) lets those images join the fit without outweighing the natural ones.
     """
     from sklearn.model_selection import KFold
 
-    if images.shape[0] != responses.values.shape[0]:
-        raise ConfigError(f"{images.shape[0]} images but responses for {responses.values.shape[0]}")
+    n = images.shape[0]
+    if n != responses.values.shape[0]:
+        raise ConfigError(f"{n} images but responses for {responses.values.shape[0]}")
+    natural = np.ones(n, bool) if natural is None else np.asarray(natural, bool)
+    weights = None if weights is None else np.asarray(weights, np.float64)
+    if natural.shape != (n,) or natural.sum() < 10:
+        raise ConfigError(f"the natural-image mask must have {n} entries with at least 10 natural images, got shape "
+                          f"{natural.shape} with {int(natural.sum())}")
+    if weights is not None and (weights.shape != (n,) or not np.all(np.isfinite(weights)) or weights.min() < 0
+                                or weights.max() <= 0):
+        raise ConfigError(f"weights must be {n} finite non-negative numbers, not all 0")
     layer = model.layer(layer)
     x = features(model, images, layer, progress=progress).double().numpy()
     y_raw = responses.mean
-    mu, sd = y_raw.mean(0), y_raw.std(0)
+    mu, sd = y_raw[natural].mean(0), y_raw[natural].std(0)
     sd = np.where(sd > 0, sd, 1.0)
     y = (y_raw - mu) / sd
     n_components = min(n_components, x.shape[1], int(x.shape[0] * (folds - 1) / folds) - 1)
-    splits = list(KFold(min(folds, len(y)), shuffle=True, random_state=seed).split(x))
+    k = min(folds, len(y))
+    splits = (list(KFold(k, shuffle=True, random_state=seed).split(x)) if natural.all()
+              else _stratified(natural, k, seed))
     repeats = responses.values.ndim == 3
     # after the features, a PLS fit per fold, the final fit and the ceiling take minutes: one bar names each stage
     bar = tqdm(total=len(splits) + 1 + repeats, desc=f"readout fit ({method})", unit="stage", disable=not progress)
     per_fold = []
     for k, (train, test) in enumerate(splits):
         bar.set_postfix_str(f"cross-validation fold {k + 1}/{len(splits)}")
-        reg = regressor(method, n_components, alphas).fit(x[train], y[train])
-        per_fold.append(pearson(np.asarray(reg.predict(x[test])).reshape(len(test), -1), y[test]))
+        reg = fit_regressor(method, x[train], y[train], None if weights is None else weights[train], n_components,
+                            alphas)
+        scored = test[natural[test]]
+        per_fold.append(pearson(np.asarray(reg.predict(x[scored])).reshape(len(scored), -1), y[scored]))
         bar.update()
     r = np.mean(per_fold, axis=0)
     bar.set_postfix_str("final fit on all images")
-    reg = regressor(method, n_components, alphas).fit(x, y)
+    reg = fit_regressor(method, x, y, weights, n_components, alphas)
     bar.update()
     w, b = _linear_map(reg)
     info = {"method": method, "n_components": n_components if method == "pls" else None, "folds": folds,
-            "seed": seed, "n_images": int(x.shape[0]), "n_features": int(x.shape[1]), "model": model.name,
+            "seed": seed, "n_images": int(x.shape[0]), "n_natural": int(natural.sum()),
+            "n_features": int(x.shape[1]), "model": model.name,
             "weights_sha256": model.weights_digest(),
             "r": r.tolist(), "median_r": float(np.median(r))}
     if repeats:
         bar.set_postfix_str("split-half noise ceiling")
-        ceiling = split_half_ceiling(responses.values, seed=seed)
+        ceiling = split_half_ceiling(responses.values[natural], seed=seed)
         ceiled = np.where(ceiling > 0, r / np.where(ceiling > 0, ceiling, 1), np.nan)
         info.update(ceiling=ceiling.tolist(), ceiled_r=ceiled.tolist(), median_ceiled_r=float(np.nanmedian(ceiled)),
                     repeats=int(responses.values.shape[2]))
