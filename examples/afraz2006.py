@@ -14,11 +14,12 @@ import argparse
 
 import synth
 from microstim import run_afraz
+from synth.zoo.catalog import TOPOGRAPHIC
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="toy-topo")
+    parser.add_argument("--model", default=TOPOGRAPHIC)
     parser.add_argument("--sites", type=int, default=86)
     parser.add_argument("--current", type=float, default=50.0, help="µA (Afraz et al.: 50)")
     parser.add_argument("--out", default="examples/results/afraz2006")
@@ -28,7 +29,8 @@ def main() -> None:
     for name in ("topographic", "shuffled"):
         print(f"{name}: r = {r[name]['r']:.3f}, p = {r[name]['p']:.2g}")
     print("r against spread (topographic / shuffled, one-sided p of the difference): " + ", ".join(
-        f"{c['spread_mm']:.2g} mm {c['r']:.2f} / {c['r_shuffled']:.2f} (p {c['difference_p']:.2g})"
+        f"{c['spread_mm']:.2g} mm {c['r']:.2f} / {c['r_shuffled']:.2f}, difference {c['difference']:+.2f} "
+        f"(p {c['difference_p']:.2g})"
         for c in r["curve"]))
     print(f"{r['seconds']:.0f} s; afraz.json, afraz.png, face_map.png in {args.out}")
 

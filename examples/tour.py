@@ -35,7 +35,7 @@ TOUR = [
 ]
 SLOW = {
     "robustness": ["robustness", "--models", "toy-standard,toy-robust,toy-vone", "--out", "runs/robustness"],
-    "afraz": ["microstim", "afraz", "--model", "toy-topo", "--out", "runs/afraz"],
+    "afraz": ["microstim", "afraz", "--model", "toy-topo-dense", "--out", "runs/afraz"],
 }
 
 

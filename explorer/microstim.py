@@ -9,7 +9,9 @@ import torch
 
 import microstim as topo
 from explorer.common import figure_png, get_model, shown_errors
+from microstim.maps import PATCH_RESOLUTION_MM, PATCH_SMOOTH_MM
 from synth.world.data import localizer, to_tensor
+from synth.zoo.catalog import TOPOGRAPHIC
 from synth.zoo.models import embedded_models
 
 matplotlib.use("Agg")
@@ -30,37 +32,97 @@ def stimuli(n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def strongest_site(sheet, t: torch.Tensor) -> tuple[float, float]:
-    """Where a first stimulation should go: the centre of the face patch with the highest peak, or, where that
-    centre falls outside the patch (a crescent), the patch's most face-selective unit; the sheet's centre when it
-    has no patch."""
-    found, threshold = topo.face_patches(sheet, t)
+    """Where a first stimulation should go: in the face patch with the highest peak, the unit where an electrode
+    reads the most face selectivity (the mean t within half of 50 µA's spread, as the page reports it); the
+    sheet's centre when it has no patch."""
+    found, _ = topo.face_patches(sheet, t)
     if not found:
         return sheet.size_mm / 2, sheet.size_mm / 2
     patch = max(found, key=lambda p: p["peak"])
-    centre = torch.tensor(patch["center_mm"])
-    if topo.electrode_selectivity(sheet, t, centre, topo.spread_mm(50) / 2) > threshold:
-        x, y = patch["center_mm"]
-    else:
-        near = sheet.squared_distance(centre) <= patch["area_mm2"] / math.pi
-        x, y = sheet.positions[torch.where(near, t.flatten(), -math.inf).argmax()].tolist()
+    inside = sheet.neighbourhood(torch.tensor(patch["center_mm"]), math.sqrt(patch["area_mm2"] / math.pi))
+    if len(inside) == 0:
+        inside = t.flatten().argmax().view(1)
+    candidates = sheet.positions[inside[torch.randperm(len(inside), generator=torch.Generator().manual_seed(0))[:500]]]
+    near = (torch.cdist(candidates, sheet.positions) <= topo.spread_mm(50) / 2).float()
+    reading = (near @ t.flatten().float()) / near.sum(1).clamp_min(1)
+    x, y = candidates[reading.argmax()].tolist()
     return round(float(x), 1), round(float(y), 1)
+
+
+def take_click(size_mm: float) -> None:
+    """Move the site's sliders to where the map was clicked: the chart's selection, read at the start of the rerun
+    the click caused (before the sliders exist), applied once per click."""
+    event = st.session_state.get("sheet_map") or {}
+    points = (event.get("selection") or {}).get("site") or []
+    if points and points[0] != st.session_state.get("applied_click"):
+        st.session_state["applied_click"] = points[0]
+        for axis in ("x", "y"):
+            st.session_state[f"site_{axis}"] = float(np.clip(round(float(points[0][f"{axis}_mm"]), 1), 0, size_mm))
+
+
+def sheet_chart(sheet, t: torch.Tensor, threshold: float, site: tuple[float, float], lam: float, title: str):
+    """The sheet as a face map that reads as patches: the faces-vs-objects t smoothed as the localizer smooths it
+    (σ PATCH_SMOOTH_MM), the patches outlined, units drawn over it (a sample of 4,000 where more), the site
+    and its spread λ in gold.  Clicking a point of the map picks the site there."""
+    import altair as alt
+    import pandas as pd
+    from skimage.measure import find_contours
+
+    img = topo.sheet_image(sheet, t, PATCH_RESOLUTION_MM, PATCH_SMOOTH_MM)
+    px = sheet.size_mm / img.shape[0]
+    rows, cols = np.indices(img.shape)
+    pixels = pd.DataFrame({"x_mm": ((cols + 0.5) * px).ravel(), "y_mm": ((rows + 0.5) * px).ravel(),
+                           "x0": (cols * px).ravel(), "x1": ((cols + 1) * px).ravel(), "y0": (rows * px).ravel(),
+                           "y1": ((rows + 1) * px).ravel(), "t": img.ravel()})
+    lim = float(np.abs(img).max()) or 1.0
+    scale = alt.Scale(scheme="redblue", reverse=True, domain=[-lim, lim])
+    axis = {"x": alt.X("x0:Q", title="mm", scale=alt.Scale(domain=[0, sheet.size_mm], nice=False)),
+            "y": alt.Y("y0:Q", title="mm", scale=alt.Scale(domain=[0, sheet.size_mm], nice=False))}
+    pick = alt.selection_point(name="site", on="click", fields=["x_mm", "y_mm"], nearest=True, clear=False)
+    heat = alt.Chart(pixels).mark_rect().encode(
+        **axis, x2="x1:Q", y2="y1:Q", color=alt.Color("t:Q", scale=scale, title="faces vs objects (t, smoothed)"),
+        tooltip=[alt.Tooltip("x_mm:Q", format=".1f"), alt.Tooltip("y_mm:Q", format=".1f"),
+                 alt.Tooltip("t:Q", format=".2f")]).add_params(pick)
+    keep = torch.randperm(len(sheet), generator=torch.Generator().manual_seed(0))[:4000].sort().values
+    units = pd.DataFrame({"x0": sheet.positions[keep, 0].numpy(), "y0": sheet.positions[keep, 1].numpy()})
+    dots = alt.Chart(units).mark_circle(size=3, color="black", opacity=0.35).encode(**axis)
+    lines = []
+    for k, c in enumerate(find_contours(img, threshold) if img.max() > threshold else []):
+        lines.append(pd.DataFrame({"x0": (c[:, 1] + 0.5) * px, "y0": (c[:, 0] + 0.5) * px, "patch": k,
+                                   "order": np.arange(len(c))}))
+    layers = [heat, dots]
+    if lines:
+        layers.append(alt.Chart(pd.concat(lines)).mark_line(color="black", strokeWidth=1.2).encode(
+            **axis, detail="patch:N", order="order:Q"))
+    angle = np.linspace(0, 2 * np.pi, 60)
+    ring = pd.DataFrame({"x0": site[0] + lam * np.cos(angle), "y0": site[1] + lam * np.sin(angle),
+                         "order": np.arange(60)})
+    layers.append(alt.Chart(ring).mark_line(color="gold", strokeWidth=2.5).encode(**axis, order="order:Q"))
+    layers.append(alt.Chart(pd.DataFrame({"x0": [site[0]], "y0": [site[1]]})).mark_point(
+        shape="cross", size=160, color="black", filled=True).encode(**axis))
+    return alt.layer(*layers).properties(width=420, height=420, title=title)
 
 
 st.header("Micro-stimulation")
 topographic = [n for n, c in embedded_models().items() if c.get("topography")]
 if not topographic:
-    st.error("No topographic model ships here: train one with `phosphene train toy-topo`.")
+    st.error(f"No topographic model ships here: train one with `phosphene train {TOPOGRAPHIC}`.")
     st.stop()
 with st.sidebar:
-    name = st.selectbox("topographic model", topographic)
+    name = st.selectbox("topographic model", topographic,
+                        index=topographic.index(TOPOGRAPHIC) if TOPOGRAPHIC in topographic else 0)
     model = get_model(name)
     areas = [a for a, l in model.areas.items() if l in model.sheets]
     layer = st.selectbox("sheet", areas, index=areas.index("IT") if "IT" in areas else 0)
     sheet = topo.sheet_of(model, layer)
     t = torch.from_numpy(face_map(name, layer))
-    x0, y0 = strongest_site(sheet, t)
-    x = st.slider("site x (mm)", 0.0, sheet.size_mm, x0, 0.1, help="starts at the strongest face patch")
-    y = st.slider("site y (mm)", 0.0, sheet.size_mm, y0, 0.1)
+    if st.session_state.get("site_sheet") != (name, layer):  # a new sheet: start at its strongest face patch
+        st.session_state["site_sheet"] = (name, layer)
+        st.session_state["site_x"], st.session_state["site_y"] = strongest_site(sheet, t)
+    take_click(sheet.size_mm)
+    x = st.slider("site x (mm)", 0.0, sheet.size_mm, step=0.1, key="site_x",
+                  help="starts at the strongest face patch; click the map to move it")
+    y = st.slider("site y (mm)", 0.0, sheet.size_mm, step=0.1, key="site_y")
     current = st.slider("current (µA)", 10, 400, 50, 5)
     rate = st.slider("pulse rate (Hz)", 25, 400, 200, 25)
     n = st.slider("faces and objects per signal level", 8, 64, 24, 8)
@@ -72,25 +134,22 @@ gain = stim.value.flatten()
 found, threshold = topo.face_patches(sheet, t)
 recorded = topo.electrode_selectivity(sheet, t, torch.tensor([x, y]), lam / 2)
 
-fig, (a, b) = plt.subplots(1, 2, figsize=(9.5, 4))
-lim = float(t.abs().max())
-dots = a.scatter(sheet.positions[:, 0], sheet.positions[:, 1], c=t.numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim,
-                 s=float(np.clip(4000 / len(sheet), 2, 60)))
-topo.outline_patches(a, sheet, t, threshold, lw=1)
-a.add_patch(plt.Circle((x, y), lam, fill=False, color="gold", lw=2))
-a.plot([x], [y], "k*", ms=12)
-fig.colorbar(dots, ax=a, label="faces vs objects (t)")
-a.set(xlim=(0, sheet.size_mm), ylim=(0, sheet.size_mm), aspect="equal", xlabel="mm", ylabel="mm",
-      title=f"{name} {layer}: {len(found)} face patches")
+left, right = st.columns([1.15, 1])
+with left:
+    st.altair_chart(sheet_chart(sheet, t, threshold, (x, y), lam, f"{name} {layer}: {len(found)} face patches "
+                                f"(click to place the electrode)"), on_select="rerun", key="sheet_map")
+fig, b = plt.subplots(figsize=(4.6, 4))
 half = max(1.0, 5 * lam)  # the neighbourhood of the site, where the spread is seen
 near = ((sheet.positions - torch.tensor([x, y])).abs() <= half).all(1)
+spacing_pt = 0.7 * sheet.size_mm / math.sqrt(len(sheet)) * 4 * 72 / (2 * half)  # a dot 0.7 units' spacing wide
 g = b.scatter(sheet.positions[near, 0], sheet.positions[near, 1], c=gain[near].numpy(), cmap="Reds", vmin=1,
-              s=float(np.clip(40000 / max(1, len(sheet)), 8, 120)), edgecolors="0.6", linewidths=0.3)
+              s=float(np.clip(spacing_pt ** 2, 4, 120)), edgecolors="0.6", linewidths=0.3)
 b.add_patch(plt.Circle((x, y), lam, fill=False, color="gold", lw=2))
 fig.colorbar(g, ax=b, label="gain")
 b.set(xlim=(x - half, x + half), ylim=(y - half, y + half), aspect="equal", xlabel="mm",
       title=f"{current} µA, {rate} Hz: λ = {lam:.2f} mm (gold)")
-st.image(figure_png(fig))
+with right:
+    st.image(figure_png(fig))
 st.write(f"Site ({x:.1f}, {y:.1f}) mm: recorded face selectivity t = {recorded:.1f} (units within {lam / 2:.2f} mm); "
          f"{int((gain > 2).sum())} units more than doubled, {int((gain > 1.1).sum())} raised by over 10 %.")
 

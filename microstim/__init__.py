@@ -2,7 +2,7 @@
 spread of activation around a site (and muscimol-like inactivation), the behavioural read-out they shift, and
 Afraz, Kiani & Esteky (2006) end to end.
 
-    model = synth.load_model("toy-topo")
+    model = synth.load_model("toy-topo-dense")   # synth.zoo.catalog.TOPOGRAPHIC
     sheet = microstim.sheet_of(model, "IT")
     t = microstim.localizer_maps(model, "IT")["faces_vs_objects"]
     stimulated = model.intervene(microstim.microstimulation(sheet, (5.0, 5.0), current_ua=50))

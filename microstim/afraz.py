@@ -10,7 +10,7 @@ import torch
 from synth.errors import ConfigError
 from synth.zoo.sheets import Sheet, sheet_of
 
-from .behavior import degrade, face_choices, psychometric
+from .behavior import degrade, face_choices, face_verdicts, psychometric
 from .maps import face_patches, localizer_maps, plot_sheets
 from .stimulation import SPREAD_SLOPE_MM_PER_UA, SPREAD_THRESHOLD_UA, microstimulation, spread_mm
 
@@ -46,17 +46,33 @@ def _stimulus_set(n: int, signals: tuple[float, ...], seed: int, workers: int) -
 
 
 def _choice_shifts(model, sheet: Sheet, sites: torch.Tensor, currents: list[float], rate_hz: float,
-                   stimuli: torch.Tensor, done: list, save, bar) -> np.ndarray:
+                   stimuli: torch.Tensor, done: list, save, bar, batch: int) -> np.ndarray:
     """sites × currents: the change in the fraction of 'face' choices over ``stimuli`` under stimulation.  ``done``
     holds each site's row once measured (None before): a site already there is not stimulated again, and ``save``
-    runs after each new one, so that a killed run resumes where it stopped."""
+    runs after each batch of ``batch`` new ones, so that a killed run resumes where it stopped.  Where the model
+    can be cut at the sheet's layer (``ProbeModel.head``), the stimuli's response there is computed once and each
+    batch of stimulations runs only the layers past it, every site and current in one pass."""
     base = face_choices(model, stimuli).float().mean()
-    for i, xy in enumerate(sites.tolist()):
-        if done[i] is None:
-            done[i] = [float(face_choices(model.intervene(microstimulation(sheet, tuple(xy), current, rate_hz)),
-                                          stimuli).float().mean() - base) for current in currents]
-            save()
-        bar.update()
+    head, clean = model.head(sheet.layer), None
+    face = model.classes.index("faces")
+    todo = [i for i, row in enumerate(done) if row is None]
+    bar.update(len(done) - len(todo))
+    for start in range(0, len(todo), batch):
+        group = todo[start:start + batch]
+        gains = [microstimulation(sheet, tuple(sites[i].tolist()), current, rate_hz) for i in group
+                 for current in currents]
+        if head is None:
+            fractions = torch.stack([face_choices(model.intervene(g), stimuli).float().mean() for g in gains])
+        else:
+            with torch.no_grad():
+                if clean is None:
+                    clean = model.activations(stimuli.to(model.device), sheet.layer)[sheet.layer]
+                logits = head(torch.cat([g.apply(clean) for g in gains])).view(len(gains), 1, len(stimuli), -1)
+            fractions = face_verdicts(logits, face).float().mean(-1)
+        for k, i in enumerate(group):
+            done[i] = [float(f - base) for f in fractions[k * len(currents):(k + 1) * len(currents)]]
+        save()
+        bar.update(len(group))
     return np.asarray(done, dtype=float)
 
 
@@ -64,7 +80,7 @@ def afraz(model, layer: str = "IT", sites: int = AFRAZ_SITES, current_ua: float 
           rate_hz: float = AFRAZ_RATE_HZ, spreads_mm: tuple[float, ...] = (0.5, 1.0, 2.0),
           record_fraction: float = 0.5, n: int = 32, signals: tuple[float, ...] = AFRAZ_SIGNALS, seed: int = 0,
           workers: int = 1, progress: bool = True, face_map: torch.Tensor | None = None,
-          partial: str | os.PathLike | None = None) -> dict:
+          partial: str | os.PathLike | None = None, batch: int = 4) -> dict:
     """Afraz, Kiani & Esteky (2006) in silico: stimulate ``sites`` sites of a topographic layer (each at a unit
     drawn at random) while the model judges face / non-face stimuli at low visual signal, and correlate each
     site's shift in face choices with its face selectivity (faces-vs-objects t) as an electrode records it, over
@@ -74,7 +90,8 @@ def afraz(model, layer: str = "IT", sites: int = AFRAZ_SITES, current_ua: float 
     one-sided p that the first exceeds the second (Fisher's z), and the sites' data.  ``face_map``: the units'
     faces-vs-objects t where already measured (``localizer_maps``); ``partial``: a JSON file that holds each site's
     result as it finishes (written atomically), read back by a run with the same settings, so that a killed run
-    goes on where it stopped; it is removed once the report is complete."""
+    goes on where it stopped; it is removed once the report is complete.  ``batch``: sites stimulated in one pass
+    (each at every current), saved together."""
     import json
 
     from scipy import stats
@@ -85,6 +102,8 @@ def afraz(model, layer: str = "IT", sites: int = AFRAZ_SITES, current_ua: float 
     sheet = sheet_of(model, layer)
     if not 3 <= sites <= len(sheet):
         raise ConfigError(f"stimulate between 3 and {len(sheet)} sites (one per unit at most), got {sites}")
+    if batch < 1:
+        raise ConfigError(f"stimulate at least 1 site per pass, got batch={batch}")
     if not 0 < record_fraction < 1:
         raise ConfigError(f"the recording radius is a fraction in (0, 1) of the spread, got {record_fraction}")
     lam = spread_mm(current_ua)
@@ -113,7 +132,7 @@ def afraz(model, layer: str = "IT", sites: int = AFRAZ_SITES, current_ua: float 
     rows = {}
     for name, s in (("topographic", sheet), ("shuffled", sheet.shuffled(seed))):
         xy = s.positions[units]
-        shifts = _choice_shifts(model, s, xy, currents, rate_hz, stimuli, state[name], save, bar)
+        shifts = _choice_shifts(model, s, xy, currents, rate_hz, stimuli, state[name], save, bar, batch)
         for j, (spread, current) in enumerate(zip(spreads, currents)):
             sel = [electrode_selectivity(s, t, p, record_fraction * spread) for p in xy]
             r, p = stats.pearsonr(sel, shifts[:, j])
@@ -126,9 +145,10 @@ def afraz(model, layer: str = "IT", sites: int = AFRAZ_SITES, current_ua: float 
     for spread in spreads:
         a, b = rows["topographic", spread], rows["shuffled", spread]
         report["curve"].append({"spread_mm": spread, "current_ua": a["current_ua"], "r": a["r"], "p": a["p"],
-                                "r_shuffled": b["r"], "p_shuffled": b["p"],
+                                "r_shuffled": b["r"], "p_shuffled": b["p"], "difference": a["r"] - b["r"],
                                 "difference_p": _fisher_p(a["r"], b["r"], sites),
                                 "mean_shift": a["mean_shift"], "mean_shift_shuffled": b["mean_shift"]})
+    report["difference"] = report["topographic"]["r"] - report["shuffled"]["r"]
     report["difference_p"] = _fisher_p(report["topographic"]["r"], report["shuffled"]["r"], sites)
     bar.close()
     if partial is not None:

@@ -32,8 +32,13 @@ def face_choices(model, images: torch.Tensor, face_class: str = "faces", draws: 
     k = draws if model.stochastic else 1
     with torch.no_grad():
         z = model.activations(images.to(model.device), "logits", draws=k)["logits"]
-    p = z.view(k, images.shape[0], -1).softmax(-1).mean(0)[:, model.classes.index(face_class)]
-    return (p > 0.5).cpu()
+    return face_verdicts(z.view(k, images.shape[0], -1), model.classes.index(face_class))
+
+
+def face_verdicts(logits: torch.Tensor, face: int) -> torch.Tensor:
+    """'Face' where class ``face`` gets more than half the probability, from ... × draws × images × classes
+    logits (the draws' probabilities averaged)."""
+    return (logits.softmax(-1).mean(-3)[..., face] > 0.5).cpu()
 
 
 def psychometric(model, faces: torch.Tensor, others: torch.Tensor,

@@ -35,16 +35,21 @@ def selectivity(preferred: torch.Tensor, other: torch.Tensor, measure: str = "t"
 
 def smoothness(sheet: Sheet, values: torch.Tensor, near_mm: float = 1.0, pairs: int = 20000, seed: int = 0) -> float:
     """How much more alike nearby units' values are than any two units': 1 − mean |Δ| over pairs closer than
-    ``near_mm`` / mean |Δ| over random pairs (0 for a position-shuffled map, up to 1 for a smooth one)."""
-    v = values.flatten().float()
-    gen = torch.Generator().manual_seed(seed)
-    i, j = torch.randint(len(v), (2, pairs * 20), generator=gen)
-    d = ((sheet.positions[i] - sheet.positions[j]) ** 2).sum(1).sqrt()
-    close = (d < near_mm) & (i != j)
-    if close.sum() < 10:
+    ``near_mm`` / mean |Δ| over random pairs (0 for a position-shuffled map, up to 1 for a smooth one).  The close
+    pairs come from a k-d tree (scipy's ``cKDTree.query_pairs``), all of them or ``pairs`` drawn from them, so a
+    dense sheet is measured on as many as a sparse one."""
+    from scipy.spatial import cKDTree
+
+    v = values.flatten().double().numpy()
+    close = cKDTree(sheet.positions.double().numpy()).query_pairs(near_mm, output_type="ndarray")
+    if len(close) < 10:
         raise ConfigError(f"fewer than 10 unit pairs lie within {near_mm} mm: take a larger distance")
-    diff = (v[i] - v[j]).abs()
-    return float(1 - diff[close][:pairs].mean() / diff[:pairs].mean().clamp_min(1e-12))
+    rng = np.random.default_rng(seed)
+    if len(close) > pairs:
+        close = close[rng.choice(len(close), pairs, replace=False)]
+    i, j = rng.integers(len(v), size=(2, pairs))
+    i, j = i[i != j], j[i != j]
+    return float(1 - np.abs(v[close[:, 0]] - v[close[:, 1]]).mean() / max(np.abs(v[i] - v[j]).mean(), 1e-12))
 
 
 def sheet_image(sheet: Sheet, values: torch.Tensor, resolution_mm: float = 0.5,
@@ -110,23 +115,32 @@ def outline_patches(ax, sheet: Sheet, values: torch.Tensor, threshold: float, lw
 
 def plot_sheets(panels: list[tuple[Sheet, torch.Tensor, str, float | None]], path: str | os.PathLike,
                 label: str = "selectivity (t)") -> str:
-    """Sheets side by side on one colour scale (e.g. a model's face map beside its shuffled control): each panel
-    a (sheet, values, title, threshold) tuple, units as dots, and the smoothed map's (σ ``PATCH_SMOOTH_MM``)
+    """Sheets side by side (e.g. a model's face map beside its shuffled control): each panel a (sheet, values,
+    title, threshold) tuple on one colour scale, units as dots (where a sheet has more than ``DENSE_UNITS``, every
+    panel as its map smoothed with σ ``PATCH_SMOOTH_MM``, the units as points over it), and the smoothed map's
     contour at the threshold outlining the patches."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    lim = max(float(np.abs(v.flatten().float().numpy()).max()) for _, v, _, _ in panels) or 1.0
+    dense = any(len(sheet) > DENSE_UNITS for sheet, _, _, _ in panels)  # then every panel is its smoothed map
+    maps = [sheet_image(sheet, v, PATCH_RESOLUTION_MM, PATCH_SMOOTH_MM) if dense else v.flatten().float().numpy()
+            for sheet, v, _, _ in panels]
+    lim = max(float(np.nanmax(np.abs(m))) for m in maps) or 1.0
     fig, axes = plt.subplots(1, len(panels), figsize=(3.9 * len(panels) + 0.6, 3.6), squeeze=False)
-    for ax, (sheet, values, title, threshold) in zip(axes[0], panels):
-        dots = ax.scatter(sheet.positions[:, 0], sheet.positions[:, 1], c=values.flatten().float().numpy(),
-                          cmap="RdBu_r", vmin=-lim, vmax=lim, s=float(np.clip(4000 / len(sheet), 2, 60)))
+    for ax, (sheet, values, title, threshold), shown in zip(axes[0], panels, maps):
+        if dense:  # a dense sheet reads as its smoothed map, the units as points over it
+            dots = ax.imshow(shown, origin="lower", extent=(0, sheet.size_mm, 0, sheet.size_mm), cmap="RdBu_r",
+                             vmin=-lim, vmax=lim)
+            ax.scatter(sheet.positions[:, 0], sheet.positions[:, 1], s=0.05, color="k", alpha=0.3, linewidths=0)
+        else:
+            dots = ax.scatter(sheet.positions[:, 0], sheet.positions[:, 1], c=shown, cmap="RdBu_r", vmin=-lim,
+                              vmax=lim, s=float(np.clip(4000 / len(sheet), 2, 60)))
         if threshold is not None:
             outline_patches(ax, sheet, values, threshold)
-        ax.set(xlim=(0, sheet.size_mm), ylim=(0, sheet.size_mm), xlabel="mm", ylabel="mm", aspect="equal",
-               title=title)
-    fig.colorbar(dots, ax=list(axes[0]), label=label)
+        ax.set(xlim=(0, sheet.size_mm), ylim=(0, sheet.size_mm), xlabel="mm", ylabel="mm", aspect="equal")
+        ax.set_title(title, fontsize=8)
+    fig.colorbar(dots, ax=list(axes[0]), label=label + (f", smoothed (σ {PATCH_SMOOTH_MM:g} mm)" if dense else ""))
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return str(path)
@@ -137,6 +151,7 @@ def plot_sheets(panels: list[tuple[Sheet, torch.Tensor, str, float | None]], pat
 # beats the same map with the positions shuffled (99th percentile over 20 shuffles: p < 0.01 per pixel), and kept
 # where a cluster covers at least 1 mm².
 PATCH_SMOOTH_MM, PATCH_RESOLUTION_MM, PATCH_MIN_MM2, PATCH_Q, PATCH_SHUFFLES = 1.0, 0.25, 1.0, 0.99, 20
+DENSE_UNITS = 2000  # a sheet with more units is drawn as its smoothed map (dots would hide one another)
 
 
 def null_threshold(sheet: Sheet, values: torch.Tensor, q: float = PATCH_Q, shuffles: int = PATCH_SHUFFLES,
@@ -170,7 +185,8 @@ def localizer_maps(model, layer: str, n: int = 100, measure: str = "t", workers:
 
 def topography_metrics(model, n: int = 100, workers: int = 1, seed: int = 0) -> dict:
     """A topographic model's card entry per sheet: the smoothness of its faces-vs-objects map against the same
-    positions shuffled, and the face patches (``face_patches``) of both at the same threshold."""
+    positions shuffled, within two units' spacing and within 1 mm (a scale every sheet shares), and the face
+    patches (``face_patches``) of both at the same threshold."""
     out = {}
     for layer, sheet in model.sheets.items():
         t = localizer_maps(model, layer, n, "t", workers)["faces_vs_objects"]
@@ -181,6 +197,8 @@ def topography_metrics(model, n: int = 100, workers: int = 1, seed: int = 0) -> 
         out[layer] = {"units": len(sheet), "size_mm": sheet.size_mm, "near_mm": round(near, 3),
                       "face_smoothness": smoothness(sheet, t, near),
                       "face_smoothness_shuffled": smoothness(control, t, near),
+                      "face_smoothness_1mm": smoothness(sheet, t, 1.0),  # one scale for every sheet
+                      "face_smoothness_1mm_shuffled": smoothness(control, t, 1.0),
                       "face_units_t5": int((t > 5).sum()), "patch_threshold_t": round(threshold, 3),
                       "patches": [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in p.items()}
                                   for p in found[:5]],

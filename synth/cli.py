@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from synth.errors import PhospheneError
 from synth.version import __version__
+from synth.zoo.catalog import TOPOGRAPHIC
 
 
 def _load(args: argparse.Namespace, name: str, weights: str | None, **options):
@@ -435,8 +436,9 @@ def _afraz(args: argparse.Namespace) -> None:
         d = r[name]
         print(f"{name:<11}: r = {d['r']:.3f} (p = {d['p']:.2g}), "
               f"mean shift {100 * d['mean_shift']:+.2f} % face choices")
-    print("r against spread (topographic / shuffled, p of the difference): " + ", ".join(
-        f"{c['spread_mm']:.2g} mm {c['r']:.2f} / {c['r_shuffled']:.2f} (p {c['difference_p']:.2g})"
+    print("r against spread (topographic / shuffled, one-sided p of the difference): " + ", ".join(
+        f"{c['spread_mm']:.2g} mm {c['r']:.2f} / {c['r_shuffled']:.2f}, difference {c['difference']:+.2f} "
+        f"(p {c['difference_p']:.2g})"
         for c in r["curve"]))
     print(f"{r['sites']} sites at {r['current_ua']:g} µA, {r['rate_hz']:g} Hz (λ = {r['spread_mm']:.2f} mm) in "
           f"{r['seconds']:.0f} s; afraz.json, afraz.png and face_map.png in {args.out}")
@@ -714,7 +716,7 @@ def parser() -> argparse.ArgumentParser:
                                       "face / non-face stimuli; correlate each site's shift in face choices with its "
                                       "recorded face selectivity, for the model and its position-shuffled control. "
                                       "Writes afraz.json, afraz.png and face_map.png.")
-    af.add_argument("--model", default="toy-topo")
+    af.add_argument("--model", default=TOPOGRAPHIC, help=f"a topographic model (default {TOPOGRAPHIC})")
     af.add_argument("--weights", help="checkpoint file (with --positions for a topographic checkpoint)")
     af.add_argument("--random-weights", action="store_true", help=RANDOM_HELP)
     af.add_argument("--positions", help="unit positions: a phosphene .pt, a TDANN-style .npz, or a folder of them")

@@ -27,6 +27,11 @@ def toy_topo() -> synth.ProbeModel:
 
 
 @pytest.fixture(scope="session")
+def toy_topo_dense() -> synth.ProbeModel:
+    return synth.load_model("toy-topo-dense", device="cpu")
+
+
+@pytest.fixture(scope="session")
 def test_sample() -> synth.ImageBatch:
     """400 images of the held-out test split (50 per category)."""
     return synth.render(400, "test")

@@ -23,7 +23,7 @@ def test_models_page_lists_models_layers_and_shows_images():
     at = AppTest.from_file(APP, default_timeout=300).run()
     assert not at.exception, at.exception
     assert "toy-standard" in at.dataframe[0].value["model"].tolist()
-    assert "toy-topo" in at.dataframe[0].value["model"].tolist()
+    assert {"toy-topo", "toy-topo-dense"} <= set(at.dataframe[0].value["model"].tolist())
     assert "decoder.avgpool" in at.dataframe[1].value["layer"].tolist()  # every layer with its shape
     assert len(at.get("image")) >= 8 * 6  # a row of images per category
     assert any("metadata.csv" in b.label for b in at.get("download_button"))
@@ -71,27 +71,49 @@ def test_metamers_page_makes_a_metamer_and_asks_the_other_models():
 
 
 def test_microstim_page_shows_the_sheet_and_the_shift_in_face_choices():
+    import torch
+
     import microstim as topo
     import synth
+    from microstim.maps import PATCH_RESOLUTION_MM, PATCH_SMOOTH_MM
+    from synth.zoo.catalog import TOPOGRAPHIC
 
-    model = synth.load_model("toy-topo", device="cpu")  # the page's default: the one topographic model shipped
+    model = synth.load_model(TOPOGRAPHIC, device="cpu")  # the page's default topographic model
+    sheet = topo.sheet_of(model, "IT")
     t = topo.localizer_maps(model, "IT", 100)["faces_vs_objects"]
-    patches, _ = topo.face_patches(topo.sheet_of(model, "IT"), t)
-    x, y = max(patches, key=lambda p: p["peak"])["center_mm"]  # the most face-selective patch
+    _, threshold = topo.face_patches(sheet, t)
     at = _page("explorer/microstim.py")
+    x, y = (s.value for s in at.sidebar.slider[:2])
+    smoothed = topo.sheet_image(sheet, t, PATCH_RESOLUTION_MM, PATCH_SMOOTH_MM)
+    row, col = (min(int(v / PATCH_RESOLUTION_MM), len(smoothed) - 1) for v in (y, x))
+    assert smoothed[row, col] > threshold  # it starts inside a face patch
     text = " ".join(m.value for m in at.markdown)
     recorded = float(re.search(r"recorded face selectivity t = (-?[0-9.]+)", text)[1])
-    assert recorded > 2  # the page starts on a face patch, not at the sheet's centre
-    for i, value in ((0, round(x, 1)), (1, round(y, 1)), (2, 200), (4, 8)):  # site x, y, current, stimuli per level
-        at.sidebar.slider[i].set_value(value).run()
+    reading = topo.electrode_selectivity(sheet, t, torch.tensor([x, y]), topo.spread_mm(50) / 2)
+    assert recorded == pytest.approx(reading, abs=0.06)
+    assert recorded > 2  # the electrode there reads face-selective units
+    at.sidebar.slider[4].set_value(8).run()  # stimuli per level; Afraz's 50 µA at 200 Hz, the page's defaults
     at.button[0].click().run()
     assert not at.exception, at.exception
     without, stimulated, settings = at.session_state["microstim"]
-    assert settings == (round(x, 1), round(y, 1), 200, 200)
+    assert settings == (x, y, 50, 200)
     shift = 100 * (np.mean(stimulated["face_fraction"]) - np.mean(without["face_fraction"]))
     shown = float(at.metric[0].value.rstrip(" %"))
     assert abs(shown - shift) <= 0.05 + 1e-9  # the value shown is the shift of the curves, to one decimal
-    assert shown > 5  # stimulating a face patch biases choices towards faces (Afraz et al. 2006)
+    assert shown > 3  # stimulating a face patch biases choices towards faces (Afraz et al. 2006)
+
+
+def test_a_click_on_the_micro_stimulation_map_moves_the_site_there():
+    """The map's click selection (what the chart hands back on a click, nearest pixel's centre) moves the site's
+    sliders, once per click: the sliders stay free to move afterwards."""
+    at = _page("explorer/microstim.py")
+    at.session_state["sheet_map"] = {"selection": {"site": [{"x_mm": 3.04, "y_mm": 7.96}]}}
+    at.run()
+    assert not at.exception, at.exception
+    assert [s.value for s in at.sidebar.slider[:2]] == [3.0, 8.0]
+    assert "Site (3.0, 8.0) mm" in " ".join(m.value for m in at.markdown)
+    at.sidebar.slider[0].set_value(5.5).run()  # the same click is not applied again
+    assert at.sidebar.slider[0].value == 5.5 and at.sidebar.slider[1].value == 8.0
 
 
 def test_gallery_page_browses_a_batch_folder(tmp_path):

@@ -89,3 +89,33 @@ def test_a_checkpoint_made_without_a_stimulation_does_not_resume_under_one(toy_s
     run(toy_standard)
     with pytest.raises(CheckpointError, match="interventions"):
         run(toy_standard.intervene(Intervention("V4", "scale", 2.0)))
+
+
+class _Skip(torch.nn.Module):
+    """A network whose output reads a tensor from below its 'mid' layer: it cannot be cut there."""
+
+    def __init__(self):
+        super().__init__()
+        self.low, self.mid, self.out = torch.nn.Conv2d(3, 4, 3), torch.nn.Conv2d(4, 4, 1), torch.nn.Linear(4, 2)
+
+    def forward(self, x):
+        a = self.low(x)
+        return self.out((self.mid(a) + a).mean((2, 3)))
+
+
+def test_a_head_runs_the_network_past_a_layer_as_an_intervention_would(toy_standard, x):
+    """``head(layer)``: the layers past one, from its response: the same logits as a full pass, and the same as an
+    intervened model's where the response is edited first; None where the network cannot be cut there."""
+    head = toy_standard.head("V4")
+    gain = Intervention("V4", "scale", torch.linspace(0.0, 3.0, 128)[:, None, None])
+    with torch.no_grad():
+        v4 = toy_standard.activations(x, "V4")["V4"]
+        assert torch.allclose(head(v4), toy_standard(x), atol=1e-5)
+        assert torch.allclose(head(gain.apply(v4)), toy_standard.intervene(gain)(x), atol=1e-5)
+    assert toy_standard.head("V4") is head  # traced once
+    assert toy_standard.intervene(gain).head("V4") is None  # its hooks are not in a traced graph
+    skip = synth.load_model(_Skip(), device="cpu", name="skip", classes=("a", "b"))
+    assert skip.head("mid") is None and skip.head("low") is not None
+    assert synth.load_model("toy-vone", device="cpu").head("IT") is None  # noise: its passes run whole
+    with pytest.raises(UnknownNameError):
+        toy_standard.head("V5")

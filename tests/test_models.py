@@ -19,7 +19,7 @@ def _accuracy(model, batch):
         return float((model(batch.tensor()).argmax(1).numpy() == batch.labels).mean())
 
 
-@pytest.mark.parametrize("name", ["toy-standard", "toy-robust", "toy-topo"])
+@pytest.mark.parametrize("name", ["toy-standard", "toy-robust", "toy-topo", "toy-topo-dense"])
 def test_shipped_model_reaches_its_card_accuracy_on_held_out_images(name, test_sample):
     model = synth.load_model(name, device="cpu")
     card = embedded_models()[name]

@@ -25,6 +25,22 @@ def test_the_layout_keeps_retinotopy_and_is_reproducible():
         type(sheet)("V4", (16, 4, 5), sheet.positions[:10], 10.0)
 
 
+def test_columns_spread_each_placed_channel_over_its_positions_retinotopically():
+    from synth.zoo.sheets import column_sheet
+
+    channels = retinotopic_sheet("IT", (16, 1, 1), size_mm=8.0, seed=3)
+    cols = column_sheet(channels, (4, 4))
+    assert cols.shape == (16, 4, 4) and not cols.per_channel and cols.size_mm == 8.0
+    xy = cols.positions.view(16, 4, 4, 2)
+    side = 8.0 / 4  # 16 columns tile the sheet: each 2 mm across
+    centre = channels.positions.view(16, 1, 1, 2)
+    assert ((xy - centre).abs() <= side / 2 + 1e-5).all()  # a channel's units stay in its column ...
+    assert (xy[:, :, 1:, 0] >= xy[:, :, :-1, 0]).all() and (xy[:, 1:, :, 1] >= xy[:, :-1, :, 1]).all()  # in order
+    assert (cols.positions >= 0).all() and (cols.positions <= 8.0).all()
+    with pytest.raises(ConfigError, match="per-channel"):
+        column_sheet(cols, (4, 4))
+
+
 def test_the_spatial_loss_is_low_for_smooth_maps_near_one_without_topography_and_differentiable():
     sheet = retinotopic_sheet("IT", (64, 4, 4), size_mm=10.0, seed=0)
     g = torch.Generator().manual_seed(0)
@@ -255,6 +271,32 @@ def test_a_recipe_with_topography_trains_with_the_spatial_loss_and_ships_positio
     assert m["units"] == 32 and -1 <= m["face_smoothness"] <= 1 and "face_smoothness_shuffled" in m
 
 
+def test_the_dense_recipe_keeps_it_unpooled_and_lays_its_units_out_in_columns():
+    """toy-topo-dense's architecture and first layout in miniature: the same tensors as a pooled VentralNet, IT's
+    8×8 map, its 32 × 8 × 8 units in columns; an unknown layout is refused with the known ones."""
+    from dataclasses import replace
+
+    import synth
+    from synth.errors import UnknownNameError
+    from synth.training import recipes as training
+    from synth.zoo.ventral import VentralNet
+
+    small = replace(training.RECIPES["toy-topo-dense"], init=None, widths=(8, 16, 16, 32), swap_steps=5)
+    model = training.build(small)
+    assert set(model.net.state_dict()) == set(VentralNet(8, (8, 16, 16, 32)).state_dict())
+    images = synth.render(16, "train").tensor()
+    with torch.no_grad():
+        assert model.activations(images[:2], "IT")["IT"].shape == (2, 32, 8, 8)
+    sheets = training.initial_sheets(small, model, images)
+    it = sheets[model.layer("IT")]
+    assert it.shape == (32, 8, 8) and len(it) == 2048 and training.architecture(small)["it_pool"] is False
+    spread = it.positions.view(32, 64, 2)
+    assert (spread.amax(1) - spread.amin(1)).max() <= 10.0 / np.sqrt(32) + 1e-5  # each channel within its column
+    with pytest.raises(UnknownNameError, match="did you mean 'columns'"):
+        training.initial_sheets(replace(small, topography={"IT": {"size_mm": 10.0, "radius_mm": 1.5,
+                                                                   "layout": "column"}}), model, images)
+
+
 def test_toy_topo_ships_its_sheets_and_has_face_patches_that_shuffling_removes(toy_topo):
     from microstim import face_patches, localizer_maps, smoothness
 
@@ -288,6 +330,23 @@ def test_afraz_stimulating_face_selective_sites_biases_choices_and_the_shuffled_
         afraz(toy_topo, "IT", sites=1000, progress=False)
 
 
+@pytest.mark.slow  # Afraz's own experiment, whole: half a minute
+def test_on_the_dense_sheet_afraz_at_50_microamps_needs_the_topography(toy_topo_dense):
+    """The default topographic model at Afraz et al.'s 50 µA and 200 Hz, 86 sites: the shift in face choices follows
+    the recorded selectivity (r >= 0.5), and shuffling the positions of the same weights loses it (by 0.2 or more,
+    one-sided p < 0.01); its face map has patches where the shuffled sheet has none."""
+    from microstim import afraz, face_patches, localizer_maps
+
+    t = localizer_maps(toy_topo_dense, "IT", 100)["faces_vs_objects"]
+    r = afraz(toy_topo_dense, "IT", face_map=t, progress=False)
+    assert r["sites"] == 86 and r["current_ua"] == 50 and r["rate_hz"] == 200
+    assert r["topographic"]["r"] >= 0.5, r["topographic"]
+    assert r["difference"] >= 0.2 and r["difference_p"] < 0.01, (r["difference"], r["difference_p"])
+    sheet = toy_topo_dense.sheets["IT"]
+    found, threshold = face_patches(sheet, t)
+    assert found and face_patches(sheet.shuffled(0), t, threshold)[0] == []
+
+
 @pytest.mark.slow  # a kill and a resume of a small Afraz run
 def test_a_killed_afraz_run_resumes_from_its_finished_sites_and_gives_the_same_report(toy_topo, tmp_path,
                                                                                       monkeypatch):
@@ -296,7 +355,7 @@ def test_a_killed_afraz_run_resumes_from_its_finished_sites_and_gives_the_same_r
     import synth.files
 
     af = importlib.import_module("microstim.afraz")  # the module: `microstim.afraz` is also its function's name
-    settings = dict(sites=5, n=8, spreads_mm=(1.0,), signals=(0.0, 0.15), progress=False)
+    settings = dict(sites=5, n=8, spreads_mm=(1.0,), signals=(0.0, 0.15), progress=False, batch=2)
     t = torch.randn(len(af.sheet_of(toy_topo, "IT")), generator=torch.Generator().manual_seed(0))
     whole = af.afraz(toy_topo, "IT", face_map=t, **settings)
     partial, writes, real_write = tmp_path / "sites.partial.json", [], synth.files.write_text
@@ -304,7 +363,7 @@ def test_a_killed_afraz_run_resumes_from_its_finished_sites_and_gives_the_same_r
     def killed_after_seven_sites(path, text):  # afraz imports write_text when it runs: it gets this one
         real_write(path, text)
         writes.append(path)
-        if len(writes) == 7:  # 5 topographic sites and 2 shuffled ones are on disk
+        if len(writes) == 4:  # 5 topographic sites (batches of 2, 2, 1) and 2 shuffled ones are on disk
             raise KeyboardInterrupt
 
     monkeypatch.setattr(synth.files, "write_text", killed_after_seven_sites)
@@ -319,3 +378,7 @@ def test_a_killed_afraz_run_resumes_from_its_finished_sites_and_gives_the_same_r
     assert any(whole["topographic"]["shift"]) and any(whole["shuffled"]["shift"])  # stimulation moved choices
     assert resumed["topographic"]["shift"] == whole["topographic"]["shift"]
     assert resumed["shuffled"]["shift"] == whole["shuffled"]["shift"] and not partial.exists()
+    monkeypatch.setattr(type(toy_topo), "head", lambda self, layer: None)  # every stimulation a full pass
+    full = af.afraz(toy_topo, "IT", face_map=t, **settings)
+    assert full["topographic"]["shift"] == whole["topographic"]["shift"]  # the batched head gives the same choices
+    assert full["shuffled"]["shift"] == whole["shuffled"]["shift"]

@@ -40,7 +40,7 @@ from synth.zoo import sheets as sheet_io
 from synth.zoo.catalog import white_box_name
 from synth.zoo.models import WEIGHTS_DIR, embedded_models, embedded_net, load_model
 from synth.zoo.probe import ProbeModel
-from synth.zoo.sheets import SL_WEIGHT, Sheet, retinotopic_sheet, save_sheets, spatial_loss, swap_optimize
+from synth.zoo.sheets import SL_WEIGHT, Sheet, column_sheet, retinotopic_sheet, save_sheets, spatial_loss, swap_optimize
 from synth.zoo.ventral import AREAS
 from synth.zoo.vone import TOY_VONE, GaborBank
 
@@ -65,6 +65,7 @@ class Recipe:
     attack_step: float = 1.25        # attack step as a multiple of eps
     seed: int = 0
     widths: tuple[int, ...] = (32, 64, 128, 256)
+    it_pool: bool = True             # False: IT keeps its 8×8 map (VentralNet's it_pool), four times the units
     world: dict = field(default_factory=lambda: asdict(World()))
     eval_eps: float = 4 / 255
     eval_steps: int = 20
@@ -74,11 +75,15 @@ class Recipe:
     mix_weight: float = 0.0          # ... giving it this weight (0 = no averaging)
     vone: dict = field(default_factory=dict)  # the VOneBlock's settings where they differ from TOY_VONE's
     # (a stochastic model's card is measured on fewer images: every attack step costs eval_eot passes)
-    # TDANN's spatial loss: area -> {"size_mm", "radius_mm" (neighbourhoods), "layout": "retinotopic" | "channels"}
+    # TDANN's spatial loss: area -> {"size_mm", "radius_mm" (neighbourhoods), "layout": one of LAYOUTS}
     topography: dict = field(default_factory=dict)
     sl_weight: float = SL_WEIGHT     # the spatial loss's weight beside the task loss, per area
     swap_steps: int = 1000           # neighbourhoods of position swaps before training (TDANN's pre-optimization)
 
+
+# How an area's units are first laid out (``initial_sheets``): TDANN's retinotopic tiles of channels × space, channels
+# alone (each pooled over space), or columns (channels placed, each spread into a column of its H×W units)
+LAYOUTS = ("retinotopic", "channels", "columns")
 
 _DC = {"zero_mean": False}  # VOneNet's kernels, DC terms included
 
@@ -141,6 +146,18 @@ RECIPES: dict[str, Recipe] = {
                        init="toy-standard", epochs=4, lr=0.02,
                        topography={"V4": {"size_mm": 8.0, "radius_mm": 1.0, "layout": "retinotopic"},
                                    "IT": {"size_mm": 10.0, "radius_mm": 1.5, "layout": "channels"}}),
+    # toy-topo's IT sheet holds 256 units, 0.63 mm apart: a 50 µA spread (λ 0.23 mm) reaches little but the
+    # recorded unit.  Here IT keeps its 8×8 map (no pooling: the same weights, four times the positions), 16,384
+    # units on the same 10 mm, 0.08 mm apart, laid out in columns: each channel placed as toy-topo's are, then
+    # spread into a 0.63 mm column of its 64 positions (IT's feature columns are 0.4-0.5 mm wide).  TDANN's
+    # retinotopic tiles at this 8×8 map did not organize in the same recipe (see the README).
+    "toy-topo-dense": Recipe("toy-topo-dense", "A densely topographic VentralNet: toy-standard with IT's map kept "
+                             "at 8×8, fine-tuned with TDANN's spatial correlation loss on V4 (retinotopic, 8 mm "
+                             "sheet) and IT (16,384 units on a 10 mm sheet in columns: each channel placed by swaps, "
+                             "then spread into a column of its 8×8 positions).", init="toy-standard", epochs=10,
+                             lr=0.02, it_pool=False, swap_steps=4000, sl_weight=0.5,
+                             topography={"V4": {"size_mm": 8.0, "radius_mm": 1.0, "layout": "retinotopic"},
+                                         "IT": {"size_mm": 10.0, "radius_mm": 1.5, "layout": "columns"}}),
 }
 
 
@@ -155,6 +172,8 @@ def architecture(recipe: Recipe) -> dict:
     arch = {"family": recipe.family, "n_classes": n_classes, "widths": list(recipe.widths)}
     if recipe.family == "vone":
         arch["vone"] = {**TOY_VONE, **recipe.vone}
+    if not recipe.it_pool:
+        arch["it_pool"] = False
     return arch
 
 
@@ -418,9 +437,14 @@ def initial_sheets(recipe: Recipe, model: ProbeModel, images: torch.Tensor) -> d
     sheets = {}
     for layer, spec in layers.items():
         c, h, w = acts[layer].shape[1:]
-        shape = (c, 1, 1) if spec.get("layout") == "channels" else (c, h, w)
+        layout = spec.get("layout", "retinotopic")
+        if layout not in LAYOUTS:
+            raise UnknownNameError("sheet layout", layout, LAYOUTS)
+        shape = (c, h, w) if layout == "retinotopic" else (c, 1, 1)
         start = retinotopic_sheet(layer, shape, spec["size_mm"], seed=recipe.seed)
         sheets[layer] = swap_optimize(start, acts[layer], spec["radius_mm"], steps=recipe.swap_steps, seed=recipe.seed)
+        if layout == "columns":  # the channels placed, then each spread into a column of its units
+            sheets[layer] = column_sheet(sheets[layer], (h, w))
     return sheets
 
 
@@ -466,8 +490,11 @@ def _topography_rows(card: dict) -> list[str]:
         rows.append(f"| {layer} sheet | {spec['size_mm']:g} mm, {spec['units']} units ({spec['layout']}, "
                     f"shape {'×'.join(map(str, spec['shape']))}), neighbourhoods of {spec['radius_mm']:g} mm |")
         if m:
+            at_1mm = (f"; at 1 mm {m['face_smoothness_1mm']:.2f} (shuffled {m['face_smoothness_1mm_shuffled']:.2f})"
+                      if "face_smoothness_1mm" in m else "")
             rows.append(f"| {layer} faces-vs-objects map (localizer n={m['localizer_n']}) | smoothness "
-                        f"{m['face_smoothness']:.2f} (positions shuffled: {m['face_smoothness_shuffled']:.2f}); "
+                        f"{m['face_smoothness']:.2f} within {m['near_mm']:g} mm (positions shuffled: "
+                        f"{m['face_smoothness_shuffled']:.2f}){at_1mm}; "
                         f"{len(m['patches'])} face patch(es) "
                         + (f"(largest {m['patches'][0]['area_mm2']:.1f} mm²) " if m["patches"] else "")
                         + f"against {m['patches_shuffled']} when shuffled |")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 WEIGHTS_DIR = Path(__file__).parent.parent / "weights"
 GENERATORS_DIR = WEIGHTS_DIR / "generators"
+TOPOGRAPHIC = "toy-topo-dense"  # the default topographic model: Afraz's experiment, the Micro-stimulation page
 CORNET_NAMES = ("cornet_z", "cornet_s")
 VONENETS = ("vonenet_resnet50", "vonenet_alexnet", "vonenet_cornets")  # dicarlolab/vonenet layouts
 # torchvision.models.list_models(module=torchvision.models) of the pinned torchvision (0.29.1), listed here so that

@@ -140,7 +140,8 @@ def embedded_net(arch: Mapping) -> tuple[nn.Module, tuple[float, ...], tuple[flo
     if family == "vone":
         return VOneVentralNet(arch["n_classes"], tuple(arch["widths"]), arch.get("vone")), VONE_MEAN, VONE_STD
     if family == "ventralnet":
-        return VentralNet(arch["n_classes"], tuple(arch["widths"])), IMAGENET_MEAN, IMAGENET_STD
+        return (VentralNet(arch["n_classes"], tuple(arch["widths"]), it_pool=arch.get("it_pool", True)),
+                IMAGENET_MEAN, IMAGENET_STD)
     raise UnknownNameError("embedded architecture family", str(family), EMBEDDED_FAMILIES)
 
 

@@ -532,6 +532,46 @@ class ProbeModel(nn.Module):
                 h.remove()
         return captured
 
+    def head(self, layer: str) -> nn.Module | None:
+        """The network past ``layer``: a module from that layer's output to the logits, so that many edits of one
+        layer's response (a micro-stimulation per site) run without the layers below it again.  None where the
+        network cannot be cut there: untraceable, intervened, stochastic, or reading anything below ``layer``
+        after it (a skip connection around it)."""
+        layer = self.layer(layer)
+        if layer in (INPUT, LOGITS) or layer in self.readouts or not self.layers or not self._traceable \
+                or self._interventions or self.stochastic or self._output_node is None:
+            return None
+        key = ("head", layer)
+        if key not in self._extractors:
+            self._extractors[key] = self._cut(layer)
+        return self._extractors[key]
+
+    def _cut(self, layer: str) -> nn.Module | None:
+        """``head``'s module, traced once (alone, ``SHARED.tracing``), or None where the graph cannot be cut."""
+        with SHARED.tracing():
+            traced = create_feature_extractor(self.net, return_nodes=[self._output_node], tracer_kwargs=_TRACER)
+        nodes = list(traced.graph.nodes)
+        at = [k for k, n in enumerate(nodes) if n.op == "call_module" and (n.target == layer
+                                                                          or n.target.startswith(layer + "."))]
+        if not at:
+            return None
+        graph = torch.fx.Graph()
+        env = {nodes[at[-1]]: graph.placeholder("response")}
+        for node in nodes[at[-1] + 1:]:
+            needed = [a for a in node.all_input_nodes if a not in env]
+            if any(a.op != "get_attr" for a in needed):
+                return None  # the rest reads a tensor from below the layer
+            for a in needed:
+                env[a] = graph.node_copy(a)
+            if node.op == "output":
+                (result,) = node.args[0].values()
+                graph.output(env[result])
+                break
+            env[node] = graph.node_copy(node, env.__getitem__)
+        head = torch.fx.GraphModule(traced, graph)
+        head.train(self.net.training)
+        return head
+
     def intervene(self, *interventions: Intervention) -> ProbeModel:
         """A fork of this model (``fork``: the same weights) whose every forward pass (``model(x)``,
         ``activations``, and so the engine's runs) writes ``interventions`` into their layers: each applies to its

@@ -18,14 +18,14 @@ class Identity(nn.Module):
 
 
 class Area(nn.Sequential):
-    """One cortical area: convolution, normalization, rectification, pooling."""
+    """One cortical area: convolution, normalization, rectification, pooling (or none: the map kept whole)."""
 
-    def __init__(self, c_in: int, c_out: int, kernel: int = 3, stride: int = 1):
+    def __init__(self, c_in: int, c_out: int, kernel: int = 3, stride: int = 1, pool: bool = True):
         super().__init__(OrderedDict([
             ("conv", nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False)),
             ("norm", nn.BatchNorm2d(c_out)),
             ("nonlin", nn.ReLU(inplace=True)),
-            ("pool", nn.MaxPool2d(3, stride=2, padding=1)),
+            ("pool", nn.MaxPool2d(3, stride=2, padding=1) if pool else Identity()),
             ("output", Identity()),
         ]))
 
@@ -41,15 +41,18 @@ def init_weights(net: nn.Module) -> None:
 
 
 class VentralNet(nn.Sequential):
-    """V1 → V2 → V4 → IT → decoder over ``n_classes`` categories; expects normalized input."""
+    """V1 → V2 → V4 → IT → decoder over ``n_classes`` categories; expects normalized input.  ``it_pool=False``
+    keeps IT's map at V4's resolution (8×8 at 64 px, not 4×4): four times the IT units for a cortical sheet, the
+    same weights."""
 
-    def __init__(self, n_classes: int = 8, widths: tuple[int, ...] = (32, 64, 128, 256), v1_kernel: int = 7):
+    def __init__(self, n_classes: int = 8, widths: tuple[int, ...] = (32, 64, 128, 256), v1_kernel: int = 7,
+                 it_pool: bool = True):
         w1, w2, w4, wit = widths
         super().__init__(OrderedDict([
             ("V1", Area(3, w1, v1_kernel)),
             ("V2", Area(w1, w2)),
             ("V4", Area(w2, w4)),
-            ("IT", Area(w4, wit)),
+            ("IT", Area(w4, wit, pool=it_pool)),
             ("decoder", nn.Sequential(OrderedDict([
                 ("avgpool", nn.AdaptiveAvgPool2d(1)),
                 ("flatten", nn.Flatten()),
