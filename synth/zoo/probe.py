@@ -211,6 +211,19 @@ def _stages(traced: torch.fx.GraphModule, net: nn.Module) -> torch.fx.GraphModul
     return split
 
 
+class _Head(nn.Module):
+    """``ProbeModel.head``'s module: the traced rest of a network, run as every network runs (``SHARED.running``),
+    so that no trace in another thread starts meanwhile."""
+
+    def __init__(self, graph: torch.fx.GraphModule):
+        super().__init__()
+        self.graph = graph
+
+    def forward(self, response: torch.Tensor) -> torch.Tensor:
+        with SHARED.running():
+            return self.graph(response)
+
+
 class ProbeModel(nn.Module):
     """A network with its preprocessing, category names, layer list and brain-area map."""
 
@@ -568,7 +581,7 @@ class ProbeModel(nn.Module):
                 graph.output(env[result])
                 break
             env[node] = graph.node_copy(node, env.__getitem__)
-        head = torch.fx.GraphModule(traced, graph)
+        head = _Head(torch.fx.GraphModule(traced, graph))
         head.train(self.net.training)
         return head
 
