@@ -78,11 +78,9 @@ def compare_refits(folder: Path, held_out: torch.Tensor) -> dict:
         for m in exp.manifests():
             ids, images, values = exp.recorded(m["round"])
             natural, _ = exp.fit_weights(ids)
-            keep = natural if weight == 0 else np.ones(len(ids), bool)
-            readout = fit(exp.model, images[keep], Responses([ids[i] for i in np.flatnonzero(keep)], values[keep],
-                                                             exp.site_names()), exp.config["layer"], method=method,
-                          folds=exp.config["folds"], seed=exp.config["seed"], natural=natural[keep],
-                          weights=np.where(natural[keep], 1.0, weight) if method == "ridge" else None)
+            readout = fit(exp.model, images, Responses(ids, values, exp.site_names()), exp.config["layer"],
+                          method=method, folds=exp.config["folds"], seed=exp.config["seed"], natural=natural,
+                          weights=np.where(natural, 1.0, weight))
             rows.append(float(np.median(held_out_r(readout, exp.model, subject, held_out))))
         out[name] = rows
         print(f"refit {name:<44} held-out r " + " ".join(f"{r:.3f}" for r in rows), flush=True)

@@ -43,9 +43,8 @@ def strongest_site(sheet, t: torch.Tensor) -> tuple[float, float]:
     if len(inside) == 0:
         inside = t.flatten().argmax().view(1)
     candidates = sheet.positions[inside[torch.randperm(len(inside), generator=torch.Generator().manual_seed(0))[:500]]]
-    near = (torch.cdist(candidates, sheet.positions) <= topo.spread_mm(50) / 2).float()
-    reading = (near @ t.flatten().float()) / near.sum(1).clamp_min(1)
-    x, y = candidates[reading.argmax()].tolist()
+    reading = [topo.electrode_selectivity(sheet, t, c, topo.spread_mm(50) / 2) for c in candidates]
+    x, y = candidates[int(np.argmax(reading))].tolist()
     return round(float(x), 1), round(float(y), 1)
 
 

@@ -68,6 +68,11 @@ def test_synthesized_images_join_the_fit_without_rescaling_the_sites_or_outweigh
         (r(torch.from_numpy(x).float()).double().numpy()).T, clean.T)]) for w, r in fits.items()}
     assert natural_r[0.05] > natural_r[1.0] + 0.05, natural_r
     assert fits[0.05].info["median_r"] > 0.7
+    left_out = fit(tiny, torch.cat([images, extra]), both, "V4", method="pls", folds=5, natural=natural,
+                   weights=natural.astype(float))  # weight 0 leaves an image out, for PLS too
+    alone = fit(tiny, images, resp, "V4", method="pls", folds=5)
+    assert torch.allclose(left_out.weight, alone.weight, atol=1e-6) and torch.allclose(left_out.bias, alone.bias,
+                                                                                        atol=1e-5)
     with pytest.raises(ConfigError, match="method='ridge'"):
         fit(tiny, torch.cat([images, extra]), both, "V4", method="pls", natural=natural,
             weights=np.where(natural, 1.0, 0.1))

@@ -202,9 +202,12 @@ def regressor(method: str, n_components: int, alphas: tuple[float, ...] = ALPHAS
 
 def fit_regressor(method: str, x: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None,
                   n_components: int = 25, alphas: tuple[float, ...] = ALPHAS):
-    """A readout's regressor fit to features ``x`` and targets ``y``, each image weighted by ``weights`` (ridge's
-    sample weights; PLS has none, so it refuses unequal weights)."""
+    """A readout's regressor fit to features ``x`` and targets ``y``, each image weighted by ``weights``: images of
+    weight 0 are left out, the others weighted by ridge's sample weights (PLS has none, so it refuses unequal
+    weights among them)."""
     reg = regressor(method, n_components, alphas)
+    if weights is not None:
+        x, y, weights = x[weights > 0], y[weights > 0], weights[weights > 0]
     if weights is None or np.all(weights == weights[0]):
         return reg.fit(x, y)
     if method != "ridge":
@@ -268,9 +271,9 @@ def fit(model: ProbeModel, images: torch.Tensor, responses: Responses, layer: st
     sd = np.where(sd > 0, sd, 1.0)
     y = (y_raw - mu) / sd
     n_components = min(n_components, x.shape[1], int(x.shape[0] * (folds - 1) / folds) - 1)
-    k = min(folds, len(y))
-    splits = (list(KFold(k, shuffle=True, random_state=seed).split(x)) if natural.all()
-              else _stratified(natural, k, seed))
+    n_folds = min(folds, len(y))
+    splits = (list(KFold(n_folds, shuffle=True, random_state=seed).split(x)) if natural.all()
+              else _stratified(natural, n_folds, seed))
     repeats = responses.values.ndim == 3
     # after the features, a PLS fit per fold, the final fit and the ceiling take minutes: one bar names each stage
     bar = tqdm(total=len(splits) + 1 + repeats, desc=f"readout fit ({method})", unit="stage", disable=not progress)

@@ -551,8 +551,9 @@ class ProbeModel(nn.Module):
         network cannot be cut there: untraceable, intervened, stochastic, or reading anything below ``layer``
         after it (a skip connection around it)."""
         layer = self.layer(layer)
-        if layer in (INPUT, LOGITS) or layer in self.readouts or not self.layers or not self._traceable \
-                or self._interventions or self.stochastic or self._output_node is None:
+        self.layers  # noqa: B018 - listing the layers traces the network once: _traceable and _output_node
+        if layer in (INPUT, LOGITS) or layer in self.readouts or not self._traceable or self._interventions \
+                or self.stochastic or self._output_node is None:
             return None
         key = ("head", layer)
         if key not in self._extractors:

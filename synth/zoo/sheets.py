@@ -99,7 +99,8 @@ def retinotopic_sheet(layer: str, shape: tuple[int, int, int], size_mm: float, s
 def column_sheet(channels: Sheet, size: tuple[int, int]) -> Sheet:
     """Columns: each channel of a per-channel sheet (C×1×1) spread into a column of its H×W units around its
     position, retinotopic inside (the unit at image position (h, w) at that offset from the centre), the column
-    ``size_mm / √C`` across, so that the C columns tile the sheet.  IT's feature columns are about 0.4-0.5 mm
+    ``size_mm / √C`` across: the area each channel would have if the C columns tiled the sheet (placed where the
+    swaps put them, they overlap in places and leave gaps in others).  IT's feature columns are about 0.4-0.5 mm
     wide (Fujita, Tanaka et al. 1992); a dense sheet whose neighbours share a channel."""
     c = len(channels)
     h, w = (int(v) for v in size)
